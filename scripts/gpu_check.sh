@@ -13,7 +13,7 @@ time python3 -m pip install --no-build-isolation --no-deps -v . >"$out/build.log
   || { tail -60 "$out/build.log"; echo "BUILD FAILED"; exit 1; }
 grep -E "llmc:|warning|error" "$out/build.log" | head -20
 python3 -c "import llmc.ops as o; print(o.build_info())"
-cd tests && python3 -m pytest -q -rs -p no:cacheprovider "$@" 2>&1 | tee "$out/tests.log"; cd ..
+python3 -m pytest -q -rs -p no:cacheprovider "$@" 2>&1 | tee "$out/tests.log"
 tail -1 "$out/tests.log"
 benches=${BENCHES:-$(ls benchmarks/bench_*.py | sed 's#.*/bench_##; s#\.py##' | grep -v '^train$')}
 for b in $benches; do
