@@ -1,0 +1,314 @@
+// Linear layers through cuBLASLt: out = inp @ weight^T + bias, with an optional GELU (tanh) epilogue, and backward.
+// Forward reads inp (N,K), weight (M,K), bias (M) and writes out (N,M); with the GELU epilogue out = gelu(pre) and,
+// when asked, pre_gelu (N,M) receives pre (the input of the GELU, kept for backward). Backward reads dout (N,M),
+// inp, weight and optionally pre_gelu (N,K): dinp (N,K) is overwritten, with gelu'(pre_gelu) applied in the
+// epilogue when pre_gelu is given (dinp may then be pre_gelu itself); dweight and dbias are accumulated (+=).
+// bf16 operands, fp32 accumulation. dbias is reduced by the kernels below in an order fixed by (N, M) alone, and
+// split-K "in place" reductions are excluded, so a backward gives the same bits every run.
+//
+// Layout. torch tensors are row-major, cuBLASLt is column-major. A row-major R x C matrix is, in the same memory
+// with the same leading dimension C, the column-major C x R matrix: its transpose. So every product is computed
+// transposed, with D being the output's own memory seen as column-major (m = its row length, n = its row count):
+//   forward   out^T (M,N) = W (M,K)      . inp^T (K,N)  : A = weight, stored (K,M), op T; B = inp,  stored (K,N), op N
+//   dinp     dinp^T (K,N) = W^T (K,M)    . dout^T (M,N) : A = weight, stored (K,M), op N; B = dout, stored (M,N), op N
+//   dweight     dW^T (K,M) = inp^T (K,N) . dout (N,M)   : A = inp,    stored (K,N), op N; B = dout, stored (M,N), op T
+// cuBLASLt's bias runs along D's column-major rows (length m = M), i.e. it is added to every row of the row-major
+// output, as a linear layer wants; the GELU aux matrix (pre_gelu) has D's shape and leading dimension m.
+//
+// One handle and one workspace per device, made on first use and kept for the life of the process, as are the
+// plans (descriptors + the algorithm cublasLtMatmulAlgoGetHeuristic picked) cached per shape, transposes,
+// epilogue and pointer alignments. Between the kernels of one backward call the workspace also holds the bias
+// gradient's partial sums. Everything is ordered by the caller's stream, so calls on one device from different
+// streams must not run concurrently.
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <type_traits>
+
+#include "common.cuh"
+#include "kernels.h"
+
+namespace {
+
+inline void llmc_cublas_check(cublasStatus_t status, const char* expr, const char* file, int line) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw std::runtime_error(std::string("cuBLASLt error: ") + cublasLtGetStatusName(status) + " (" +
+                             cublasLtGetStatusString(status) + ") in " + expr + " at " + file + ":" +
+                             std::to_string(line));
+  }
+}
+#define CUBLAS_CHECK(expr) llmc_cublas_check((expr), #expr, __FILE__, __LINE__)
+
+// ---------------------------------------------------------------------------------------------------------
+// kernels: the bias gradient, dbias[c] += sum over rows of dout[r, c]
+// ---------------------------------------------------------------------------------------------------------
+constexpr int kBiasBlockRows = 8;                             // blockDim.y: rows in flight per block
+constexpr int kBiasBlockCols = WARP_SIZE * x128::size;        // a warp reads 256 contiguous columns of one row
+constexpr int kBiasThreads = WARP_SIZE * kBiasBlockRows;
+static_assert(kBiasThreads == kBiasBlockCols, "one thread per block column in the in-block reduction");
+constexpr int kBiasMinRowsPerThread = 8;
+constexpr int kBiasTargetBlocks = 1024;                       // ~8 resident blocks on each of an H100's 132 SMs
+
+// Block (bx, by) sums rows by*8 + ty, then + gridDim.y*8, ... of columns [bx*256, bx*256 + 256) in fp32, reduces
+// its 8 row lanes in order, and writes row `by` of partials (gridDim.y x M). The order of every addition depends on
+// N, M and the grid only, and the launcher derives the grid from N and M.
+__global__ void bias_grad_partial_kernel(float* partials, const floatX* dout, int64_t N, int M) {
+  __shared__ float lane_sums[kBiasBlockRows][x128::size][WARP_SIZE];
+  const int col = (blockIdx.x * WARP_SIZE + threadIdx.x) * x128::size;
+  float acc[x128::size] = {};
+  if (col < M) {
+    const int64_t step = (int64_t)gridDim.y * kBiasBlockRows;
+    for (int64_t row = (int64_t)blockIdx.y * kBiasBlockRows + threadIdx.y; row < N; row += step) {
+      x128 g = load128(dout + row * M + col);  // cached: the two GEMMs read dout next
+#pragma unroll
+      for (int k = 0; k < x128::size; k++) acc[k] += (float)g[k];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) lane_sums[threadIdx.y][k][threadIdx.x] = acc[k];
+  __syncthreads();
+  const int t = threadIdx.y * WARP_SIZE + threadIdx.x;  // this thread's column within the block
+  const int out_col = blockIdx.x * kBiasBlockCols + t;
+  if (out_col < M) {
+    float s = 0.0f;
+#pragma unroll
+    for (int y = 0; y < kBiasBlockRows; y++) s += lane_sums[y][t % x128::size][t / x128::size];
+    partials[(int64_t)blockIdx.y * M + out_col] = s;
+  }
+}
+
+// dbias[c] += partials[0][c] + partials[1][c] + ... in row order.
+__global__ void bias_grad_accumulate_kernel(floatX* dbias, const float* partials, int rows, int M) {
+  const int col = blockIdx.x * blockDim.x + threadIdx.x;
+  if (col >= M) return;
+  float s = 0.0f;
+  for (int r = 0; r < rows; r++) s += partials[(int64_t)r * M + col];
+  dbias[col] = (floatX)((float)dbias[col] + s);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// cuBLASLt state: per device a handle, a workspace and the plan cache
+// ---------------------------------------------------------------------------------------------------------
+constexpr size_t kWorkspaceBytes = 32u << 20;  // plenty for Hopper's split-K / stream-K partials
+
+template <class Handle, cublasStatus_t (*destroy)(Handle)>
+struct LtDestroy {
+  void operator()(Handle h) const { destroy(h); }
+};
+template <class Handle, cublasStatus_t (*destroy)(Handle)>
+using LtOwned = std::unique_ptr<std::remove_pointer_t<Handle>, LtDestroy<Handle, destroy>>;
+using OwnedDesc = LtOwned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
+using OwnedLayout = LtOwned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
+using OwnedPreference = LtOwned<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy>;
+
+// One D = alpha * op(A) op(B) + beta * C call, C = D, in cuBLAS's column-major terms (see the top of the file).
+struct Gemm {
+  int64_t m, n, k;
+  bool trans_a, trans_b;
+  const floatX* a;
+  const floatX* b;
+  floatX* d;
+  bool accumulate;              // beta = 1 (D += ...), else beta = 0
+  cublasLtEpilogue_t epilogue;
+  const void* bias;             // when the epilogue adds a bias
+  const void* aux;              // pre_gelu: written by GELU_AUX*, read by DGELU
+};
+
+// Largest power of two (up to 256, cuBLASLt's default assumption) dividing the address.
+uint32_t pointer_alignment(const void* p) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  uint32_t align = 256;
+  while (align > 1 && addr % align != 0) align /= 2;
+  return align;
+}
+
+// The heuristic's choice depends on the pointers only through their alignment, so plans are keyed by it.
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int, uint32_t, uint32_t, uint32_t, uint32_t,
+                           uint32_t>;
+PlanKey plan_key(const Gemm& g) {
+  return PlanKey(g.m, g.n, g.k, g.trans_a, g.trans_b, g.accumulate, (int)g.epilogue, pointer_alignment(g.a),
+                 pointer_alignment(g.b), pointer_alignment(g.d), pointer_alignment(g.bias), pointer_alignment(g.aux));
+}
+
+struct Plan {
+  OwnedDesc op;
+  OwnedLayout a, b, d;
+  cublasLtMatmulAlgo_t algo;
+};
+
+struct DeviceState {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  std::map<PlanKey, Plan> plans;
+};
+
+template <class T>
+void set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const T& value) {
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)));
+}
+template <class T>
+void set_preference(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttributes_t attr, const T& value) {
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
+}
+
+OwnedLayout bf16_layout(int64_t rows, int64_t cols, int64_t ld) {
+  cublasLtMatrixLayout_t layout;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, CUDA_R_16BF, rows, cols, ld));
+  return OwnedLayout(layout);
+}
+
+bool epilogue_has_bias(cublasLtEpilogue_t e) {
+  return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+}
+bool epilogue_has_aux(cublasLtEpilogue_t e) {
+  return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU;
+}
+
+Plan make_plan(cublasLtHandle_t handle, const Gemm& g) {
+  Plan plan;
+  cublasLtMatmulDesc_t op;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  plan.op.reset(op);
+  set_desc(op, CUBLASLT_MATMUL_DESC_TRANSA, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+  set_desc(op, CUBLASLT_MATMUL_DESC_TRANSB, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
+  set_desc(op, CUBLASLT_MATMUL_DESC_EPILOGUE, g.epilogue);
+  if (epilogue_has_bias(g.epilogue)) {
+    set_desc(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_16BF);
+    set_desc(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);  // the heuristic reads its alignment
+  }
+  if (epilogue_has_aux(g.epilogue)) {
+    set_desc(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, g.m);  // aux has D's shape; default type: D's (bf16)
+    set_desc(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
+  }
+  // Stored (before op) shapes: op N -> m x k (A) / k x n (B); op T -> k x m / n x k. Leading dim = stored rows.
+  plan.a = g.trans_a ? bf16_layout(g.k, g.m, g.k) : bf16_layout(g.m, g.k, g.m);
+  plan.b = g.trans_b ? bf16_layout(g.n, g.k, g.n) : bf16_layout(g.k, g.n, g.k);
+  plan.d = bf16_layout(g.m, g.n, g.m);
+
+  cublasLtMatmulPreference_t raw_pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&raw_pref));
+  OwnedPreference pref(raw_pref);
+  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, (uint64_t)kWorkspaceBytes);
+  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, pointer_alignment(g.a));
+  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, pointer_alignment(g.b));
+  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, pointer_alignment(g.d));
+  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, pointer_alignment(g.d));
+  // No split-K reduced "in place" in D: it is the one scheme whose partial sums pass through the output buffer,
+  // which would clobber pre_gelu when dinp aliases it. The other schemes keep partials in the workspace and
+  // reduce them in a fixed order.
+  set_preference(raw_pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                 (uint32_t)(CUBLASLT_REDUCTION_SCHEME_MASK & ~CUBLASLT_REDUCTION_SCHEME_INPLACE));
+
+  cublasLtMatmulHeuristicResult_t result;
+  int found = 0;
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, op, plan.a.get(), plan.b.get(), plan.d.get(),
+                                                               plan.d.get(), raw_pref, 1, &result, &found);
+  if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
+    throw std::runtime_error(std::string("cuBLASLt found no algorithm (") + cublasLtGetStatusName(status) +
+                             ") for m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" +
+                             std::to_string(g.k) + " epilogue=" + std::to_string((int)g.epilogue));
+  }
+  plan.algo = result.algo;
+  return plan;
+}
+
+std::mutex state_mutex;
+
+// Caller holds state_mutex.
+DeviceState& device_state() {
+  static auto* states = new std::map<int, DeviceState>();  // never freed: handles outlive Python's teardown
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  DeviceState& s = (*states)[dev];
+  if (s.handle == nullptr) {
+    void* workspace = nullptr;
+    CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
+    cublasLtHandle_t handle = nullptr;
+    const cublasStatus_t status = cublasLtCreate(&handle);
+    if (status != CUBLAS_STATUS_SUCCESS) cudaFree(workspace);
+    CUBLAS_CHECK(status);
+    s.workspace = workspace;
+    s.handle = handle;
+  }
+  return s;
+}
+
+void run_gemm(DeviceState& s, const Gemm& g, cudaStream_t stream) {
+  const PlanKey key = plan_key(g);
+  auto it = s.plans.find(key);
+  if (it == s.plans.end()) it = s.plans.emplace(key, make_plan(s.handle, g)).first;
+  const Plan& plan = it->second;
+  // The plan's descriptor is reused: only the pointers change between calls (read when the call is enqueued).
+  if (epilogue_has_bias(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
+  if (epilogue_has_aux(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
+  const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
+  CUBLAS_CHECK(cublasLtMatmul(s.handle, plan.op.get(), &alpha, g.a, plan.a.get(), g.b, plan.b.get(), &beta, g.d,
+                              plan.d.get(), g.d, plan.d.get(), &plan.algo, s.workspace, kWorkspaceBytes, stream));
+}
+
+void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
+                          cudaStream_t stream) {
+  const int col_blocks = (int)ceil_div<int64_t>(M, kBiasBlockCols);
+  int64_t row_blocks = ceil_div<int64_t>(N, (int64_t)kBiasBlockRows * kBiasMinRowsPerThread);
+  row_blocks = std::min<int64_t>(row_blocks, std::max(1, kBiasTargetBlocks / col_blocks));
+  LLMC_REQUIRE(row_blocks * M * (int64_t)sizeof(float) <= (int64_t)kWorkspaceBytes,
+               "matmul_backward: bias gradient partials do not fit the workspace");
+  bias_grad_partial_kernel<<<dim3(col_blocks, (unsigned)row_blocks), dim3(WARP_SIZE, kBiasBlockRows), 0, stream>>>(
+      scratch, dout, N, (int)M);
+  CUDA_CHECK(cudaGetLastError());
+  const int block = 256;
+  bias_grad_accumulate_kernel<<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, scratch,
+                                                                                      (int)row_blocks, (int)M);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void require_gemm_dims(int64_t N, int64_t K, int64_t M, const char* who) {
+  LLMC_REQUIRE(N >= 0 && K > 0 && M > 0, std::string(who) + ": need N >= 0, K > 0, M > 0");
+  LLMC_REQUIRE(K % 8 == 0 && M % 8 == 0, std::string(who) + ": K and M must be multiples of 8 (16-byte rows)");
+  LLMC_REQUIRE(M < (int64_t)1 << 31, std::string(who) + ": M must fit in an int");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------
+// launchers
+// ---------------------------------------------------------------------------------------------------------
+void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floatX* weight, const floatX* bias,
+                    int64_t N, int64_t K, int64_t M, bool gelu, cudaStream_t stream) {
+  require_gemm_dims(N, K, M, "matmul_forward");
+  LLMC_REQUIRE(gelu || pre_gelu == nullptr, "matmul_forward: pre_gelu is only written with gelu=true");
+  if (N == 0) return;
+  cublasLtEpilogue_t epilogue;
+  if (!gelu) {
+    epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  } else if (pre_gelu) {
+    epilogue = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+  } else {
+    epilogue = bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+  }
+  std::lock_guard<std::mutex> lock(state_mutex);
+  DeviceState& s = device_state();
+  run_gemm(s, Gemm{M, N, K, /*trans_a=*/true, /*trans_b=*/false, weight, inp, out, /*accumulate=*/false, epilogue,
+                   bias, pre_gelu},
+           stream);
+}
+
+void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp,
+                     const floatX* weight, const floatX* pre_gelu, int64_t N, int64_t K, int64_t M,
+                     cudaStream_t stream) {
+  require_gemm_dims(N, K, M, "matmul_backward");
+  if (N == 0) return;
+  std::lock_guard<std::mutex> lock(state_mutex);
+  DeviceState& s = device_state();
+  if (dbias) bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), stream);
+  run_gemm(s, Gemm{K, M, N, /*trans_a=*/false, /*trans_b=*/true, inp, dout, dweight, /*accumulate=*/true,
+                   CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr},
+           stream);
+  run_gemm(s, Gemm{K, N, M, /*trans_a=*/false, /*trans_b=*/false, weight, dout, dinp, /*accumulate=*/false,
+                   pre_gelu ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, nullptr, pre_gelu},
+           stream);
+}
