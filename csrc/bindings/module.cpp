@@ -24,16 +24,107 @@ PYBIND11_MODULE(_llmc, m) {
   }, "dinp = dout * gelu_tanh'(inp), bf16; dinp may alias dout");
 
   // ---- encoder.cu ----
+  m.def("encoder_forward", [](uintptr_t out, uintptr_t idx, uintptr_t wte, uintptr_t wpe, int B, int T, int C,
+                              uintptr_t s) {
+    encoder_forward(ptr<floatX>(out), ptr<const int>(idx), ptr<const floatX>(wte), ptr<const floatX>(wpe), B, T, C,
+                    as_stream(s));
+  }, "out[b,t] = wte[idx[b,t]] + wpe[t], bf16; idx int32");
+  m.def("encoder_backward_scratch_floats", &encoder_backward_scratch_floats,
+        "number of fp32 scratch elements encoder_backward needs for N positions of C channels");
+  m.def("encoder_backward", [](uintptr_t dwte, uintptr_t dwpe, uintptr_t scratch, uintptr_t dout,
+                               uintptr_t sorted_ids, uintptr_t perm, int B, int T, int C, uintptr_t s) {
+    encoder_backward(ptr<floatX>(dwte), ptr<floatX>(dwpe), ptr<float>(scratch), ptr<const floatX>(dout),
+                     ptr<const int>(sorted_ids), ptr<const int64_t>(perm), B, T, C, as_stream(s));
+  }, "dwte += , dwpe += (deterministic) from dout and the stably sorted ids (int32) with their positions (int64)");
 
   // ---- layernorm.cu ----
+  m.def("layernorm_forward", [](uintptr_t out, uintptr_t mean, uintptr_t rstd, uintptr_t inp, uintptr_t weight,
+                                uintptr_t bias, int N, int C, float eps, uintptr_t s) {
+    layernorm_forward(ptr<floatX>(out), ptr<float>(mean), ptr<float>(rstd), ptr<const floatX>(inp),
+                      ptr<const floatX>(weight), ptr<const floatX>(bias), N, C, eps, as_stream(s));
+  }, "out = layernorm(inp) * weight + bias, bf16; mean, rstd fp32");
+  m.def("fused_residual_layernorm_forward", [](uintptr_t residual, uintptr_t out, uintptr_t mean, uintptr_t rstd,
+                                               uintptr_t inp1, uintptr_t inp2, uintptr_t weight, uintptr_t bias,
+                                               int N, int C, float eps, uintptr_t s) {
+    fused_residual_layernorm_forward(ptr<floatX>(residual), ptr<floatX>(out), ptr<float>(mean), ptr<float>(rstd),
+                                     ptr<const floatX>(inp1), ptr<const floatX>(inp2), ptr<const floatX>(weight),
+                                     ptr<const floatX>(bias), N, C, eps, as_stream(s));
+  }, "residual = inp1 + inp2; out, mean, rstd = layernorm(residual); one pass");
+  m.def("layernorm_backward_scratch_floats", &layernorm_backward_scratch_floats,
+        "number of fp32 scratch elements layernorm_backward needs for N rows of C (on the current device)");
+  m.def("layernorm_backward", [](uintptr_t dinp, uintptr_t dweight, uintptr_t dbias, uintptr_t scratch,
+                                 uintptr_t dout, uintptr_t inp, uintptr_t weight, uintptr_t mean, uintptr_t rstd,
+                                 int N, int C, bool accumulate, uintptr_t s) {
+    layernorm_backward(ptr<floatX>(dinp), ptr<floatX>(dweight), ptr<floatX>(dbias), ptr<float>(scratch),
+                       ptr<const floatX>(dout), ptr<const floatX>(inp), ptr<const floatX>(weight),
+                       ptr<const float>(mean), ptr<const float>(rstd), N, C, accumulate, as_stream(s));
+  }, "dinp = (or += with accumulate) input gradient; dweight += , dbias += (deterministic)");
 
   // ---- matmul.cu ----
+  m.def("matmul_forward", [](uintptr_t out, uintptr_t pre_gelu, uintptr_t inp, uintptr_t weight, uintptr_t bias,
+                             int64_t N, int64_t K, int64_t M, bool gelu, uintptr_t s) {
+    matmul_forward(ptr<floatX>(out), ptr<floatX>(pre_gelu), ptr<const floatX>(inp), ptr<const floatX>(weight),
+                   ptr<const floatX>(bias), N, K, M, gelu, as_stream(s));
+  }, "out = [gelu](inp @ weight^T + bias) via cuBLASLt, bf16; pre_gelu and bias may be 0");
+  m.def("matmul_backward", [](uintptr_t dinp, uintptr_t dweight, uintptr_t dbias, uintptr_t dout, uintptr_t inp,
+                              uintptr_t weight, uintptr_t pre_gelu, int64_t N, int64_t K, int64_t M, uintptr_t s) {
+    matmul_backward(ptr<floatX>(dinp), ptr<floatX>(dweight), ptr<floatX>(dbias), ptr<const floatX>(dout),
+                    ptr<const floatX>(inp), ptr<const floatX>(weight), ptr<const floatX>(pre_gelu), N, K, M,
+                    as_stream(s));
+  }, "dinp = (dout @ weight) [* gelu'(pre_gelu)]; dweight += dout^T @ inp; dbias += colsum(dout); bf16");
 
   // ---- attention (attention_cudnn.cpp, attention.cu) ----
+  m.attr("ATTENTION_MAX_HEAD_SIZE") = kAttentionMaxHeadSize;
+  m.def("attention_forward", [](uintptr_t out, uintptr_t stats, uintptr_t qkv, int B, int T, int NH, int HS,
+                                uintptr_t s) {
+    attention_forward(ptr<floatX>(out), ptr<float>(stats), ptr<const floatX>(qkv), B, T, NH, HS, as_stream(s));
+  }, "plain CUDA causal attention: out (B,T,NH,HS) and log-sum-exp stats fp32 (B,NH,T) from qkv (B,T,3,NH,HS)");
+  m.def("attention_backward", [](uintptr_t dqkv, uintptr_t delta, uintptr_t dout, uintptr_t qkv, uintptr_t out,
+                                 uintptr_t stats, int B, int T, int NH, int HS, uintptr_t s) {
+    attention_backward(ptr<floatX>(dqkv), ptr<float>(delta), ptr<const floatX>(dout), ptr<const floatX>(qkv),
+                       ptr<const floatX>(out), ptr<const float>(stats), B, T, NH, HS, as_stream(s));
+  }, "plain CUDA attention backward: dqkv overwritten; delta is fp32 scratch (B,NH,T)");
+  m.def("has_cudnn", [] {
+#ifdef LLMC_WITH_CUDNN
+    return true;
+#else
+    return false;
+#endif
+  }, "whether the cuDNN attention was compiled in");
+#ifdef LLMC_WITH_CUDNN
+  m.def("attention_forward_cudnn", [](uintptr_t out, uintptr_t stats, uintptr_t qkv, int B, int T, int NH, int HS,
+                                      uintptr_t s) {
+    attention_forward_cudnn(ptr<floatX>(out), ptr<float>(stats), ptr<const floatX>(qkv), B, T, NH, HS,
+                            as_stream(s));
+  }, "cuDNN causal attention (HS 64/128): out and log-sum-exp stats from qkv");
+  m.def("attention_backward_cudnn", [](uintptr_t dqkv, uintptr_t dout, uintptr_t qkv, uintptr_t out, uintptr_t stats,
+                                       int B, int T, int NH, int HS, bool deterministic, uintptr_t s) {
+    attention_backward_cudnn(ptr<floatX>(dqkv), ptr<const floatX>(dout), ptr<const floatX>(qkv),
+                             ptr<const floatX>(out), ptr<const float>(stats), B, T, NH, HS, deterministic,
+                             as_stream(s));
+  }, "cuDNN attention backward: dqkv overwritten; deterministic=True orders the dQ sums");
+#endif
 
   // ---- fused_classifier.cu ----
+  m.def("fused_classifier", [](uintptr_t logits, uintptr_t losses, uintptr_t targets, float dloss, int N, int V,
+                               int Vp, uintptr_t s) {
+    fused_classifier(ptr<floatX>(logits), ptr<float>(losses), ptr<const int>(targets), dloss, N, V, Vp, as_stream(s));
+  }, "losses = cross-entropy per row (fp32); logits (bf16) overwritten with (softmax - onehot) * dloss");
 
   // ---- adamw.cu ----
+  m.attr("ADAMW_MAX_SEGMENTS") = kAdamWMaxSegments;
+  m.def("adamw_update", [](uintptr_t params, uintptr_t grads, uintptr_t m_, uintptr_t v_, uintptr_t master, int64_t n,
+                           double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step,
+                           uint64_t seed, double grad_scale, const std::vector<int64_t>& tensor_sizes,
+                           const std::vector<bool>& tensor_decay, uintptr_t s) {
+    adamw_update(ptr<floatX>(params), ptr<const floatX>(grads), ptr<float>(m_), ptr<float>(v_), ptr<float>(master), n,
+                 lr, beta1, beta2, eps, weight_decay, step, seed, grad_scale, tensor_sizes, tensor_decay,
+                 as_stream(s));
+  }, "one AdamW step over a flat range; master may be 0; params (bf16) written with stochastic rounding");
 
   // ---- global_norm.cu ----
+  m.attr("GLOBAL_NORM_PARTIALS") = kGlobalNormPartials;
+  m.def("global_norm_squared", [](uintptr_t out, uintptr_t inp, int64_t n, uintptr_t scratch, uintptr_t s) {
+    global_norm_squared(ptr<float>(out), ptr<const floatX>(inp), n, ptr<float>(scratch), as_stream(s));
+  }, "out[0] = sum(inp^2) in fp32, deterministic; scratch holds GLOBAL_NORM_PARTIALS floats");
 }

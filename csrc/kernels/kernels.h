@@ -16,15 +16,77 @@ void gelu_forward(floatX* out, const floatX* inp, int64_t n, cudaStream_t stream
 void gelu_backward(floatX* dinp, const floatX* dout, const floatX* inp, int64_t n, cudaStream_t stream);
 
 // ---- encoder.cu ----
+void encoder_forward(floatX* out, const int* idx, const floatX* wte, const floatX* wpe, int B, int T, int C,
+                     cudaStream_t stream);
+// fp32 scratch the backward needs for B*T = N positions (llmc.ops allocates it).
+int64_t encoder_backward_scratch_floats(int N, int C);
+// dwte += , dwpe += ; deterministic. sorted_ids / perm: the B*T token ids stably sorted, and the flat
+// position each sorted entry came from (torch.sort(idx.flatten(), stable=True)); ids must lie in [0, V).
+void encoder_backward(floatX* dwte, floatX* dwpe, float* scratch, const floatX* dout, const int* sorted_ids,
+                      const int64_t* perm, int B, int T, int C, cudaStream_t stream);
 
 // ---- layernorm.cu ----
+void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* weight,
+                       const floatX* bias, int N, int C, float eps, cudaStream_t stream);
+// residual = inp1 + inp2, then out, mean, rstd = layernorm(residual), in one pass.
+void fused_residual_layernorm_forward(floatX* residual, floatX* out, float* mean, float* rstd, const floatX* inp1,
+                                      const floatX* inp2, const floatX* weight, const floatX* bias, int N, int C,
+                                      float eps, cudaStream_t stream);
+// fp32 scratch the backward needs for N rows of C (llmc.ops allocates it).
+int64_t layernorm_backward_scratch_floats(int N, int C);
+// dinp = (or += with accumulate) the input gradient; dweight += , dbias += ; deterministic. dinp may alias dout.
+void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
+                        const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N, int C,
+                        bool accumulate, cudaStream_t stream);
 
 // ---- matmul.cu ----
+// out (N,M) = inp (N,K) @ weight (M,K)^T [+ bias (M)], through cuBLASLt. With gelu, out = gelu_tanh of that and
+// pre_gelu (N,M), if not null, receives the value before the GELU. bias and pre_gelu may be null. K, M multiples of 8.
+void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floatX* weight, const floatX* bias,
+                    int64_t N, int64_t K, int64_t M, bool gelu, cudaStream_t stream);
+// dinp (N,K) = dout (N,M) @ weight (M,K), times gelu_tanh'(pre_gelu (N,K)) when pre_gelu is not null (dinp may then
+// be pre_gelu); dweight += dout^T @ inp; dbias (may be null) += column sums of dout, deterministically.
+void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp,
+                     const floatX* weight, const floatX* pre_gelu, int64_t N, int64_t K, int64_t M,
+                     cudaStream_t stream);
 
 // ---- attention (attention_cudnn.cpp, attention.cu) ----
+// Causal self-attention, scale 1/sqrt(HS). qkv and dqkv (B, T, 3, NH, HS); out and dout (B, T, NH, HS);
+// stats fp32 (B, NH, T): log-sum-exp of each row's scaled, masked scores (the same in both backends).
+// dqkv is overwritten. Plain CUDA (attention.cu), any head size up to kAttentionMaxHeadSize; the backward needs
+// an fp32 scratch `delta` of B*NH*T floats.
+constexpr int kAttentionMaxHeadSize = 128;
+void attention_forward(floatX* out, float* stats, const floatX* qkv, int B, int T, int NH, int HS,
+                       cudaStream_t stream);
+void attention_backward(floatX* dqkv, float* delta, const floatX* dout, const floatX* qkv, const floatX* out,
+                        const float* stats, int B, int T, int NH, int HS, cudaStream_t stream);
+// cuDNN (attention_cudnn.cpp, built only with LLMC_WITH_CUDNN): head size 64 or 128. The backward's dQ sums
+// with atomics (run to run differences in the last bits) unless `deterministic`, which costs a larger workspace.
+void attention_forward_cudnn(floatX* out, float* stats, const floatX* qkv, int B, int T, int NH, int HS,
+                             cudaStream_t stream);
+void attention_backward_cudnn(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
+                              const float* stats, int B, int T, int NH, int HS, bool deterministic,
+                              cudaStream_t stream);
 
 // ---- fused_classifier.cu ----
+// logits (N, Vp) is overwritten with dlogits = (softmax - onehot) * dloss over the first V columns, 0 in the
+// padding; losses (N) fp32 gets the per-row loss. targets[i] == -1 ignores row i (loss 0, zero gradient).
+void fused_classifier(floatX* logits, float* losses, const int* targets, float dloss, int N, int V, int Vp,
+                      cudaStream_t stream);
 
 // ---- adamw.cu ----
+// Most segments (runs of adjacent tensors with the same decay flag) one launch takes: they travel as kernel
+// parameters.
+constexpr int kAdamWMaxSegments = 64;
+// One AdamW step over n elements; master may be nullptr (then params are read as fp32 and updated directly).
+// tensor_sizes partition n; weight decay applies where tensor_decay is set. params get stochastic rounding.
+void adamw_update(floatX* params, const floatX* grads, float* m, float* v, float* master, int64_t n, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, int64_t step, uint64_t seed,
+                  double grad_scale, const std::vector<int64_t>& tensor_sizes, const std::vector<bool>& tensor_decay,
+                  cudaStream_t stream);
 
 // ---- global_norm.cu ----
+// Floats of scratch (device memory) global_norm_squared needs: one partial sum per block of its fixed grid.
+constexpr int kGlobalNormPartials = 1024;
+// out[0] = sum(inp[i]^2) in fp32, deterministic; inp may start at any element offset.
+void global_norm_squared(float* out, const floatX* inp, int64_t n, float* scratch, cudaStream_t stream);

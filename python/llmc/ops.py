@@ -184,27 +184,658 @@ def gelu_backward(dout: torch.Tensor, inp: torch.Tensor, dinp: Optional[torch.Te
 # ---------------------------------------------------------------------------------------------------------
 # encoder
 # ---------------------------------------------------------------------------------------------------------
+def _encoder_dims(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, device: torch.device,
+                  wte_name: str, wpe_name: str) -> tuple:
+    """(B, T, V, C) for idx (B, T), wte (V, C), wpe (maxT, C) with T <= maxT."""
+    if idx.dim() != 2:
+        raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+    for t, name, rows in ((wte, wte_name, "V (vocabulary)"), (wpe, wpe_name, "max_seq_len")):
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be ({rows}, C), got shape {tuple(t.shape)}")
+    B, T = idx.shape
+    V, C = wte.shape
+    if wpe.shape[1] != C:
+        raise ValueError(f"{wte_name} {tuple(wte.shape)} and {wpe_name} {tuple(wpe.shape)} must have the same "
+                         f"number of channels C")
+    if T > wpe.shape[0]:
+        raise ValueError(f"idx has T = {T} positions but {wpe_name} has only {wpe.shape[0]} rows (max_seq_len); "
+                         f"use sequences of at most {wpe.shape[0]} tokens")
+    if device.type == "cuda":
+        _check_multiple_of(C, 8, f"C ({wte_name}.shape[1])")
+    return B, T, V, C
+
+
+def _check_token_range(lowest: int, highest: int, V: int) -> None:
+    if lowest < 0 or highest >= V:
+        raise ValueError(f"idx holds token ids from {lowest} to {highest}, but the embedding table has V = {V} "
+                         f"rows; every id must lie in [0, {V})")
+
+
+def _token_extremes(idx: torch.Tensor) -> tuple:
+    """(min, max) of the ids; on CUDA this waits for the device (one small copy back)."""
+    lowest, highest = torch.aminmax(idx)
+    return tuple(torch.stack((lowest, highest)).tolist())
+
+
+def encoder_forward(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor,
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out (B, T, C) = wte[idx] + wpe[:T] for token ids idx (B, T), wte (V, C), wpe (max_seq_len, C).
+
+    The ids are checked against V (one synchronizing read of their min and max on CUDA).
+    """
+    _check_index(idx, "idx")
+    _check_float(wte, "wte")
+    _check_float(wpe, "wpe")
+    device = _check_same_device(idx=idx, wte=wte, wpe=wpe, out=out)
+    dtype = _check_same_dtype(wte=wte, wpe=wpe)
+    B, T, V, C = _encoder_dims(idx, wte, wpe, device, "wte", "wpe")
+    out = _output(out, "out", (B, T, C), dtype, device)
+    if idx.numel() == 0:
+        return out
+    _check_token_range(*_token_extremes(idx), V)
+    if device.type == "cuda":
+        _ext().encoder_forward(out.data_ptr(), idx.data_ptr(), wte.data_ptr(), wpe.data_ptr(), B, T, C,
+                               _stream(device))
+    else:
+        out.copy_(reference.encoder_forward(idx, wte, wpe))
+    return out
+
+
+def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, dwpe: torch.Tensor) -> None:
+    """dwte (V, C) += and dwpe (max_seq_len, C) += the gradients of encoder_forward, from dout (B, T, C).
+
+    Deterministic: on CUDA the ids are sorted (stably) on the device and every token's rows are summed in a
+    fixed order, without atomics. The ids are checked against V (one synchronizing read on CUDA).
+    """
+    _check_float(dout, "dout")
+    _check_index(idx, "idx")
+    _check_float(dwte, "dwte")
+    _check_float(dwpe, "dwpe")
+    device = _check_same_device(dout=dout, idx=idx, dwte=dwte, dwpe=dwpe)
+    _check_same_dtype(dout=dout, dwte=dwte, dwpe=dwpe)
+    B, T, V, C = _encoder_dims(idx, dwte, dwpe, device, "dwte", "dwpe")
+    _check_shape(dout, "dout", (B, T, C))
+    _check_writes_disjoint(dict(dwte=dwte, dwpe=dwpe), dict(dout=dout))
+    if idx.numel() == 0:
+        return
+    if device.type == "cuda":
+        sorted_ids, positions = torch.sort(idx.reshape(-1), stable=True)
+        _check_token_range(*sorted_ids[[0, -1]].tolist(), V)
+        ext = _ext()
+        scratch = torch.empty(ext.encoder_backward_scratch_floats(B * T, C), dtype=torch.float32, device=device)
+        ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), dout.data_ptr(),
+                             sorted_ids.data_ptr(), positions.data_ptr(), B, T, C, _stream(device))
+    else:
+        _check_token_range(*_token_extremes(idx), V)
+        grad_wte, grad_wpe = reference.encoder_backward(dout, idx, V, dwpe.shape[0])
+        dwte.add_(grad_wte)
+        dwpe.add_(grad_wpe)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # layernorm
 # ---------------------------------------------------------------------------------------------------------
+def _layernorm_dims(inp: torch.Tensor, device: torch.device, inp_name: str = "inp", **params) -> tuple:
+    """(N, C) for inp (..., C) (at least 2-D) and parameters of shape (C,)."""
+    if inp.dim() < 2:
+        raise ValueError(f"{inp_name} must be (N, C) or (..., C), got shape {tuple(inp.shape)}")
+    C = inp.shape[-1]
+    if C == 0:
+        raise ValueError(f"{inp_name} has shape {tuple(inp.shape)}; C (the last dimension) must be positive")
+    for name, t in params.items():
+        _check_shape(t, name, (C,))
+    if device.type == "cuda":
+        _check_multiple_of(C, 8, f"C ({inp_name}.shape[-1])")
+    return inp.numel() // C, C
+
+
+def _layernorm_outputs(out, mean, rstd, shape, dtype, device) -> tuple:
+    return (_output(out, "out", shape, dtype, device), _output(mean, "mean", shape[:-1], torch.float32, device),
+            _output(rstd, "rstd", shape[:-1], torch.float32, device))
+
+
+def _layernorm_reference_into(out, mean, rstd, inp, weight, bias, eps) -> None:
+    o, m, r = reference.layernorm_forward(inp, weight, bias, eps)
+    out.copy_(o)
+    mean.copy_(m)
+    rstd.copy_(r)
+
+
+def layernorm_forward(inp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      out: Optional[torch.Tensor] = None, mean: Optional[torch.Tensor] = None,
+                      rstd: Optional[torch.Tensor] = None, eps: float = 1e-5) -> tuple:
+    """(out, mean, rstd): LayerNorm of inp (N, C) (or (..., C)) over C with weight, bias (C); mean and rstd
+    (fp32, shaped inp.shape[:-1]) are what layernorm_backward needs. On CUDA, C must be a multiple of 8."""
+    _check_float(inp, "inp")
+    _check_float(weight, "weight")
+    _check_float(bias, "bias")
+    device = _check_same_device(inp=inp, weight=weight, bias=bias, out=out, mean=mean, rstd=rstd)
+    dtype = _check_same_dtype(inp=inp, weight=weight, bias=bias)
+    N, C = _layernorm_dims(inp, device, weight=weight, bias=bias)
+    eps = _check_real(eps, "eps", low=0.0)
+    out, mean, rstd = _layernorm_outputs(out, mean, rstd, inp.shape, dtype, device)
+    if device.type == "cuda":
+        _ext().layernorm_forward(out.data_ptr(), mean.data_ptr(), rstd.data_ptr(), inp.data_ptr(),
+                                 weight.data_ptr(), bias.data_ptr(), N, C, eps, _stream(device))
+    else:
+        _layernorm_reference_into(out, mean, rstd, inp, weight, bias, eps)
+    return out, mean, rstd
+
+
+def fused_residual_layernorm_forward(inp1: torch.Tensor, inp2: torch.Tensor, weight: torch.Tensor,
+                                     bias: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                                     out: Optional[torch.Tensor] = None, mean: Optional[torch.Tensor] = None,
+                                     rstd: Optional[torch.Tensor] = None, eps: float = 1e-5) -> tuple:
+    """(residual, out, mean, rstd): residual = inp1 + inp2 (stored in the inputs' dtype), then the LayerNorm of
+    that stored residual, in one pass over memory on CUDA. Shapes as in layernorm_forward."""
+    _check_float(inp1, "inp1")
+    _check_float(inp2, "inp2")
+    _check_float(weight, "weight")
+    _check_float(bias, "bias")
+    device = _check_same_device(inp1=inp1, inp2=inp2, weight=weight, bias=bias, residual=residual, out=out,
+                                mean=mean, rstd=rstd)
+    dtype = _check_same_dtype(inp1=inp1, inp2=inp2, weight=weight, bias=bias)
+    _check_shape(inp2, "inp2", inp1.shape)
+    N, C = _layernorm_dims(inp1, device, "inp1", weight=weight, bias=bias)
+    eps = _check_real(eps, "eps", low=0.0)
+    residual = _output(residual, "residual", inp1.shape, dtype, device)
+    out, mean, rstd = _layernorm_outputs(out, mean, rstd, inp1.shape, dtype, device)
+    if device.type == "cuda":
+        _ext().fused_residual_layernorm_forward(residual.data_ptr(), out.data_ptr(), mean.data_ptr(),
+                                                rstd.data_ptr(), inp1.data_ptr(), inp2.data_ptr(),
+                                                weight.data_ptr(), bias.data_ptr(), N, C, eps, _stream(device))
+    else:
+        residual.copy_(reference.residual_forward(inp1, inp2))
+        _layernorm_reference_into(out, mean, rstd, residual, weight, bias, eps)
+    return residual, out, mean, rstd
+
+
+def layernorm_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                       rstd: torch.Tensor, dweight: torch.Tensor, dbias: torch.Tensor,
+                       dinp: Optional[torch.Tensor] = None, accumulate: bool = False) -> torch.Tensor:
+    """Gradients of layernorm_forward from dout (shaped like inp) and the saved mean and rstd (fp32).
+
+    dweight (C) += and dbias (C) += (deterministic: fixed-order fp32 sums, no atomics). dinp is overwritten,
+    or, with accumulate=True, dinp += the input gradient (the residual stream's gradient). dinp may be dout.
+    """
+    for t, name in ((dout, "dout"), (inp, "inp"), (weight, "weight"), (dweight, "dweight"), (dbias, "dbias")):
+        _check_float(t, name)
+    _check_fp32(mean, "mean")
+    _check_fp32(rstd, "rstd")
+    if not isinstance(accumulate, bool):
+        raise TypeError(f"accumulate must be a bool, got {type(accumulate).__name__}")
+    if accumulate and dinp is None:
+        raise ValueError("accumulate=True adds into dinp, so dinp must be given")
+    device = _check_same_device(dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd, dweight=dweight,
+                                dbias=dbias, dinp=dinp)
+    dtype = _check_same_dtype(dout=dout, inp=inp, weight=weight, dweight=dweight, dbias=dbias)
+    N, C = _layernorm_dims(inp, device, weight=weight, dweight=dweight, dbias=dbias)
+    _check_shape(dout, "dout", inp.shape)
+    _check_shape(mean, "mean", inp.shape[:-1])
+    _check_shape(rstd, "rstd", inp.shape[:-1])
+    dinp = _output(dinp, "dinp", inp.shape, dtype, device)
+    _check_writes_disjoint(dict(dweight=dweight, dbias=dbias),
+                           dict(dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd, dinp=dinp))
+    if device.type == "cuda":
+        ext = _ext()
+        scratch = torch.empty(ext.layernorm_backward_scratch_floats(N, C), dtype=torch.float32, device=device)
+        ext.layernorm_backward(dinp.data_ptr(), dweight.data_ptr(), dbias.data_ptr(), scratch.data_ptr(),
+                               dout.data_ptr(), inp.data_ptr(), weight.data_ptr(), mean.data_ptr(),
+                               rstd.data_ptr(), N, C, accumulate, _stream(device))
+    else:
+        grad_inp, grad_weight, grad_bias = reference.layernorm_backward(dout, inp, weight, mean, rstd)
+        dweight.add_(grad_weight)
+        dbias.add_(grad_bias)
+        if accumulate:
+            dinp.add_(grad_inp)
+        else:
+            dinp.copy_(grad_inp)
+    return dinp
 
 # ---------------------------------------------------------------------------------------------------------
 # matmul
 # ---------------------------------------------------------------------------------------------------------
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _check_same_dtype(**tensors: Optional[torch.Tensor]) -> torch.dtype:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    dtypes = {v.dtype for v in present.values()}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{k} {v.dtype}" for k, v in present.items())
+        raise TypeError(f"all float tensors must have one dtype, got {listing}")
+    return dtypes.pop()
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two contiguous tensors share any byte of memory."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def _check_writes_disjoint(writes: dict, reads: dict) -> None:
+    """No written tensor may share memory with another tensor of the call: a GEMM would read what it overwrites."""
+    named = [(k, v) for k, v in {**writes, **reads}.items() if v is not None]
+    for wname, w in writes.items():
+        for name, t in named:
+            if w is not None and name != wname and _overlaps(w, t):
+                raise ValueError(f"{wname} shares memory with {name}; the kernels would overwrite data they still "
+                                 f"read. Pass a separate buffer as {wname}")
+
+
+def _matmul_dims(inp: torch.Tensor, weight: torch.Tensor, device: torch.device):
+    """(N, K, M) for inp (N, K) or (..., K) and weight (M, K)."""
+    if inp.dim() < 2:
+        raise ValueError(f"inp must be (N, K) or (..., K), got shape {tuple(inp.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be (M, K) = (out_features, in_features), got shape {tuple(weight.shape)}")
+    M, K = weight.shape
+    if inp.shape[-1] != K:
+        raise ValueError(f"inp has shape {tuple(inp.shape)} but weight {tuple(weight.shape)} needs its last "
+                         f"dimension to be K = {K}")
+    if M == 0 or K == 0:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; M and K must be positive")
+    if device.type == "cuda":
+        # cuBLASLt's bf16 GEMMs need 16-byte aligned rows
+        _check_multiple_of(K, 8, "K (inp.shape[-1] = weight.shape[1])")
+        _check_multiple_of(M, 8, "M (weight.shape[0])")
+    return inp.numel() // K, K, M
+
+
+def matmul_forward(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   out: Optional[torch.Tensor] = None, gelu: bool = False,
+                   pre_gelu: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out (N, M) = inp (N, K) @ weight (M, K).T + bias (M) (bias may be None; inp may be (..., K)).
+
+    gelu=True returns GELU (tanh approximation) of that, fused into the cuBLASLt epilogue on CUDA, and writes the
+    value before the GELU into `pre_gelu` (shaped like out) when given: what matmul_backward needs. On CUDA, K and
+    M must be multiples of 8.
+    """
+    _check_float(inp, "inp")
+    _check_float(weight, "weight")
+    for t, name in ((bias, "bias"), (pre_gelu, "pre_gelu")):
+        if t is not None:
+            _check_float(t, name)
+    if not isinstance(gelu, bool):
+        raise TypeError(f"gelu must be a bool, got {type(gelu).__name__}")
+    if pre_gelu is not None and not gelu:
+        raise ValueError("pre_gelu is only written by the GELU epilogue: pass gelu=True, or drop pre_gelu")
+    device = _check_same_device(inp=inp, weight=weight, bias=bias, out=out, pre_gelu=pre_gelu)
+    dtype = _check_same_dtype(inp=inp, weight=weight, bias=bias, pre_gelu=pre_gelu)
+    N, K, M = _matmul_dims(inp, weight, device)
+    if bias is not None:
+        _check_shape(bias, "bias", (M,))
+    out_shape = (*inp.shape[:-1], M)
+    out = _output(out, "out", out_shape, dtype, device)
+    if pre_gelu is not None:
+        _check_shape(pre_gelu, "pre_gelu", out_shape)
+    _check_writes_disjoint(dict(out=out, pre_gelu=pre_gelu), dict(inp=inp, weight=weight, bias=bias))
+    if device.type == "cuda":
+        _ext().matmul_forward(out.data_ptr(), _ptr(pre_gelu), inp.data_ptr(), weight.data_ptr(), _ptr(bias),
+                              N, K, M, gelu, _stream(device))
+    else:
+        pre = reference.matmul_forward(inp, weight, bias)
+        if pre_gelu is not None:
+            pre_gelu.copy_(pre)
+        out.copy_(reference.gelu_forward(pre) if gelu else pre)
+    return out
+
+
+def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, dweight: torch.Tensor,
+                    dbias: Optional[torch.Tensor] = None, dinp: Optional[torch.Tensor] = None,
+                    pre_gelu: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Backward of matmul_forward. Returns dinp = dout @ weight (N, K), overwritten; accumulates
+    dweight (M, K) += dout.T @ inp and, when given, dbias (M) += dout summed over rows (deterministically).
+
+    With pre_gelu (shaped like inp) given, inp was gelu(pre_gelu) and dinp = (dout @ weight) * gelu'(pre_gelu),
+    the gradient with respect to pre_gelu (fused into the cuBLASLt epilogue on CUDA); dinp may then be pre_gelu
+    itself.
+    """
+    for t, name in ((dout, "dout"), (inp, "inp"), (weight, "weight"), (dweight, "dweight")):
+        _check_float(t, name)
+    for t, name in ((dbias, "dbias"), (pre_gelu, "pre_gelu")):
+        if t is not None:
+            _check_float(t, name)
+    device = _check_same_device(dout=dout, inp=inp, weight=weight, dweight=dweight, dbias=dbias, dinp=dinp,
+                                pre_gelu=pre_gelu)
+    dtype = _check_same_dtype(dout=dout, inp=inp, weight=weight, dweight=dweight, dbias=dbias, pre_gelu=pre_gelu)
+    N, K, M = _matmul_dims(inp, weight, device)
+    _check_shape(dout, "dout", (*inp.shape[:-1], M))
+    _check_shape(dweight, "dweight", (M, K))
+    if dbias is not None:
+        _check_shape(dbias, "dbias", (M,))
+    if pre_gelu is not None:
+        _check_shape(pre_gelu, "pre_gelu", inp.shape)
+    dinp = _output(dinp, "dinp", inp.shape, dtype, device)
+    in_place = pre_gelu is not None and dinp.numel() > 0 and dinp.data_ptr() == pre_gelu.data_ptr()
+    _check_writes_disjoint(dict(dinp=dinp, dweight=dweight, dbias=dbias),
+                           dict(dout=dout, inp=inp, weight=weight, pre_gelu=None if in_place else pre_gelu))
+    if device.type == "cuda":
+        _ext().matmul_backward(dinp.data_ptr(), dweight.data_ptr(), _ptr(dbias), dout.data_ptr(), inp.data_ptr(),
+                               weight.data_ptr(), _ptr(pre_gelu), N, K, M, _stream(device))
+    else:
+        d_inp, d_weight, d_bias = reference.matmul_backward(dout, inp, weight, pre_gelu)
+        dweight.add_(d_weight)
+        if dbias is not None:
+            dbias.add_(d_bias)
+        dinp.copy_(d_inp)
+    return dinp
 
 # ---------------------------------------------------------------------------------------------------------
 # attention
 # ---------------------------------------------------------------------------------------------------------
+ATTENTION_BACKENDS = ("auto", "cudnn", "cuda")
+CUDNN_ATTENTION_HEAD_SIZES = (64, 128)
+
+
+def _check_attention_backend_name(backend) -> None:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+
+
+def _resolve_attention_backend(backend: str, HS: int) -> str:
+    """The backend that runs CUDA attention with head size HS, or a ValueError saying why none can."""
+    _check_attention_backend_name(backend)
+    ext = _ext()
+    cudnn_reason = None
+    if not ext.has_cudnn():
+        cudnn_reason = ("llmc was built without cuDNN attention (the build found no cuDNN, cudnn-frontend headers "
+                        "or NVRTC; see the 'llmc:' lines of the build log)")
+    elif HS not in CUDNN_ATTENTION_HEAD_SIZES:
+        cudnn_reason = f"cuDNN attention takes head sizes {CUDNN_ATTENTION_HEAD_SIZES}, got {HS}"
+    if backend == "cudnn" and cudnn_reason:
+        raise ValueError(f"backend='cudnn' is not available: {cudnn_reason}. Use backend='cuda' or 'auto'")
+    if backend == "cudnn" or (backend == "auto" and cudnn_reason is None):
+        return "cudnn"
+    if HS > ext.ATTENTION_MAX_HEAD_SIZE:
+        raise ValueError(f"head size {HS} is not supported: the plain CUDA attention takes up to "
+                         f"{ext.ATTENTION_MAX_HEAD_SIZE}" + (f", and {cudnn_reason}" if cudnn_reason else ""))
+    return "cuda"
+
+
+def attention_backend(B: int, T: int, NH: int, HS: int) -> str:
+    """Which backend backend="auto" runs for CUDA tensors of this shape: "cudnn" when llmc was built with cuDNN
+    and HS is 64 or 128, else "cuda" (the plain kernels). Raises ValueError when neither takes the shape, and
+    RuntimeError when llmc was built without CUDA."""
+    for name, value in (("B", B), ("T", T), ("NH", NH), ("HS", HS)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    return _resolve_attention_backend("auto", HS)
+
+
+def _check_qkv(qkv) -> tuple:
+    _check_float(qkv, "qkv")
+    if qkv.dim() != 5 or qkv.shape[2] != 3 or qkv.numel() == 0:
+        raise ValueError(f"qkv has shape {tuple(qkv.shape)}; expected (B, T, 3, NH, HS) with no zero sizes, i.e. "
+                         f"the QKV matmul output (B, T, 3*C) viewed as .view(B, T, 3, NH, C // NH)")
+    B, T, _, NH, HS = qkv.shape
+    return B, T, NH, HS
+
+
+def _check_cpu_attention_backend(backend: str) -> None:
+    _check_attention_backend_name(backend)
+    if backend != "auto":
+        raise ValueError(f"backend={backend!r} runs CUDA tensors only; CPU tensors always use the fp32 reference "
+                         f"(pass backend='auto')")
+
+
+def attention_forward(qkv: torch.Tensor, out: Optional[torch.Tensor] = None, stats: Optional[torch.Tensor] = None,
+                      backend: str = "auto"):
+    """Causal self-attention softmax(Q K^T / sqrt(HS)) V. qkv (B, T, 3, NH, HS) -> (out (B, T, NH, HS),
+    stats fp32 (B, NH, T)), stats being each row's log-sum-exp of the scaled, masked scores (kept for backward).
+    backend: "auto" (see `attention_backend`), "cudnn" or "cuda"; both save the same stats."""
+    B, T, NH, HS = _check_qkv(qkv)
+    device = _check_same_device(qkv=qkv, out=out, stats=stats)
+    out = _output(out, "out", (B, T, NH, HS), qkv.dtype, device)
+    stats = _output(stats, "stats", (B, NH, T), torch.float32, device)
+    if device.type == "cuda":
+        ext = _ext()
+        run = ext.attention_forward_cudnn if _resolve_attention_backend(backend, HS) == "cudnn" \
+            else ext.attention_forward
+        run(out.data_ptr(), stats.data_ptr(), qkv.data_ptr(), B, T, NH, HS, _stream(device))
+    else:
+        _check_cpu_attention_backend(backend)
+        ref_out, ref_stats = reference.attention_forward(qkv)
+        out.copy_(ref_out)
+        stats.copy_(ref_stats)
+    return out, stats
+
+
+def attention_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor,
+                       dqkv: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
+    """dqkv (B, T, 3, NH, HS), overwritten, from dout (B, T, NH, HS) and the forward's qkv, out and stats.
+    The plain CUDA backend is deterministic. cuDNN's sums dQ with atomics (last-bit differences between runs)
+    unless torch.use_deterministic_algorithms(True) is on, which picks its ordered algorithm (more workspace)."""
+    B, T, NH, HS = _check_qkv(qkv)
+    _check_float(dout, "dout")
+    _check_float(out, "out")
+    _check_fp32(stats, "stats")
+    device = _check_same_device(dout=dout, qkv=qkv, out=out, stats=stats, dqkv=dqkv)
+    _check_shape(dout, "dout", (B, T, NH, HS))
+    _check_shape(out, "out", (B, T, NH, HS))
+    _check_shape(stats, "stats", (B, NH, T))
+    if not dout.dtype == out.dtype == qkv.dtype:
+        raise TypeError(f"dout ({dout.dtype}), qkv ({qkv.dtype}) and out ({out.dtype}) must have the same dtype")
+    dqkv = _output(dqkv, "dqkv", qkv.shape, qkv.dtype, device)
+    if dqkv.data_ptr() == qkv.data_ptr():
+        raise ValueError("dqkv must not be qkv itself: the kernels read qkv while they write dqkv")
+    if device.type == "cuda":
+        ext = _ext()
+        if _resolve_attention_backend(backend, HS) == "cudnn":
+            ext.attention_backward_cudnn(dqkv.data_ptr(), dout.data_ptr(), qkv.data_ptr(), out.data_ptr(),
+                                         stats.data_ptr(), B, T, NH, HS, torch.are_deterministic_algorithms_enabled(),
+                                         _stream(device))
+        else:
+            delta = torch.empty((B, NH, T), dtype=torch.float32, device=device)
+            ext.attention_backward(dqkv.data_ptr(), delta.data_ptr(), dout.data_ptr(), qkv.data_ptr(), out.data_ptr(),
+                                   stats.data_ptr(), B, T, NH, HS, _stream(device))
+    else:
+        _check_cpu_attention_backend(backend)
+        dqkv.copy_(reference.attention_backward(dout, qkv, out, stats))
+    return dqkv
 
 # ---------------------------------------------------------------------------------------------------------
 # fused_classifier
 # ---------------------------------------------------------------------------------------------------------
+def _check_real(x, name: str, low: float = -float("inf"), high: float = float("inf"),
+                high_inclusive: bool = True) -> float:
+    """A finite real number (not a bool) in [low, high] (or [low, high)); returned as a Python float."""
+    import math
+    import numbers
+
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    if x < low or x > high or (x == high and not high_inclusive):
+        bound = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} = {x} is outside [{low}, {high}{bound}")
+    return x
+
+
+def _check_int(x, name: str, low: int, high: Optional[int] = None) -> int:
+    """An integer (not a bool) in [low, high)."""
+    import operator
+
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        x = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}") from None
+    if x < low or (high is not None and x >= high):
+        raise ValueError(f"{name} = {x} is outside [{low}, {high if high is not None else 'inf'})")
+    return x
+
+
+def fused_classifier(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, dloss: Optional[float] = None,
+                     losses: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross-entropy per position and its gradient in one pass. `logits` (N, Vp) (or (B, T, Vp)) is OVERWRITTEN
+    with dlogits = (softmax - onehot(target)) * dloss over the first `vocab_size` columns, 0 in the padding
+    columns vocab_size..Vp-1. `targets` (N) (or (B, T)) int32, -1 = ignore: loss 0 and a zero gradient row.
+    `dloss` defaults to 1 / (number of non-ignored targets), so sum(losses) * dloss is the mean loss and dlogits
+    its gradient. Returns the per-position losses, fp32. The targets' range is checked on their device, which
+    waits for it (one host synchronisation)."""
+    _check_float(logits, "logits")
+    _check_index(targets, "targets")
+    device = _check_same_device(logits=logits, targets=targets, losses=losses)
+    if logits.dim() < 2 or tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match: expected "
+                         f"logits (N, Vp) with targets (N), or logits (B, T, Vp) with targets (B, T)")
+    Vp, N = logits.shape[-1], targets.numel()
+    V = _check_int(vocab_size, "vocab_size", 1)
+    if V > Vp:
+        raise ValueError(f"vocab_size={V} is larger than logits.shape[-1]={Vp}, the padded vocabulary; the logits "
+                         f"need at least vocab_size columns")
+    if dloss is not None:
+        dloss = _check_real(dloss, "dloss")
+    losses = _output(losses, "losses", targets.shape, torch.float32, device)
+    if device.type == "cuda":
+        _check_multiple_of(Vp, 8, "the padded vocabulary size logits.shape[-1]")
+        if N >= 2**31:
+            raise ValueError(f"{N} positions is too many for one call (the kernel runs one block per position); "
+                             f"split the rows into chunks below 2**31")
+    bad, count = torch.stack([((targets < -1) | (targets >= V)).sum(), (targets >= 0).sum()]).tolist()
+    if bad:
+        raise ValueError(f"targets has {bad} entries outside [0, {V}) that are not -1 (ignore); every target must "
+                         f"be a token id below vocab_size={V} or -1")
+    if dloss is None:
+        dloss = 1.0 / max(count, 1)
+    if device.type == "cuda":
+        _ext().fused_classifier(logits.data_ptr(), losses.data_ptr(), targets.data_ptr(), dloss, N, V, Vp,
+                                _stream(device))
+    else:
+        row_losses, dlogits = reference.fused_classifier(logits, targets, V, dloss)
+        logits.copy_(dlogits)
+        losses.copy_(row_losses)
+    return losses
+
 
 # ---------------------------------------------------------------------------------------------------------
 # adamw
 # ---------------------------------------------------------------------------------------------------------
+def _check_partition(tensor_sizes, tensor_decay, n: int) -> tuple[list, list]:
+    """tensor_sizes: ints >= 0 adding up to n; tensor_decay: one bool per tensor."""
+    import operator
+
+    if isinstance(tensor_sizes, (str, bytes)) or not isinstance(tensor_sizes, Sequence):
+        raise TypeError(f"tensor_sizes must be a list of ints, got {type(tensor_sizes).__name__}")
+    if isinstance(tensor_decay, (str, bytes)) or not isinstance(tensor_decay, Sequence):
+        raise TypeError(f"tensor_decay must be a list of bools, got {type(tensor_decay).__name__}")
+    if len(tensor_sizes) != len(tensor_decay):
+        raise ValueError(f"tensor_sizes has {len(tensor_sizes)} entries but tensor_decay has {len(tensor_decay)}; "
+                         f"give one decay flag per tensor")
+    sizes = [_check_int(s, f"tensor_sizes[{i}]", 0) for i, s in enumerate(tensor_sizes)]
+    decay = []
+    for i, d in enumerate(tensor_decay):
+        try:
+            flag = operator.index(d)
+        except TypeError:
+            flag = None
+        if flag not in (0, 1):
+            raise TypeError(f"tensor_decay[{i}] must be a bool, got {d!r}")
+        decay.append(bool(flag))
+    if sum(sizes) != n:
+        raise ValueError(f"tensor_sizes add up to {sum(sizes)} but params has {n} elements; they must partition "
+                         f"the flat range exactly")
+    return sizes, decay
+
+
+def _decay_segments(sizes: Sequence[int], decay: Sequence[bool], weight_decay: float) -> int:
+    """How many runs of adjacent (non-empty) tensors with the same effective weight decay the range has."""
+    runs, last = 0, None
+    for size, d in zip(sizes, decay):
+        value = weight_decay if d else 0.0
+        if size and value != last:
+            runs, last = runs + 1, value
+    return runs
+
+
+def adamw_update(params: torch.Tensor, grads: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+                 master: Optional[torch.Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
+                 weight_decay: float, step: int, seed: int, grad_scale: float = 1.0, tensor_sizes: Sequence[int],
+                 tensor_decay: Sequence[bool]) -> None:
+    """One AdamW step (torch.optim.AdamW's math, decoupled weight decay) over a flat range, in one launch.
+    params/grads: bf16 on CUDA; m, v, master: fp32, all with the same number of elements. The range is the
+    concatenation of tensors of `tensor_sizes`; weight decay applies to those with `tensor_decay` set. Gradients
+    are multiplied by `grad_scale` first; `step` counts from 1 (bias correction). With master weights, master
+    is updated and params get its value stochastically rounded to bf16 (from `seed` and the element index:
+    the same seed gives the same bits); with master=None params are updated directly (rounded the same way on
+    CUDA, written plainly on the CPU)."""
+    _check_float(params, "params")
+    _check_float(grads, "grads")
+    _check_fp32(m, "m")
+    _check_fp32(v, "v")
+    if master is not None:
+        _check_fp32(master, "master")
+    device = _check_same_device(params=params, grads=grads, m=m, v=v, master=master)
+    if grads.dtype != params.dtype:
+        raise TypeError(f"grads ({grads.dtype}) and params ({params.dtype}) must have the same dtype")
+    n = params.numel()
+    for name, t in (("grads", grads), ("m", m), ("v", v), ("master", master)):
+        if t is not None and t.numel() != n:
+            raise ValueError(f"{name} has {t.numel()} elements but params has {n}; every AdamW buffer covers the "
+                             f"same flat range")
+    hyper = dict(lr=_check_real(lr, "lr", 0.0), beta1=_check_real(beta1, "beta1", 0.0, 1.0, high_inclusive=False),
+                 beta2=_check_real(beta2, "beta2", 0.0, 1.0, high_inclusive=False),
+                 eps=_check_real(eps, "eps", 0.0), weight_decay=_check_real(weight_decay, "weight_decay", 0.0),
+                 step=_check_int(step, "step", 1), grad_scale=_check_real(grad_scale, "grad_scale"))
+    seed = _check_int(seed, "seed", 0, 2**64)
+    sizes, decay = _check_partition(tensor_sizes, tensor_decay, n)
+    if device.type == "cuda":
+        limit = _ext().ADAMW_MAX_SEGMENTS
+        runs = _decay_segments(sizes, decay, hyper["weight_decay"])
+        if runs > limit:
+            raise ValueError(f"the tensors form {runs} runs of alternating weight decay; one launch takes at most "
+                             f"{limit}. Order the tensors so those with decay are adjacent, or split the update")
+        _ext().adamw_update(params.data_ptr(), grads.data_ptr(), m.data_ptr(), v.data_ptr(),
+                            0 if master is None else master.data_ptr(), n, hyper["lr"], hyper["beta1"],
+                            hyper["beta2"], hyper["eps"], hyper["weight_decay"], hyper["step"], seed,
+                            hyper["grad_scale"], sizes, decay, _stream(device))
+    else:
+        w, m_new, v_new = reference.adamw_update(params if master is None else master, grads, m, v,
+                                                 tensor_sizes=sizes, tensor_decay=decay, **hyper)
+        m.copy_(m_new.view_as(m))
+        v.copy_(v_new.view_as(v))
+        if master is not None:
+            master.copy_(w.view_as(master))
+        params.copy_(w.view_as(params))
+
 
 # ---------------------------------------------------------------------------------------------------------
 # global_norm
 # ---------------------------------------------------------------------------------------------------------
+def _check_float_range(t, name: str) -> torch.Tensor:
+    """A contiguous float range like _check_float checks, but starting at any element: a shard of a flat buffer."""
+    _check_tensor(t, name)
+    if t.device.type not in ("cuda", "cpu"):
+        raise ValueError(f"{name} is on device {t.device}; llmc runs on CUDA or the CPU")
+    allowed = (torch.bfloat16,) if t.is_cuda else CPU_DTYPES
+    if t.dtype not in allowed:
+        raise TypeError(f"{name} has dtype {t.dtype}; expected torch.bfloat16 on CUDA or a float dtype on the CPU")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} is not contiguous (strides {tuple(t.stride())}); pass {name}.contiguous()")
+    return t
+
+
+def global_norm_squared(grads: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """sum(grads**2) accumulated in fp32, as a tensor of shape (1,) (out is overwritten). Deterministic: the same
+    input gives the same bits. `grads` is any contiguous range, e.g. a shard of the flat gradient buffer at any
+    element offset."""
+    _check_float_range(grads, "grads")
+    device = _check_same_device(grads=grads, out=out)
+    out = _output(out, "out", (1,), torch.float32, device)
+    if device.type == "cuda":
+        scratch = torch.empty(_ext().GLOBAL_NORM_PARTIALS, dtype=torch.float32, device=device)
+        _ext().global_norm_squared(out.data_ptr(), grads.data_ptr(), grads.numel(), scratch.data_ptr(),
+                                   _stream(device))
+    else:
+        out.copy_(reference.global_norm_squared(grads))
+    return out
+

@@ -31,15 +31,137 @@ def gelu_backward(dout: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
 
 
 # ---- encoder ----
+def encoder_forward(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor) -> torch.Tensor:
+    """out (B, T, C) = wte[idx] + wpe[:T]."""
+    T = idx.shape[1]
+    return _f32(wte)[idx.long()] + _f32(wpe)[:T]
+
+
+def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, vocab_size: int,
+                     max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dwte (V, C), dwpe (maxT, C)): the gradients of encoder_forward, rows a token/position never used are 0."""
+    B, T, C = dout.shape
+    g = _f32(dout)
+    dwte = torch.zeros(vocab_size, C, dtype=torch.float32, device=dout.device)
+    dwte.index_add_(0, idx.reshape(-1).long(), g.reshape(B * T, C))
+    dwpe = torch.zeros(max_seq_len, C, dtype=torch.float32, device=dout.device)
+    dwpe[:T] = g.sum(0)
+    return dwte, dwpe
+
 
 # ---- layernorm ----
+def layernorm_forward(inp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, mean, rstd) over the last dimension; biased variance, rstd = 1/sqrt(var + eps)."""
+    x = _f32(inp)
+    mean = x.mean(-1)
+    xc = x - mean.unsqueeze(-1)
+    rstd = torch.rsqrt((xc * xc).mean(-1) + eps)
+    return xc * rstd.unsqueeze(-1) * _f32(weight) + _f32(bias), mean, rstd
+
+
+def residual_forward(inp1: torch.Tensor, inp2: torch.Tensor) -> torch.Tensor:
+    return _f32(inp1) + _f32(inp2)
+
+
+def layernorm_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                       rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dinp, dweight, dbias) from the saved mean and rstd."""
+    g = _f32(dout)
+    r = _f32(rstd).unsqueeze(-1)
+    xhat = (_f32(inp) - _f32(mean).unsqueeze(-1)) * r
+    dn = g * _f32(weight)
+    dinp = r * (dn - dn.mean(-1, keepdim=True) - xhat * (dn * xhat).mean(-1, keepdim=True))
+    C = g.shape[-1]
+    g_rows, xhat_rows = g.reshape(-1, C), xhat.reshape(-1, C)
+    return dinp, (g_rows * xhat_rows).sum(0), g_rows.sum(0)
 
 # ---- matmul ----
+def matmul_forward(inp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """inp (..., K) @ weight (M, K)^T + bias (M): the linear layer's output, before any GELU."""
+    out = _f32(inp) @ _f32(weight).t()
+    return out if bias is None else out + _f32(bias)
+
+
+def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
+                    pre_gelu: torch.Tensor | None = None):
+    """(dinp, dweight, dbias) of out = inp @ weight^T + bias. With pre_gelu (shaped like inp), inp was
+    gelu(pre_gelu) and dinp is the gradient with respect to pre_gelu."""
+    dinp = _f32(dout) @ _f32(weight)
+    if pre_gelu is not None:
+        dinp = gelu_backward(dinp, pre_gelu)
+    rows = _f32(dout).reshape(-1, dout.shape[-1])
+    return dinp, rows.t() @ _f32(inp).reshape(-1, inp.shape[-1]), rows.sum(0)
+
 
 # ---- attention ----
+def _attention_scores(qkv: torch.Tensor):
+    """q, k, v (B, NH, T, HS) in fp32 from qkv (B, T, 3, NH, HS), and the scaled causal scores (B, NH, T, T)
+    with the future masked to -inf."""
+    q, k, v = _f32(qkv).permute(2, 0, 3, 1, 4).unbind(0)
+    T, HS = q.shape[-2], q.shape[-1]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(HS))
+    future = torch.ones(T, T, dtype=torch.bool, device=qkv.device).triu(1)
+    return q, k, v, scores.masked_fill(future, float("-inf"))
+
+
+def attention_forward(qkv: torch.Tensor):
+    """Causal softmax(QK^T/sqrt(HS))V: out (B, T, NH, HS) and stats (B, NH, T), the log-sum-exp of each row's
+    scaled, masked scores."""
+    _, _, v, scores = _attention_scores(qkv)
+    stats = torch.logsumexp(scores, dim=-1)
+    out = torch.exp(scores - stats.unsqueeze(-1)) @ v
+    return out.transpose(1, 2), stats
+
+
+def attention_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor):
+    """dqkv (B, T, 3, NH, HS) from the forward's out and stats, by the formulas the kernels use:
+    dS = P * (dout V^T - rowsum(dout * out)), dQ = dS K / sqrt(HS), dK = dS^T Q / sqrt(HS), dV = P^T dout."""
+    q, k, v, scores = _attention_scores(qkv)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    p = torch.exp(scores - _f32(stats).unsqueeze(-1))
+    g = _f32(dout).transpose(1, 2)
+    delta = (g * _f32(out).transpose(1, 2)).sum(dim=-1, keepdim=True)
+    ds = p * (g @ v.transpose(-2, -1) - delta)
+    dq = (ds @ k) * scale
+    dk = (ds.transpose(-2, -1) @ q) * scale
+    dv = p.transpose(-2, -1) @ g
+    return torch.stack((dq, dk, dv)).permute(1, 3, 0, 2, 4)
+
 
 # ---- fused_classifier ----
+def fused_classifier(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                     dloss: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses, dlogits): cross-entropy of each row over the first vocab_size columns and its gradient
+    (softmax - onehot) * dloss. Rows whose target is -1 get loss 0 and zero gradient; padded columns zero."""
+    valid = targets >= 0
+    picked = torch.where(valid, targets, 0).long().unsqueeze(-1)
+    logp = torch.log_softmax(_f32(logits)[..., :vocab_size], dim=-1)
+    losses = torch.where(valid, -logp.gather(-1, picked).squeeze(-1), 0.0)
+    grad = logp.exp().scatter_add_(-1, picked, torch.full_like(picked, -1.0, dtype=torch.float32))
+    dlogits = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+    dlogits[..., :vocab_size] = grad * (dloss * valid.unsqueeze(-1))
+    return losses, dlogits
+
 
 # ---- adamw ----
+def adamw_update(w: torch.Tensor, grads: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, lr: float,
+                 beta1: float, beta2: float, eps: float, weight_decay: float, step: int, grad_scale: float,
+                 tensor_sizes, tensor_decay) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One AdamW step (torch.optim.AdamW's math) on a flat range made of tensors of tensor_sizes; weight decay
+    only where tensor_decay is set. Returns the new (w, m, v) in fp32."""
+    g = _f32(grads) * grad_scale
+    m = beta1 * _f32(m) + (1.0 - beta1) * g
+    v = beta2 * _f32(v) + (1.0 - beta2) * g * g
+    mhat = m / (1.0 - beta1 ** step)
+    vhat = v / (1.0 - beta2 ** step)
+    decay = torch.repeat_interleave(torch.tensor([weight_decay if d else 0.0 for d in tensor_decay]),
+                                    torch.tensor(list(tensor_sizes), dtype=torch.long)).to(w.device).reshape(w.shape)
+    w = _f32(w)
+    return w - lr * (mhat / (vhat.sqrt() + eps) + decay * w), m, v
+
 
 # ---- global_norm ----
+def global_norm_squared(x: torch.Tensor) -> torch.Tensor:
+    """sum(x^2) over all elements, shape (1,)."""
+    return _f32(x).square().sum().reshape(1)

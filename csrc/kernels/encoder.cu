@@ -1,0 +1,220 @@
+// GPT-2 embedding: out[b,t,:] = wte[idx[b,t],:] + wpe[t,:].
+// Forward reads idx, wte, wpe and writes out. Backward reads dout and accumulates into dwte and dwpe (+=).
+// bf16 storage, fp32 math.
+//
+// The backward is deterministic (no float atomics; the same inputs give bit-identical gradients):
+//  * dwpe[t] += sum over b of dout[b,t], summed by one thread per (t, 8 channels) in increasing b.
+//  * dwte: llmc.ops sorts the B*T token ids on the device (stable radix sort), giving sorted_ids and the
+//    permutation perm (the row of dout behind each sorted position). The sorted array is cut into segments
+//    of 32 positions, one warp per (segment, 256 channels). A warp sums each run of equal ids inside its
+//    segment in position order. A run that starts and ends inside the segment is added to dwte directly;
+//    a run that crosses a segment boundary leaves fp32 partial sums in scratch (the run's first piece in
+//    carry_last of the segment where it starts, the other pieces in carry_first of the segments it
+//    continues into), and a second kernel adds those pieces in segment order. Every warp does the same
+//    work whatever the token distribution, so a frequent token (",", EOT) costs no more than a rare one.
+#include "common.cuh"
+#include "kernels.h"
+
+namespace {
+
+constexpr int kSegment = WARP_SIZE;                     // sorted positions per warp: one coalesced load
+constexpr int kChannelsPerWarp = WARP_SIZE * x128::size;  // 256 channels, 8 per lane
+constexpr int kWarpsPerBlock = 8;
+constexpr int kRowBatch = 8;                            // dout rows loaded before they are summed
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__global__ void encoder_forward_kernel(floatX* __restrict__ out, const int* __restrict__ idx,
+                                       const floatX* __restrict__ wte, const floatX* __restrict__ wpe,
+                                       int total_packs, int T, int C) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= total_packs) return;
+  const int C8 = C / x128::size;
+  const int bt = i / C8;
+  const int c = (i - bt * C8) * x128::size;
+  const int t = bt % T;
+  // wte and wpe rows are read again by other positions with the same token / time step: keep them cached.
+  const x128 e = load128(wte + (int64_t)idx[bt] * C + c);
+  const x128 p = load128(wpe + (int64_t)t * C + c);
+  x128 y;
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) y[k] = (floatX)((float)e[k] + (float)p[k]);
+  store128(out + (int64_t)bt * C + c, y);
+}
+
+__device__ inline void add_into_bf16(floatX* dst, const float* acc) {
+  const x128 old = load128(dst);
+  x128 res;
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) res[k] = (floatX)((float)old[k] + acc[k]);
+  store128(dst, res);
+}
+
+// 8 fp32 partial sums <-> scratch, as two 128-bit accesses.
+__device__ inline void store_floats(float* dst, const float* acc) {
+  f128 lo, hi;
+#pragma unroll
+  for (int k = 0; k < f128::size; k++) {
+    lo[k] = acc[k];
+    hi[k] = acc[f128::size + k];
+  }
+  store128(dst, lo);
+  store128(dst + f128::size, hi);
+}
+
+__device__ inline void add_floats(float* acc, const float* src) {
+  const f128 lo = load128(src), hi = load128(src + f128::size);
+#pragma unroll
+  for (int k = 0; k < f128::size; k++) {
+    acc[k] += lo[k];
+    acc[f128::size + k] += hi[k];
+  }
+}
+
+// One thread per (t, 8 channels); sums over b in increasing order.
+__global__ void wpe_backward_kernel(floatX* __restrict__ dwpe, const floatX* __restrict__ dout, int B, int T,
+                                    int C) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int C8 = C / x128::size;
+  if (i >= T * C8) return;
+  const int t = i / C8;
+  const int c = (i - t * C8) * x128::size;
+  float acc[x128::size] = {0.0f};
+#pragma unroll 8
+  for (int b = 0; b < B; b++) {
+    const x128 g = load128(dout + ((int64_t)b * T + t) * C + c);
+#pragma unroll
+    for (int k = 0; k < x128::size; k++) acc[k] += (float)g[k];
+  }
+  add_into_bf16(dwpe + (int64_t)t * C + c, acc);
+}
+
+// One warp per (segment of 32 sorted positions, 256 channels); see the file comment.
+__global__ void wte_backward_segments_kernel(floatX* __restrict__ dwte, float* __restrict__ carry_first,
+                                             float* __restrict__ carry_last, const floatX* __restrict__ dout,
+                                             const int* __restrict__ sorted_ids, const int64_t* __restrict__ perm,
+                                             int N, int C) {
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int seg = blockIdx.x * kWarpsPerBlock + threadIdx.x / WARP_SIZE;
+  const int p0 = seg * kSegment;
+  if (p0 >= N) return;  // the whole warp leaves together
+  const int n_here = min(kSegment, N - p0);
+  const int c = blockIdx.y * kChannelsPerWarp + lane * x128::size;
+  const bool active = c < C;
+  const int my_id = lane < n_here ? sorted_ids[p0 + lane] : -1;
+  const int my_row = lane < n_here ? (int)perm[p0 + lane] : 0;
+  const int prev_id = p0 > 0 ? sorted_ids[p0 - 1] : -1;
+  const int next_id = p0 + n_here < N ? sorted_ids[p0 + n_here] : -1;
+  const int64_t carry_off = (int64_t)seg * C + c;
+
+  float acc[x128::size] = {0.0f};
+  bool first_run = true;
+  for (int q0 = 0; q0 < n_here; q0 += kRowBatch) {
+    // The batch's dout rows, and the dwte rows of their ids: a run that ends inside the segment adds into
+    // its dwte row, which no other warp of this kernel touches, so that row can be read ahead of time.
+    // Lanes past C and positions past the segment load a valid element they ignore: no branches, so the
+    // batch's loads are all in flight together.
+    x128 g[kRowBatch], old[kRowBatch];
+#pragma unroll
+    for (int k = 0; k < kRowBatch; k++) {
+      const int row = __shfl_sync(kFullMask, my_row, (q0 + k) % WARP_SIZE);
+      const int id = max(__shfl_sync(kFullMask, my_id, (q0 + k) % WARP_SIZE), 0);
+      g[k] = load128cs(dout + (int64_t)row * C + (active ? c : 0));
+      old[k] = load128(dwte + (int64_t)id * C + (active ? c : 0));
+    }
+#pragma unroll
+    for (int k = 0; k < kRowBatch; k++) {
+      const int q = q0 + k;
+      const int id = __shfl_sync(kFullMask, my_id, q % WARP_SIZE);
+      const int following_in_segment = __shfl_sync(kFullMask, my_id, (q + 1) % WARP_SIZE);
+      if (q >= n_here) break;  // q is the same in every lane
+      if (active) {
+#pragma unroll
+        for (int j = 0; j < x128::size; j++) acc[j] += (float)g[k][j];
+      }
+      const int following = q + 1 < n_here ? following_in_segment : next_id;
+      const bool run_ends = following != id;
+      if (!run_ends && q + 1 < n_here) continue;
+      // A run ends here, or the segment does while the run goes on.
+      const bool began_here = !(first_run && prev_id == id);
+      if (active) {
+        if (began_here && run_ends) {
+          x128 res;
+#pragma unroll
+          for (int j = 0; j < x128::size; j++) res[j] = (floatX)((float)old[k][j] + acc[j]);
+          store128(dwte + (int64_t)id * C + c, res);
+        } else {
+          store_floats((began_here ? carry_last : carry_first) + carry_off, acc);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < x128::size; j++) acc[j] = 0.0f;
+      first_run = false;
+    }
+  }
+}
+
+// For each run that starts in a segment and continues past it: the run's pieces, added in segment order.
+__global__ void wte_backward_carry_kernel(floatX* __restrict__ dwte, const float* __restrict__ carry_first,
+                                          const float* __restrict__ carry_last, const int* __restrict__ sorted_ids,
+                                          int N, int C) {
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int seg = blockIdx.x * kWarpsPerBlock + threadIdx.x / WARP_SIZE;
+  const int p0 = seg * kSegment;
+  const int end = p0 + kSegment;  // first position after the segment
+  if (end >= N) return;           // the last segment's runs all end inside it
+  const int id = sorted_ids[end - 1];
+  if (sorted_ids[end] != id) return;             // the segment's last run ends inside it
+  if (p0 > 0 && sorted_ids[p0 - 1] == id) return;  // that run began in an earlier segment, which owns it
+  const int c = blockIdx.y * kChannelsPerWarp + lane * x128::size;
+  if (c >= C) return;
+  float acc[x128::size] = {0.0f};
+  add_floats(acc, carry_last + (int64_t)seg * C + c);
+  for (int s = seg + 1;; s++) {
+    add_floats(acc, carry_first + (int64_t)s * C + c);
+    const int s_end = (s + 1) * kSegment;
+    if (s_end >= N || sorted_ids[s_end] != id) break;
+  }
+  add_into_bf16(dwte + (int64_t)id * C + c, acc);
+}
+
+int num_segments(int N) { return ceil_div(N, kSegment); }
+
+}  // namespace
+
+void encoder_forward(floatX* out, const int* idx, const floatX* wte, const floatX* wpe, int B, int T, int C,
+                     cudaStream_t stream) {
+  LLMC_REQUIRE(C % x128::size == 0, "encoder_forward: C must be a multiple of 8");
+  const int64_t total_packs = (int64_t)B * T * (C / x128::size);
+  LLMC_REQUIRE(total_packs < INT32_MAX, "encoder_forward: B*T*C/8 must be below 2^31");
+  if (total_packs == 0) return;
+  const int block = 256;
+  encoder_forward_kernel<<<(int)ceil_div<int64_t>(total_packs, block), block, 0, stream>>>(
+      out, idx, wte, wpe, (int)total_packs, T, C);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+int64_t encoder_backward_scratch_floats(int N, int C) { return 2 * (int64_t)num_segments(N) * C; }
+
+void encoder_backward(floatX* dwte, floatX* dwpe, float* scratch, const floatX* dout, const int* sorted_ids,
+                      const int64_t* perm, int B, int T, int C, cudaStream_t stream) {
+  LLMC_REQUIRE(C % x128::size == 0, "encoder_backward: C must be a multiple of 8");
+  LLMC_REQUIRE((int64_t)B * T * C < INT32_MAX * (int64_t)x128::size,
+               "encoder_backward: B*T*C/8 must be below 2^31");
+  const int N = B * T;
+  if (N == 0) return;
+  const int block = 256;
+  const int C8 = C / x128::size;
+  wpe_backward_kernel<<<ceil_div(T * C8, block), block, 0, stream>>>(dwpe, dout, B, T, C);
+  CUDA_CHECK(cudaGetLastError());
+
+  const int nseg = num_segments(N);
+  float* carry_first = scratch;
+  float* carry_last = scratch + (int64_t)nseg * C;
+  const dim3 grid(ceil_div(nseg, kWarpsPerBlock), ceil_div(C, kChannelsPerWarp));
+  const int threads = kWarpsPerBlock * WARP_SIZE;
+  wte_backward_segments_kernel<<<grid, threads, 0, stream>>>(dwte, carry_first, carry_last, dout, sorted_ids,
+                                                             perm, N, C);
+  CUDA_CHECK(cudaGetLastError());
+  wte_backward_carry_kernel<<<grid, threads, 0, stream>>>(dwte, carry_first, carry_last, sorted_ids, N, C);
+  CUDA_CHECK(cudaGetLastError());
+}

@@ -1,0 +1,146 @@
+"""encoder_forward / encoder_backward against torch's embedding lookups (and their autograd) in fp32."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import llmc.ops as ops
+from conftest import assert_close, devices_and_dtypes, poisoned, randn, requires_cuda
+
+BT = [(1, 1), (1, 7), (3, 341), (4, 256)]  # B*T = 1, 7, 1023, 1024 (a whole number of 32-position segments)
+CHANNELS = [768, 1024, 1600, 2048]
+# How token ids are drawn: many distinct ids; a few ids in long runs (each spans many segments of the sorted
+# order); one very frequent id among rare ones (a run far longer than any other).
+ID_DISTRIBUTIONS = ["uniform", "few", "skewed"]
+
+
+def make_ids(B, T, distribution, device):
+    if distribution == "uniform":
+        V = 1000
+        ids = torch.randint(0, V, (B, T), dtype=torch.int32)
+    elif distribution == "few":
+        V = 3
+        ids = torch.randint(0, V, (B, T), dtype=torch.int32)
+    else:
+        V = 512
+        ids = torch.randint(0, V, (B, T), dtype=torch.int32)
+        ids[torch.rand(B, T) < 0.6] = 7
+    return ids.to(device), V
+
+
+def torch_embedding_grads(dout, ids, V, max_T):
+    wte = torch.zeros(V, dout.shape[-1], requires_grad=True)
+    wpe = torch.zeros(max_T, dout.shape[-1], requires_grad=True)
+    T = ids.shape[1]
+    (F.embedding(ids.long().cpu(), wte) + wpe[:T]).backward(dout.float().cpu())
+    return wte.grad, wpe.grad
+
+
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+@pytest.mark.parametrize("C", CHANNELS)
+@pytest.mark.parametrize("B,T", BT)
+def test_encoder_forward_matches_torch(device, dtype, B, T, C):
+    ids, V = make_ids(B, T, "uniform", device)
+    wte = randn((V, C), dtype, device)
+    wpe = randn((T + 5, C), dtype, device)
+    out = poisoned((B, T, C), dtype, device)
+    ops.encoder_forward(ids, wte, wpe, out=out)
+    expected = F.embedding(ids.long().cpu(), wte.float().cpu()) + wpe.float().cpu()[:T]
+    assert_close(out, expected, dtype, "encoder_forward")
+
+
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+@pytest.mark.parametrize("distribution", ID_DISTRIBUTIONS)
+@pytest.mark.parametrize("C", CHANNELS)
+@pytest.mark.parametrize("B,T", BT)
+def test_encoder_backward_matches_torch(device, dtype, B, T, C, distribution):
+    ids, V = make_ids(B, T, distribution, device)
+    max_T = T + 5
+    dout = randn((B, T, C), dtype, device)
+    dwte0, dwpe0 = randn((V, C), dtype, device), randn((max_T, C), dtype, device)
+    dwte, dwpe = dwte0.clone(), dwpe0.clone()
+    ops.encoder_backward(dout, ids, dwte, dwpe)
+    grad_wte, grad_wpe = torch_embedding_grads(dout, ids, V, max_T)
+    assert_close(dwte, dwte0.float().cpu() + grad_wte, dtype, "dwte")
+    assert_close(dwpe, dwpe0.float().cpu() + grad_wpe, dtype, "dwpe")
+    # rows of tokens and positions that never occur are left exactly as they were
+    unused = torch.ones(V, dtype=torch.bool)
+    unused[ids.long().flatten().cpu()] = False
+    assert torch.equal(dwte.cpu()[unused], dwte0.cpu()[unused])
+    assert torch.equal(dwpe.cpu()[T:], dwpe0.cpu()[T:])
+
+
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+def test_encoder_backward_deterministic_and_accumulates(device, dtype):
+    B, T, C = 8, 512, 768
+    ids, V = make_ids(B, T, "few", device)
+    dout = randn((B, T, C), dtype, device)
+    results = []
+    for _ in range(2):
+        dwte, dwpe = torch.zeros(V, C, dtype=dtype, device=device), torch.zeros(T, C, dtype=dtype, device=device)
+        ops.encoder_backward(dout, ids, dwte, dwpe)
+        results.append((dwte.clone(), dwpe.clone()))
+        ops.encoder_backward(dout, ids, dwte, dwpe)
+        assert_close(dwte, 2 * results[-1][0].float(), dtype, "dwte after two calls")
+        assert_close(dwpe, 2 * results[-1][1].float(), dtype, "dwpe after two calls")
+    assert torch.equal(results[0][0], results[1][0]), "dwte differs between identical calls"
+    assert torch.equal(results[0][1], results[1][1]), "dwpe differs between identical calls"
+
+
+def test_encoder_rejects_bad_input():
+    ids = torch.randint(0, 10, (2, 4), dtype=torch.int32)
+    wte, wpe = torch.randn(10, 8), torch.randn(6, 8)
+    dout = torch.randn(2, 4, 8)
+    with pytest.raises(TypeError, match="int32"):
+        ops.encoder_forward(ids.float(), wte, wpe)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        ops.encoder_forward([[1, 2]], wte, wpe)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.encoder_forward(torch.randint(0, 10, (4, 2), dtype=torch.int32).t(), wte, wpe)
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        ops.encoder_forward(ids.flatten(), wte, wpe)
+    with pytest.raises(ValueError, match="same number of channels"):
+        ops.encoder_forward(ids, wte, torch.randn(6, 16))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        ops.encoder_forward(ids, wte, torch.randn(3, 8))
+    with pytest.raises(TypeError, match="one dtype"):
+        ops.encoder_forward(ids, wte, wpe.bfloat16())
+    with pytest.raises(ValueError, match="shape"):
+        ops.encoder_forward(ids, wte, wpe, out=torch.empty(2, 4, 16))
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        ops.encoder_forward(torch.tensor([[3, 10]], dtype=torch.int32), wte, wpe)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        ops.encoder_forward(torch.tensor([[-1, 3]], dtype=torch.int32), wte, wpe)
+    with pytest.raises(ValueError, match="dout has shape"):
+        ops.encoder_backward(torch.randn(2, 4, 16), ids, torch.zeros(10, 8), torch.zeros(6, 8))
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        ops.encoder_backward(dout[:1], torch.tensor([[1, 2, 3, 12]], dtype=torch.int32), torch.zeros(10, 8),
+                             torch.zeros(6, 8))
+    grads = torch.zeros(16, 8)
+    with pytest.raises(ValueError, match="shares memory"):
+        ops.encoder_backward(dout, ids, grads[:10], grads[4:10])
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_encoder_cuda_rejects_bad_input():
+    kw = dict(device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(0, 10, (2, 4), dtype=torch.int32, device="cuda")
+    wte, wpe = torch.randn(10, 8, **kw), torch.randn(6, 8, **kw)
+    with pytest.raises(TypeError, match="int32"):
+        ops.encoder_forward(ids.long(), wte, wpe)
+    with pytest.raises(TypeError, match="bfloat16"):
+        ops.encoder_forward(ids, wte.float(), wpe.float())
+    with pytest.raises(ValueError, match="one device"):
+        ops.encoder_forward(ids.cpu(), wte, wpe)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ops.encoder_forward(ids, torch.randn(10, 12, **kw), torch.randn(6, 12, **kw))
+    bad = torch.tensor([[0, 1, 10, 2]], dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        ops.encoder_forward(bad, wte, wpe)
+    dwte, dwpe = torch.randn(10, 8, **kw), torch.randn(6, 8, **kw)
+    before = dwte.clone(), dwpe.clone()
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        ops.encoder_backward(torch.randn(1, 4, 8, **kw), bad, dwte, dwpe)
+    assert torch.equal(dwte, before[0]) and torch.equal(dwpe, before[1]), "a rejected call changed the grads"
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ops.encoder_backward(torch.randn(2, 4, 12, **kw), ids, torch.zeros(10, 12, **kw), torch.zeros(6, 12, **kw))

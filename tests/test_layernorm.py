@@ -1,0 +1,174 @@
+"""layernorm_forward / fused_residual_layernorm_forward / layernorm_backward against torch's F.layer_norm (and
+its autograd) in fp32."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import llmc.ops as ops
+from conftest import assert_close, devices_and_dtypes, poisoned, randn, requires_cuda
+
+# N = 1, 7, 1023 rows with GPT-2's widths; (5, 8192) takes the widest rows the tests promise; (3, 8) and
+# (4, 264) are narrower than a warp's 256 channels or not a multiple of them.
+SHAPES = [(n, c) for n in (1, 7, 1023) for c in (768, 1024, 1600, 2048)] + [(5, 8192), (3, 8), (4, 264)]
+EPS = 1e-5
+
+
+def ln_inputs(shape, dtype, device):
+    C = shape[-1]
+    x = randn(shape, dtype, device, std=2.0) + 0.5  # a mean far from 0 tests the two-pass variance
+    weight = randn((C,), dtype, device, std=0.5) + 1.0
+    bias = randn((C,), dtype, device, std=0.5)
+    return x, weight, bias
+
+
+def torch_stats(x):
+    x = x.float().cpu()
+    mean = x.mean(-1)
+    rstd = torch.rsqrt(x.var(-1, unbiased=False) + EPS)
+    return mean, rstd
+
+
+def torch_layer_norm(x, weight, bias):
+    return F.layer_norm(x.float().cpu(), (x.shape[-1],), weight.float().cpu(), bias.float().cpu(), EPS)
+
+
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+@pytest.mark.parametrize("shape", SHAPES)
+def test_layernorm_forward_matches_torch(device, dtype, shape):
+    x, weight, bias = ln_inputs(shape, dtype, device)
+    out = poisoned(shape, dtype, device)
+    mean, rstd = poisoned(shape[:-1], torch.float32, device), poisoned(shape[:-1], torch.float32, device)
+    ops.layernorm_forward(x, weight, bias, out=out, mean=mean, rstd=rstd, eps=EPS)
+    expected_mean, expected_rstd = torch_stats(x)
+    assert_close(out, torch_layer_norm(x, weight, bias), dtype, "out")
+    assert_close(mean, expected_mean, torch.float32, "mean")
+    assert_close(rstd, expected_rstd, torch.float32, "rstd")
+
+
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_residual_layernorm_forward_matches_torch(device, dtype, shape):
+    a, weight, bias = ln_inputs(shape, dtype, device)
+    b = randn(shape, dtype, device)
+    residual, out = poisoned(shape, dtype, device), poisoned(shape, dtype, device)
+    mean, rstd = poisoned(shape[:-1], torch.float32, device), poisoned(shape[:-1], torch.float32, device)
+    got = ops.fused_residual_layernorm_forward(a, b, weight, bias, residual=residual, out=out, mean=mean,
+                                               rstd=rstd, eps=EPS)
+    assert got[0] is residual and got[1] is out and got[2] is mean and got[3] is rstd
+    assert_close(residual, a.float().cpu() + b.float().cpu(), dtype, "residual")
+    # the kernel normalizes the residual it stored (rounded to the storage dtype)
+    expected_mean, expected_rstd = torch_stats(residual)
+    assert_close(out, torch_layer_norm(residual, weight, bias), dtype, "out")
+    assert_close(mean, expected_mean, torch.float32, "mean")
+    assert_close(rstd, expected_rstd, torch.float32, "rstd")
+
+
+def run_backward(shape, dtype, device, accumulate):
+    """llmc's backward from random starting gradients, and torch autograd's expected results."""
+    x, weight, bias = ln_inputs(shape, dtype, device)
+    dout = randn(shape, dtype, device)
+    mean, rstd = (t.to(device) for t in torch_stats(x))
+    dweight0, dbias0 = randn(weight.shape, dtype, device), randn(weight.shape, dtype, device)
+    dinp0 = randn(shape, dtype, device) if accumulate else poisoned(shape, dtype, device)
+    dweight, dbias, dinp = dweight0.clone(), dbias0.clone(), dinp0.clone()
+    ops.layernorm_backward(dout, x, weight, mean, rstd, dweight, dbias, dinp=dinp, accumulate=accumulate)
+
+    xr, wr, br = (t.float().cpu().requires_grad_(True) for t in (x, weight, bias))
+    F.layer_norm(xr, (shape[-1],), wr, br, EPS).backward(dout.float().cpu())
+    expected_dinp = xr.grad + (dinp0.float().cpu() if accumulate else 0.0)
+    assert_close(dinp, expected_dinp, dtype, "dinp")
+    assert_close(dweight, dweight0.float().cpu() + wr.grad, dtype, "dweight")
+    assert_close(dbias, dbias0.float().cpu() + br.grad, dtype, "dbias")
+
+
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+@pytest.mark.parametrize("shape", SHAPES)
+def test_layernorm_backward_matches_torch(device, dtype, shape):
+    run_backward(shape, dtype, device, accumulate=False)
+
+
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+@pytest.mark.parametrize("shape", [(7, 768), (1023, 1600), (5, 8192)])
+def test_layernorm_backward_accumulates_into_dinp(device, dtype, shape):
+    run_backward(shape, dtype, device, accumulate=True)
+
+
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+def test_layernorm_backward_deterministic_in_place_and_accumulating(device, dtype):
+    shape = (4097, 768)
+    x, weight, _ = ln_inputs(shape, dtype, device)
+    dout = randn(shape, dtype, device)
+    mean, rstd = (t.to(device) for t in torch_stats(x))
+    runs = []
+    for _ in range(2):
+        dweight, dbias = torch.zeros_like(weight), torch.zeros_like(weight)
+        dinp = ops.layernorm_backward(dout, x, weight, mean, rstd, dweight, dbias)
+        runs.append((dinp, dweight.clone(), dbias.clone()))
+        ops.layernorm_backward(dout, x, weight, mean, rstd, dweight, dbias)
+        assert_close(dweight, 2 * runs[-1][1].float(), dtype, "dweight after two calls")
+        assert_close(dbias, 2 * runs[-1][2].float(), dtype, "dbias after two calls")
+    for name, first, second in zip(("dinp", "dweight", "dbias"), *runs):
+        assert torch.equal(first, second), f"{name} differs between identical calls"
+    in_place = dout.clone()
+    ops.layernorm_backward(in_place, x, weight, mean, rstd, torch.zeros_like(weight), torch.zeros_like(weight),
+                           dinp=in_place)
+    assert torch.equal(in_place, runs[0][0]), "dinp computed in place (dinp = dout) differs"
+
+
+def test_layernorm_rejects_bad_input():
+    x, w, b = torch.randn(4, 8), torch.randn(8), torch.randn(8)
+    mean, rstd = torch.randn(4), torch.rand(4) + 0.5
+    dw, db = torch.zeros(8), torch.zeros(8)
+    with pytest.raises(TypeError, match="float"):
+        ops.layernorm_forward(x.int(), w, b)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        ops.layernorm_forward(x, w.tolist(), b)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.layernorm_forward(torch.randn(8, 4).t(), w, b)
+    with pytest.raises(ValueError, match=r"weight has shape \(9,\)"):
+        ops.layernorm_forward(x, torch.randn(9), b)
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        ops.layernorm_forward(torch.randn(8), w, b)
+    with pytest.raises(ValueError, match="eps"):
+        ops.layernorm_forward(x, w, b, eps=-1.0)
+    with pytest.raises(TypeError, match="one dtype"):
+        ops.layernorm_forward(x, w.bfloat16(), b)
+    with pytest.raises(TypeError, match="float32"):
+        ops.layernorm_forward(x, w, b, mean=torch.empty(4, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="inp2 has shape"):
+        ops.fused_residual_layernorm_forward(x, torch.randn(4, 16), w, b)
+    with pytest.raises(TypeError, match="float32"):
+        ops.layernorm_backward(x, x, w, mean.bfloat16(), rstd, dw, db)
+    with pytest.raises(ValueError, match="dout has shape"):
+        ops.layernorm_backward(torch.randn(5, 8), x, w, mean, rstd, dw, db)
+    with pytest.raises(ValueError, match="mean has shape"):
+        ops.layernorm_backward(x, x, w, torch.randn(5), rstd, dw, db)
+    with pytest.raises(ValueError, match="dinp must be given"):
+        ops.layernorm_backward(x, x, w, mean, rstd, dw, db, accumulate=True)
+    with pytest.raises(TypeError, match="accumulate"):
+        ops.layernorm_backward(x, x, w, mean, rstd, dw, db, accumulate=1)
+    grads = torch.zeros(12)
+    with pytest.raises(ValueError, match="shares memory"):
+        ops.layernorm_backward(x, x, w, mean, rstd, grads[:8], grads[4:12])
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_layernorm_cuda_rejects_bad_input():
+    kw = dict(device="cuda", dtype=torch.bfloat16)
+    x, w, b = torch.randn(4, 8, **kw), torch.randn(8, **kw), torch.randn(8, **kw)
+    with pytest.raises(TypeError, match="bfloat16"):
+        ops.layernorm_forward(x.float(), w.float(), b.float())
+    with pytest.raises(ValueError, match="one device"):
+        ops.layernorm_forward(x, w.cpu(), b)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ops.layernorm_forward(torch.randn(4, 12, **kw), torch.randn(12, **kw), torch.randn(12, **kw))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ops.fused_residual_layernorm_forward(torch.randn(4, 12, **kw), torch.randn(4, 12, **kw),
+                                             torch.randn(12, **kw), torch.randn(12, **kw))
+    mean = torch.zeros(4, 12, device="cuda")[:, 0].contiguous()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ops.layernorm_backward(torch.randn(4, 12, **kw), torch.randn(4, 12, **kw), torch.randn(12, **kw), mean,
+                               mean, torch.zeros(12, **kw), torch.zeros(12, **kw))
+    with pytest.raises(ValueError, match="aligned"):
+        ops.layernorm_forward(torch.randn(41, 8, **kw).flatten()[1:33].view(4, 8), w, b)
