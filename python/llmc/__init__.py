@@ -14,6 +14,12 @@ _LAZY = {
     "reference": ("llmc.reference", None),
     "cuda_available": ("llmc.ops", "cuda_available"),
     "build_info": ("llmc.ops", "build_info"),
+    "functional": ("llmc.functional", None),
+    "nn": ("llmc.nn", None),
+    "GPT": ("llmc.model", "GPT"),
+    "GPTConfig": ("llmc.model", "GPTConfig"),
+    "Trainer": ("llmc.trainer", "Trainer"),
+    "TrainConfig": ("llmc.trainer", "TrainConfig"),
 }
 
 

@@ -1,0 +1,598 @@
+"""GPT-2 built from llmc ops, llm.c style: one flat buffer each for parameters, gradients and activations.
+
+`GPT` keeps its parameters in ONE flat tensor in llm.c's order (wte wpe ln1w ln1b qkvw qkvb attprojw attprojb
+ln2w ln2b fcw fcb fcprojw fcprojb lnfw lnfb; per-layer tensors stacked over layers), so the flat buffer is the
+payload of an llm.c model file. Gradients live in a second flat buffer of the same layout; AdamW's state lives in
+`llmc.optim.AdamW`. Activations are views into one byte buffer sized for (B, T) on the first forward (or by
+`allocate`), and the backward pass has its own scratch for activation gradients.
+
+forward() and backward() are written out op by op (no autograd): the fused classifier turns the logits buffer
+into dlogits during the forward pass, the MLP keeps its pre-GELU values for the fused GELU backward, and the
+layernorm backward accumulates (+=) into the residual-stream gradient. Parameter gradients are accumulated (+=)
+across backward() calls until zero_grad(). On CUDA everything is bf16 with fp32 statistics; on the CPU it is
+fp32 through `llmc.reference`.
+
+Choices taken from llm.c's train_gpt2.cu (checked there):
+  * init: weights N(0, 0.02), including wte and wpe (llm.c draws wpe with 0.02 too); attprojw and fcprojw
+    N(0, 0.02/sqrt(2*n_layer)); biases 0; layernorm weights 1; padded wte rows 0. Drawn on the CPU from
+    torch.Generator(seed) in llm.c's order (wte, wpe, then per layer qkvw, attprojw, fcw, fcprojw).
+  * weight decay applies to the 2-D tensors: wte, wpe, qkvw, attprojw, fcw, fcprojw (llm.c decays wpe too).
+  * FLOPs per token = 6*N + 6*L*C*T with N = every parameter of the flat buffer (padded wte rows included).
+  * presets dX as in llm.c's gpt2_set_hyperparameters, max_seq_len 1024, vocab 50257 padded to 50304.
+  * attproj and fcproj outputs are only needed to form the residual sums, so (like current llm.c) they share
+    one (B*T, C) scratch instead of being stored per layer.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from . import ops
+
+PARAM_NAMES = ("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
+               "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb")
+DECAYED_PARAMS = frozenset({"wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw"})
+# llm.c's GPT-2 presets: name -> (n_layer, n_head, n_embd).
+PRESETS = {
+    "d6": (6, 6, 384),
+    "d12": (12, 12, 768),
+    "d24": (24, 16, 1024),
+    "d36": (36, 20, 1280),
+    "d48": (48, 25, 1600),
+    "d60": (60, 30, 1920),
+    "d72": (72, 30, 2880),
+    "d84": (84, 36, 3456),
+}
+MAX_HEAD_SIZE = 128  # the CUDA attention kernels' limit (cuDNN: 64 and 128; the plain kernel: up to 128)
+INIT_STD = 0.02
+LN_EPS = 1e-5
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """GPT-2 shape. Any depth/width/heads with n_embd % n_head == 0, head size a multiple of 8 (at most 128) and
+    n_embd a multiple of 8 (the kernels' 128-bit loads); padded_vocab_size >= vocab_size, a multiple of 8."""
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int = 50257
+    padded_vocab_size: int = 50304
+    max_seq_len: int = 1024
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            _check_positive_int(getattr(self, field.name), f"GPTConfig.{field.name}")
+        if self.n_embd % 8 != 0:
+            raise ValueError(f"n_embd={self.n_embd} must be a multiple of 8 (the kernels load 8 bf16 at a time)")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_head among the "
+                             f"divisors of n_embd")
+        if self.head_size % 8 != 0 or self.head_size > MAX_HEAD_SIZE:
+            raise ValueError(f"head size n_embd/n_head = {self.head_size} is not supported: it must be a multiple of 8 "
+                             f"and at most {MAX_HEAD_SIZE} (64 and 128 use cuDNN)")
+        if self.padded_vocab_size < self.vocab_size:
+            raise ValueError(f"padded_vocab_size={self.padded_vocab_size} is smaller than vocab_size={self.vocab_size}")
+        if self.padded_vocab_size % 8 != 0:
+            raise ValueError(f"padded_vocab_size={self.padded_vocab_size} must be a multiple of 8 (llm.c pads to 128, "
+                             f"e.g. {pad_vocab(self.vocab_size)})")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "GPTConfig":
+        """llm.c's presets: "d6", "d12", "d24", "d36", "d48", "d60", "d72", "d84" (also spelled "gpt2:d12");
+        keyword arguments override fields, e.g. max_seq_len=256."""
+        if not isinstance(name, str):
+            raise TypeError(f"preset must be a str like 'd12', got {type(name).__name__}")
+        key = name[len("gpt2:"):] if name.startswith("gpt2:") else name
+        if key not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        n_layer, n_head, n_embd = PRESETS[key]
+        return cls(**{"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, **overrides})
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of each parameter tensor, in llm.c's order."""
+        L, C, Vp, maxT = self.n_layer, self.n_embd, self.padded_vocab_size, self.max_seq_len
+        return {
+            "wte": (Vp, C), "wpe": (maxT, C),
+            "ln1w": (L, C), "ln1b": (L, C),
+            "qkvw": (L, 3 * C, C), "qkvb": (L, 3 * C),
+            "attprojw": (L, C, C), "attprojb": (L, C),
+            "ln2w": (L, C), "ln2b": (L, C),
+            "fcw": (L, 4 * C, C), "fcb": (L, 4 * C),
+            "fcprojw": (L, C, 4 * C), "fcprojb": (L, C),
+            "lnfw": (C,), "lnfb": (C,),
+        }
+
+    def param_sizes(self) -> list[int]:
+        return [math.prod(shape) for shape in self.param_shapes().values()]
+
+    @property
+    def num_params(self) -> int:
+        return sum(self.param_sizes())
+
+
+def pad_vocab(vocab_size: int, multiple: int = 128) -> int:
+    """llm.c's padding of the vocabulary (50257 -> 50304)."""
+    return (vocab_size + multiple - 1) // multiple * multiple
+
+
+def split_params(config: GPTConfig, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Named views into a flat parameter (or gradient) tensor laid out in llm.c's order."""
+    if flat.dim() != 1 or flat.numel() != config.num_params:
+        raise ValueError(f"a flat parameter tensor for this config has {config.num_params} elements (1-D), "
+                         f"got shape {tuple(flat.shape)}")
+    views, offset = {}, 0
+    for name, shape in config.param_shapes().items():
+        n = math.prod(shape)
+        views[name] = flat[offset:offset + n].view(shape)
+        offset += n
+    return views
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one byte buffer carved into named, aligned views
+# ---------------------------------------------------------------------------------------------------------
+_ALIGN = 256  # bytes; every view (and every layer's slice) starts here so 128-bit kernel loads are aligned
+
+
+def _layout(specs):
+    """specs: (name, copies, shape, dtype). Returns ([(name, [byte offsets], shape, dtype)], total bytes)."""
+    placed, offset = [], 0
+    for name, copies, shape, dtype in specs:
+        nbytes = math.prod(shape) * dtype.itemsize
+        offsets = []
+        for _ in range(copies):
+            offsets.append(offset)
+            offset += (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
+        placed.append((name, offsets, shape, dtype))
+    return placed, offset
+
+
+class _Arena:
+    """Views for `specs` inside one uint8 buffer; re-carved in place when a later layout fits."""
+
+    def __init__(self, device: torch.device, what: str):
+        self.device, self.what = device, what
+        self.buffer: Optional[torch.Tensor] = None
+        self.key = None
+        self.views: dict[str, list[torch.Tensor]] = {}
+
+    def carve(self, key, specs) -> dict[str, list[torch.Tensor]]:
+        if key == self.key:
+            return self.views
+        placed, total = _layout(specs)
+        with torch.inference_mode(False):  # buffers and views first made under inference_mode stay trainable
+            return self._carve(key, placed, total)
+
+    def _carve(self, key, placed, total) -> dict[str, list[torch.Tensor]]:
+        if self.buffer is None or self.buffer.numel() < total:
+            self.buffer = None  # free the old buffer before asking for the new one
+            self.views, self.key = {}, None
+            try:
+                self.buffer = torch.empty(total, dtype=torch.uint8, device=self.device)
+            except torch.cuda.OutOfMemoryError as e:
+                raise torch.cuda.OutOfMemoryError(
+                    f"out of memory allocating {total / 2**20:.0f} MiB of {self.what} for {key}: use a smaller "
+                    f"micro-batch (-b) or recompute (-r 1 or -r 2). {e}") from e
+        self.views = {
+            name: [self.buffer[o:o + math.prod(shape) * dtype.itemsize].view(dtype).view(shape) for o in offsets]
+            for name, offsets, shape, dtype in placed
+        }
+        self.key = key
+        return self.views
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.buffer is None else self.buffer.numel()
+
+
+def _resolve_device(device) -> torch.device:
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(f"device {device!r} is not a device name; use 'cuda', 'cuda:N' or 'cpu'") from e
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu' (llmc has no {device.type!r} kernels)")
+    if not ops.cuda_available():
+        raise RuntimeError("a CUDA model was requested but the llmc CUDA kernels or a GPU are not available "
+                           f"(build info: {ops.build_info()}); use device='cpu'")
+    return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+
+
+def _token_tensor(t, name: str, shape=None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(t).__name__}")
+    if t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name} must be an int32 (or int64) tensor of token ids, got {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, T), got {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)} but idx has shape {tuple(shape)}")
+    return t
+
+
+class GPT:
+    """GPT-2 on llmc ops. See the module docstring for the memory layout and the conventions."""
+
+    def __init__(self, config: GPTConfig, device="cuda", recompute: int = 0, seed: int = 42):
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        if isinstance(recompute, bool) or recompute not in (0, 1, 2):
+            raise ValueError(f"recompute must be 0 (none), 1 (GELU) or 2 (GELU and layernorms), got {recompute!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self.config = config
+        self.recompute = recompute
+        self.device = _resolve_device(device)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.param_sizes = config.param_sizes()
+        self.param_decay = [name in DECAYED_PARAMS for name in PARAM_NAMES]
+        self.num_params = config.num_params
+        self.params = torch.empty(self.num_params, dtype=self.dtype, device=self.device)
+        self.param_tensors = split_params(config, self.params)
+        self._grads: Optional[torch.Tensor] = None
+        self._acts = _Arena(self.device, "activations")
+        self._dacts = _Arena(self.device, "activation gradients")
+        self._shape: Optional[tuple[int, int]] = None  # (B, T) of the last forward
+        self._backward_ready = False
+        self._init_weights(seed)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"GPT(n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, vocab={c.vocab_size}/"
+                f"{c.padded_vocab_size}, max_seq_len={c.max_seq_len}, params={self.num_params:,}, "
+                f"device={self.device}, dtype={self.dtype}, recompute={self.recompute})")
+
+    @classmethod
+    def from_hf(cls, source, device="cuda", recompute: int = 0) -> "GPT":
+        """A GPT with the weights of a Hugging Face GPT-2 (a directory, a hub-cache name or a GPT2LMHeadModel)."""
+        from .hf import import_hf
+
+        return import_hf(source, device=device, recompute=recompute)
+
+    # -----------------------------------------------------------------------------------------------------
+    # parameters and gradients
+    # -----------------------------------------------------------------------------------------------------
+    def _init_weights(self, seed: int) -> None:
+        c, p = self.config, self.param_tensors
+        gen = torch.Generator().manual_seed(seed)
+
+        def normal_(view: torch.Tensor, std: float) -> None:
+            view.copy_(torch.empty(view.shape, dtype=torch.float32).normal_(0.0, std, generator=gen))
+
+        self.params.zero_()
+        for name in ("ln1w", "ln2w", "lnfw"):
+            p[name].fill_(1.0)
+        residual_std = INIT_STD / math.sqrt(2 * c.n_layer)
+        normal_(p["wte"][:c.vocab_size], INIT_STD)
+        normal_(p["wpe"], INIT_STD)
+        for layer in range(c.n_layer):
+            normal_(p["qkvw"][layer], INIT_STD)
+            normal_(p["attprojw"][layer], residual_std)
+            normal_(p["fcw"][layer], INIT_STD)
+            normal_(p["fcprojw"][layer], residual_std)
+
+    def load_params_(self, flat: torch.Tensor) -> "GPT":
+        """Copy a flat parameter tensor in llm.c's order (e.g. an llm.c model file's payload) into the model."""
+        if not isinstance(flat, torch.Tensor) or not flat.is_floating_point():
+            raise TypeError(f"load_params_ takes a floating point torch.Tensor, got "
+                            f"{type(flat).__name__ if not isinstance(flat, torch.Tensor) else flat.dtype}")
+        if flat.numel() != self.num_params:
+            raise ValueError(f"got {flat.numel()} parameters, this model ({self.config}) has {self.num_params}")
+        self.params.copy_(flat.reshape(-1))
+        return self
+
+    def _allocate_grads(self) -> torch.Tensor:
+        if self._grads is None:
+            with torch.inference_mode(False):
+                self._grads = torch.zeros_like(self.params)
+        return self._grads
+
+    @property
+    def grads(self) -> torch.Tensor:
+        """Flat parameter gradients (llm.c order, params' dtype); allocated, zeroed, on first use."""
+        return self._allocate_grads()
+
+    @property
+    def grad_tensors(self) -> dict[str, torch.Tensor]:
+        """Named views into `grads`, like `param_tensors`."""
+        return split_params(self.config, self.grads)
+
+    def zero_grad(self) -> None:
+        self.grads.zero_()
+
+    # -----------------------------------------------------------------------------------------------------
+    # activations
+    # -----------------------------------------------------------------------------------------------------
+    def _activation_specs(self, B: int, T: int):
+        c, x, f, r = self.config, self.dtype, torch.float32, self.recompute
+        L, C, N = c.n_layer, c.n_embd, B * T
+        return [
+            ("inputs", 1, (B, T), torch.int32), ("targets", 1, (B, T), torch.int32),
+            ("encoded", 1, (N, C), x),
+            ("ln1", L if r < 2 else 0, (N, C), x), ("ln1_mean", L, (N,), f), ("ln1_rstd", L, (N,), f),
+            ("qkv", L, (N, 3 * C), x), ("atty", L, (N, C), x), ("att_stats", L, (B, c.n_head, T), f),
+            ("residual2", L, (N, C), x),
+            ("ln2", L if r < 2 else 0, (N, C), x), ("ln2_mean", L, (N,), f), ("ln2_rstd", L, (N,), f),
+            ("fch", L, (N, 4 * C), x), ("fch_gelu", L if r < 1 else 1, (N, 4 * C), x),
+            ("residual3", L, (N, C), x), ("proj", 1, (N, C), x),
+            ("lnf", 1, (N, C), x), ("lnf_mean", 1, (N,), f), ("lnf_rstd", 1, (N,), f),
+            ("losses", 1, (N,), f), ("logits", 1, (N, c.padded_vocab_size), x),
+        ]
+
+    def _grad_scratch_specs(self, B: int, T: int):
+        N, C, x = B * T, self.config.n_embd, self.dtype
+        return [("dresidual", 1, (N, C), x), ("dbtc", 1, (N, C), x), ("dbt4c", 1, (N, 4 * C), x)]
+
+    def _check_shape(self, B: int, T: int) -> None:
+        _check_positive_int(B, "B")
+        _check_positive_int(T, "T")
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length T={T} exceeds the model's max_seq_len={self.config.max_seq_len}")
+
+    def allocate(self, B: int, T: int, training: bool = True) -> None:
+        """Allocate activations (and, for training, the activation-gradient scratch) for (B, T) up front."""
+        self._check_shape(B, T)
+        self._acts.carve((B, T), self._activation_specs(B, T))
+        if training:
+            self._dacts.carve((B, T), self._grad_scratch_specs(B, T))
+            self._allocate_grads()
+
+    def _layer_ln(self, acts, name: str, layer: int) -> torch.Tensor:
+        """ln1/ln2 of a layer; with recompute=2 they all share the lnf buffer (recomputed in backward)."""
+        return acts[name][layer] if self.recompute < 2 else acts["lnf"][0]
+
+    def _fch_gelu(self, acts, layer: int) -> torch.Tensor:
+        return acts["fch_gelu"][layer if self.recompute < 1 else 0]
+
+    def _device_scope(self):
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    # -----------------------------------------------------------------------------------------------------
+    # forward / backward
+    # -----------------------------------------------------------------------------------------------------
+    def _stage_tokens(self, acts, idx: torch.Tensor, targets: Optional[torch.Tensor]) -> int:
+        """Copy tokens into the model's int32 buffers and validate them with one host sync. Returns the number of
+        targets that are not -1 (0 without targets)."""
+        V = self.config.vocab_size
+        inputs = acts["inputs"][0]
+        inputs.copy_(idx)
+        checks = [((inputs < 0) | (inputs >= V)).sum()]
+        if targets is not None:
+            tgt = acts["targets"][0]
+            tgt.copy_(targets)
+            checks += [((tgt < -1) | (tgt >= V)).sum(), (tgt != -1).sum()]
+        counts = torch.stack(checks).tolist()
+        if counts[0]:
+            raise ValueError(f"idx has {counts[0]} token ids outside [0, vocab_size={V})")
+        if targets is None:
+            return 0
+        if counts[1]:
+            raise ValueError(f"targets has {counts[1]} ids outside [0, vocab_size={V}) (use -1 to ignore a position)")
+        if counts[2] == 0:
+            raise ValueError("every target is -1 (ignored): a batch needs at least one target to define a loss")
+        return counts[2]
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *, grad_scale: float = 1.0,
+                return_logits: bool = False):
+        """Run the model on idx (B, T) token ids (int32/int64, any device; copied to the model's device).
+
+        With targets (B, T) (-1 = ignored) returns the mean loss over the non-ignored positions as a Python float
+        and leaves the gradient of grad_scale * mean_loss w.r.t. the logits ready for backward(). Without targets
+        the loss is None. With return_logits=True returns (loss, logits (B, T, padded_vocab_size)); the first
+        vocab_size columns are real. Without targets the logits are a view of the model's buffer, valid until the
+        next forward; with targets they are a copy taken before the classifier overwrites the buffer.
+        """
+        c = self.config
+        idx = _token_tensor(idx, "idx")
+        B, T = idx.shape
+        self._check_shape(B, T)
+        if targets is not None:
+            _token_tensor(targets, "targets", (B, T))
+        if not isinstance(grad_scale, (int, float)) or isinstance(grad_scale, bool) or not math.isfinite(grad_scale):
+            raise TypeError(f"grad_scale must be a finite float, got {grad_scale!r}")
+        self._backward_ready = False
+        with self._device_scope():
+            a = self._acts.carve((B, T), self._activation_specs(B, T))
+            self._shape = (B, T)
+            n_valid = self._stage_tokens(a, idx, targets)
+            logits = self._forward_logits(a, B, T)
+            out_logits = None
+            if return_logits:
+                out_logits = logits.view(B, T, c.padded_vocab_size)
+                if targets is not None:
+                    out_logits = out_logits.clone()
+            loss = None
+            if targets is not None:
+                losses = a["losses"][0]
+                ops.fused_classifier(logits, a["targets"][0].view(-1), c.vocab_size, dloss=grad_scale / n_valid,
+                                     losses=losses)
+                loss = losses.sum().item() / n_valid
+                self._backward_ready = True
+        return (loss, out_logits) if return_logits else loss
+
+    __call__ = forward
+
+    def _forward_logits(self, a, B: int, T: int) -> torch.Tensor:
+        c, p = self.config, self.param_tensors
+        L, NH, HS = c.n_layer, c.n_head, c.head_size
+        encoded = a["encoded"][0]
+        ops.encoder_forward(a["inputs"][0], p["wte"], p["wpe"], out=encoded.view(B, T, c.n_embd))
+        ops.layernorm_forward(encoded, p["ln1w"][0], p["ln1b"][0], out=self._layer_ln(a, "ln1", 0),
+                              mean=a["ln1_mean"][0], rstd=a["ln1_rstd"][0], eps=LN_EPS)
+        proj = a["proj"][0]
+        for l in range(L):
+            residual = encoded if l == 0 else a["residual3"][l - 1]
+            qkv, atty = a["qkv"][l], a["atty"][l]
+            ln2, fch_gelu = self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
+            ops.matmul_forward(self._layer_ln(a, "ln1", l), p["qkvw"][l], p["qkvb"][l], out=qkv)
+            ops.attention_forward(qkv.view(B, T, 3, NH, HS), out=atty.view(B, T, NH, HS), stats=a["att_stats"][l])
+            ops.matmul_forward(atty, p["attprojw"][l], p["attprojb"][l], out=proj)
+            ops.fused_residual_layernorm_forward(residual, proj, p["ln2w"][l], p["ln2b"][l], residual=a["residual2"][l],
+                                                 out=ln2, mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
+            ops.matmul_forward(ln2, p["fcw"][l], p["fcb"][l], out=fch_gelu, gelu=True, pre_gelu=a["fch"][l])
+            ops.matmul_forward(fch_gelu, p["fcprojw"][l], p["fcprojb"][l], out=proj)
+            if l + 1 < L:  # the next layer's first layernorm, fused with this layer's last residual add
+                weight, bias, ln = p["ln1w"][l + 1], p["ln1b"][l + 1], self._layer_ln(a, "ln1", l + 1)
+                mean, rstd = a["ln1_mean"][l + 1], a["ln1_rstd"][l + 1]
+            else:
+                weight, bias, ln, mean, rstd = p["lnfw"], p["lnfb"], a["lnf"][0], a["lnf_mean"][0], a["lnf_rstd"][0]
+            ops.fused_residual_layernorm_forward(a["residual2"][l], proj, weight, bias, residual=a["residual3"][l],
+                                                 out=ln, mean=mean, rstd=rstd, eps=LN_EPS)
+        logits = a["logits"][0]
+        ops.matmul_forward(a["lnf"][0], p["wte"], None, out=logits)
+        return logits
+
+    def backward(self) -> None:
+        """Backpropagate the loss of the last forward(idx, targets); parameter gradients are accumulated (+=)."""
+        if not self._backward_ready:
+            raise RuntimeError("backward() needs a forward(idx, targets) first (once per forward: the classifier "
+                               "gradient is consumed)")
+        self._backward_ready = False
+        c, p = self.config, self.param_tensors
+        B, T = self._shape
+        L, NH, HS, C = c.n_layer, c.n_head, c.head_size, c.n_embd
+        with self._device_scope():
+            g = self.grad_tensors
+            a = self._acts.views
+            d = self._dacts.carve((B, T), self._grad_scratch_specs(B, T))
+            dres, dbtc, dbt4c = d["dresidual"][0], d["dbtc"][0], d["dbt4c"][0]
+            dqkv = dbt4c.view(-1)[:B * T * 3 * C].view(B, T, 3, NH, HS)
+            ops.matmul_backward(a["logits"][0], a["lnf"][0], p["wte"], g["wte"], None, dinp=dbtc)
+            ops.layernorm_backward(dbtc, a["residual3"][L - 1], p["lnfw"], a["lnf_mean"][0], a["lnf_rstd"][0],
+                                   g["lnfw"], g["lnfb"], dinp=dres)
+            for l in reversed(range(L)):
+                residual = a["encoded"][0] if l == 0 else a["residual3"][l - 1]
+                ln1, ln2, fch_gelu = self._layer_ln(a, "ln1", l), self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
+                if self.recompute >= 1:
+                    ops.gelu_forward(a["fch"][l], out=fch_gelu)
+                ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], g["fcprojb"][l], dinp=dbt4c,
+                                    pre_gelu=a["fch"][l])
+                if self.recompute >= 2:
+                    ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
+                                          mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
+                ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], dinp=dbtc)
+                ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
+                                       g["ln2w"][l], g["ln2b"][l], dinp=dres, accumulate=True)
+                ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], g["attprojb"][l],
+                                    dinp=dbtc)
+                ops.attention_backward(dbtc.view(B, T, NH, HS), a["qkv"][l].view(B, T, 3, NH, HS),
+                                       a["atty"][l].view(B, T, NH, HS), a["att_stats"][l], dqkv=dqkv)
+                if self.recompute >= 2:
+                    ops.layernorm_forward(residual, p["ln1w"][l], p["ln1b"][l], out=ln1, mean=a["ln1_mean"][l],
+                                          rstd=a["ln1_rstd"][l], eps=LN_EPS)
+                ops.matmul_backward(dqkv.view(B * T, 3 * C), ln1, p["qkvw"][l], g["qkvw"][l], g["qkvb"][l], dinp=dbtc)
+                ops.layernorm_backward(dbtc, residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l],
+                                       g["ln1w"][l], g["ln1b"][l], dinp=dres, accumulate=True)
+            ops.encoder_backward(dres.view(B, T, C), a["inputs"][0], g["wte"], g["wpe"])
+
+    # -----------------------------------------------------------------------------------------------------
+    # sampling, accounting
+    # -----------------------------------------------------------------------------------------------------
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, seed: Optional[int] = None) -> list[int]:
+        """prompt_ids followed by max_new_tokens sampled tokens. The context is the last max_seq_len tokens, run
+        through the full forward each step (no KV cache) at a length rounded up to 16 (causal attention makes
+        the padding invisible). temperature 0 means greedy; top_k keeps the k most likely tokens. Sampling uses
+        a torch.Generator seeded with `seed` (random when None)."""
+        c = self.config
+        if isinstance(prompt_ids, (str, bytes)) or isinstance(prompt_ids, torch.Tensor) and prompt_ids.dim() != 1:
+            raise TypeError("prompt_ids must be a sequence of token ids (use llmc.tokenizer.encode for text)")
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise ValueError("prompt_ids is empty; start from [llmc.tokenizer.EOT] for an unconditional sample")
+        if any(not 0 <= t < c.vocab_size for t in ids):
+            raise ValueError(f"prompt_ids must lie in [0, vocab_size={c.vocab_size})")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k):
+            raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+        gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else seed)
+        longest = min(c.max_seq_len, _round_up(len(ids) + max_new_tokens, 16))
+        if self._acts.nbytes < _layout(self._activation_specs(1, longest))[1]:
+            self.allocate(1, longest, training=False)
+        for _ in range(max_new_tokens):
+            context = ids[-c.max_seq_len:]
+            T = min(c.max_seq_len, _round_up(len(context), 16))
+            tokens = torch.zeros((1, T), dtype=torch.int32)
+            tokens[0, :len(context)] = torch.tensor(context, dtype=torch.int32)
+            _, logits = self.forward(tokens, return_logits=True)
+            row = logits[0, len(context) - 1, :c.vocab_size].float().cpu()
+            ids.append(_sample(row, temperature, top_k, gen))
+        return ids
+
+    def memory_plan(self, B: Optional[int] = None, T: Optional[int] = None, master_weights: Optional[bool] = None) -> str:
+        """What the model's buffers take: parameters, gradients, AdamW state (m, v and, by default on CUDA, fp32
+        master weights, as llmc.optim.AdamW allocates them), activations for (B, T) (default: the last forward's
+        or allocate()'s shape) and the activation-gradient scratch."""
+        if (B is None) != (T is None):
+            raise ValueError("pass both B and T, or neither")
+        if B is None and self._acts.key is not None:
+            B, T = self._acts.key
+        if master_weights is None:
+            master_weights = self.device.type == "cuda"
+        mib = 2 ** 20
+        param_bytes = self.params.numel() * self.params.element_size()
+        opt_bytes = self.num_params * 4 * (3 if master_weights else 2)
+        lines = [f"model: {self!r}",
+                 f"parameters:           {param_bytes / mib:10.1f} MiB ({self.num_params:,} x {self.dtype})",
+                 f"gradients:            {param_bytes / mib:10.1f} MiB",
+                 f"optimizer state:      {opt_bytes / mib:10.1f} MiB (AdamW m, v{', master weights' if master_weights else ''}"
+                 f"; fp32)"]
+        total = 2 * param_bytes + opt_bytes
+        if B is None:
+            lines.append("activations:          allocated at the first forward (pass B, T to see them)")
+        else:
+            self._check_shape(B, T)
+            act = _layout(self._activation_specs(B, T))[1]
+            dact = _layout(self._grad_scratch_specs(B, T))[1]
+            total += act + dact
+            lines += [f"activations:          {act / mib:10.1f} MiB for B={B}, T={T}, recompute={self.recompute} "
+                      f"({act / B / mib:.1f} MiB per sequence)",
+                      f"activation gradients: {dact / mib:10.1f} MiB"]
+        lines.append(f"total:                {total / mib:10.1f} MiB")
+        return "\n".join(lines)
+
+    def flops_per_token(self, T: int) -> int:
+        """llm.c's estimate for one training token (forward + backward): 6*N + 6*L*C*T, N = all parameters."""
+        self._check_shape(1, T)
+        return 6 * self.num_params + 6 * self.config.n_layer * self.config.n_embd * T
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: Optional[int], gen: torch.Generator) -> int:
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen))
