@@ -1,0 +1,521 @@
+"""The training loop: `Trainer(model_or_preset, TrainConfig(...)).fit()`, llm.c's train_gpt2cu in Python.
+
+One step = grad_accum_steps micro-batches of B x T tokens (forward, backward, grads +=), the global gradient
+norm, clipping to 1.0, the learning rate of the schedule, optional skipping of outlier updates (z-score of the
+loss or grad norm over the last 64 steps, llm.c's -sl/-sg), one AdamW update. Every N steps, before the step
+of that number: validation loss, HellaSwag, a text sample, a checkpoint (model file + optimizer, data-loader,
+RNG and trainer state). Resuming restores all of it, so a resumed run continues with bit-identical losses.
+
+Files in the output directory: main.log (llm.c's lines: `s:%d trl:%.4f lr:%.6f norm:%.2f`, `s:%d tel:%.4f`,
+`s:%d eval:%.4f`), metrics.jsonl (every step at full precision), samples.txt, and the checkpoints.
+
+MFU is llm.c's: model.flops_per_token(T) = 6*N + 6*L*C*T FLOPs per token against the GPU's dense bf16 peak
+(PEAK_BF16_TFLOPS: 989.5 for H100 SXM/H200, 756 for H100 PCIe, 312 for A100); other GPUs and the CPU show none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+PEAK_BF16_TFLOPS = {"H100 SXM": 989.5, "H100 80GB HBM3": 989.5, "H200": 989.5, "GH200": 989.5,
+                    "H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0}
+OUTLIER_WINDOW = 64
+GRAD_CLIP = 1.0
+BETAS = (0.9, 0.95)
+ADAM_EPS = 1e-8
+QUICKSTART_CPU_MODEL = "d4c128"  # 4 layers, 128 channels (see parse_model_spec)
+
+
+@dataclass
+class TrainConfig:
+    """Options of `llmc train`, with llm.c's train_gpt2cu flag in brackets. Defaults are llm.c's except where
+    noted; `TrainConfig.quickstart(device)` is the README job that `llmc train` with no arguments runs."""
+    input_train: Optional[str] = None    # [-i] train shard glob; None: the built-in Python-docs corpus
+    input_val: Optional[str] = None      # [-j] val shard glob; None: the built-in corpus's (if -i is not given)
+    output_dir: Optional[str] = None     # [-o] log and checkpoint directory; None: no files written
+    model: str = "d12"                   # [-e] preset (d6, d12, ...) or llm.c model file to start from
+    batch_size: int = 4                  # [-b] micro-batch size B
+    seq_len: int = 1024                  # [-t] sequence length T
+    total_batch_size: int = -1           # [-d] tokens per step; -1: B*T*world_size (no accumulation)
+    num_iterations: int = -1             # [-x] steps; -1: one epoch of the training data
+    learning_rate: float = 3e-4          # [-l]
+    warmup_iterations: int = 0           # [-u]
+    final_lr_fraction: float = 1.0       # [-q] lr at the end = learning_rate * this
+    lr_schedule: str = "cosine"          # [-k] cosine, linear, constant or wsd
+    weight_decay: float = 0.0            # [-c] applied to the 2-D weights only
+    val_every: int = 20                  # [-v] steps between validations (0: never)
+    val_max_steps: int = 20              # [-m] val batches; -1: the whole val set
+    sample_every: int = 20               # [-s] steps between samples (0: never)
+    gen_tokens: int = 64                 # [-g] tokens per sample
+    checkpoint_every: int = 0            # [-n] steps between checkpoints (0: never)
+    keep_last: int = 0                   # [-nk] checkpoints kept (0: all)
+    resume: bool = False                 # [-y] continue from the latest complete checkpoint in output_dir
+    recompute: int = 1                   # [-r] 0 none, 1 GELU, 2 GELU and layernorms
+    zero_stage: int = 0                  # [-z] ZeRO stage; recorded, matters with several GPUs only
+    master_weights: bool = True          # [-w] fp32 master copy of the weights for AdamW
+    gelu_fusion: int = -1                # [-ge] accepted for llm.c compatibility; the model picks its fusion
+    skip_update_lossz: float = 0.0       # [-sl] skip the update when the loss z-score exceeds this (0: off)
+    skip_update_gradz: float = 0.0       # [-sg] same for the gradient norm
+    hellaswag: bool = False              # [-h] HellaSwag accuracy at each validation
+    overfit_single_batch: bool = False   # [-a] train on one batch (of the val data, as llm.c) for debugging
+    seed: int = 1337                     # model init, data order, stochastic rounding
+    device: str = "auto"                 # cuda, cpu or auto
+
+    @classmethod
+    def quickstart(cls, device: str) -> "TrainConfig":
+        """The README job on the built-in corpus (~100k tokens of Python docs), writing to runs/quickstart: GPT-2
+        124M (d12) for 150 steps of 4k tokens on a GPU (not yet timed on the H100); on a CPU a
+        7M-parameter model (4 layers, 128 channels) for 100 steps of 512 tokens (about a minute on two cores,
+        val loss 10.8 -> ~5.7)."""
+        common = dict(output_dir="runs/quickstart", keep_last=1, warmup_iterations=10, final_lr_fraction=0.1,
+                      weight_decay=0.1, device=device)
+        if device == "cuda":
+            return cls(model="d12", batch_size=8, seq_len=512, num_iterations=150, learning_rate=6e-4, val_every=25,
+                       val_max_steps=-1, sample_every=50, gen_tokens=64, checkpoint_every=150, **common)
+        return cls(model=QUICKSTART_CPU_MODEL, batch_size=8, seq_len=64, num_iterations=100, learning_rate=3e-3,
+                   val_every=25, val_max_steps=4, sample_every=100, gen_tokens=32, checkpoint_every=50, **common)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pieces of the loop
+# ---------------------------------------------------------------------------------------------------------
+def learning_rate(step: int, *, schedule: str, max_lr: float, warmup: int, total: int, final_fraction: float) -> float:
+    """llm.c's schedules: linear warmup over `warmup` steps to max_lr, then cosine / linear decay to
+    max_lr*final_fraction at step `total`, constant, or wsd (constant, then 1-sqrt decay over the last 20%)."""
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    min_lr = max_lr * final_fraction
+    if schedule == "constant":
+        return max_lr
+    if schedule == "wsd":
+        decay_start = int(0.8 * total)
+        if step < decay_start:
+            return max_lr
+        ratio = (step - decay_start) / max(1, total - decay_start)
+        return min_lr + (1.0 - math.sqrt(ratio)) * (max_lr - min_lr)
+    ratio = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max_lr - ratio * (max_lr - min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
+
+
+class OutlierDetector:
+    """z-score of each new value against the previous OUTLIER_WINDOW values (nan until the window is full).
+    With a threshold, a value above it is kept out of the window (so outliers do not loosen the detector),
+    except on the third outlier in a row, so a lasting change of level is eventually accepted (as llm.c)."""
+
+    def __init__(self, threshold: float = 0.0):
+        self.threshold = threshold
+        self.window: list[float] = []
+        self.outliers_in_a_row = 0
+
+    def update(self, value: float) -> float:
+        if len(self.window) < OUTLIER_WINDOW:
+            self.window.append(value)
+            return float("nan")
+        mean = math.fsum(self.window) / OUTLIER_WINDOW
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in self.window) / OUTLIER_WINDOW)
+        z = 0.0 if std == 0.0 else (value - mean) / std
+        if self.threshold and z > self.threshold:
+            self.outliers_in_a_row += 1
+            if self.outliers_in_a_row < 3:
+                return z
+        else:
+            self.outliers_in_a_row = 0
+        self.window = self.window[1:] + [value]
+        return z
+
+    def is_outlier(self, z: float) -> bool:
+        return bool(self.threshold) and math.isfinite(z) and z > self.threshold
+
+    def state_dict(self) -> dict:
+        return {"window": list(self.window), "outliers_in_a_row": self.outliers_in_a_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.window = list(state["window"])
+        self.outliers_in_a_row = int(state["outliers_in_a_row"])
+
+
+def peak_flops(device) -> Optional[float]:
+    """Dense bf16 peak FLOP/s of the CUDA device, or None when unknown (no MFU shown)."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+class RunLog:
+    """main.log (llm.c lines), metrics.jsonl and samples.txt in the output directory; console lines go through
+    the progress bar when there is one (interactive terminals only)."""
+
+    def __init__(self, out_dir: Optional[Path], resume: bool, total_steps: int, start_step: int):
+        from tqdm.auto import tqdm
+
+        self.out_dir = out_dir
+        if out_dir is not None and not resume:
+            for name in ("main.log", "metrics.jsonl", "samples.txt"):
+                (out_dir / name).unlink(missing_ok=True)
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True) \
+            if sys.stdout.isatty() else None
+
+    def print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def _append(self, name: str, text: str) -> None:
+        if self.out_dir is not None:
+            with open(self.out_dir / name, "a", encoding="utf-8") as f:
+                f.write(text)
+
+    def val(self, step: int, loss: float) -> None:
+        self.print(f"val loss {loss:.6f}")
+        self._append("main.log", f"s:{step} tel:{loss:.4f}\n")
+
+    def hellaswag(self, step: int, acc_norm: float, total: int) -> None:
+        self.print(f"HellaSwag: acc_norm {acc_norm:.4f} over {total} examples")
+        self._append("main.log", f"s:{step} eval:{acc_norm:.4f}\n")
+
+    def sample(self, step: int, text: str) -> None:
+        self.print(f"generating:\n---\n{text}\n---")
+        self._append("samples.txt", f"=== step {step}\n{text}\n")
+
+    def train(self, record: dict, line: str) -> None:
+        self.print(line)
+        self._append("main.log", f"s:{record['step']} trl:{record['loss']:.4f} lr:{record['lr']:.6f} "
+                                 f"norm:{record['norm']:.2f}\n")
+        self._append("metrics.jsonl", json.dumps(record) + "\n")
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------------------
+class Trainer:
+    """`Trainer(model_or_preset, config).fit()`: model_or_preset is an llmc.GPT, a GPTConfig, a preset name
+    ("d12"), an llm.c model file, or None for config.model. Multi-GPU comes later: one process, rank 0 of 1."""
+
+    def __init__(self, model_or_preset=None, config: Optional[TrainConfig] = None):
+        self.config = TrainConfig() if config is None else config
+        if not isinstance(self.config, TrainConfig):
+            raise TypeError(f"config must be an llmc.TrainConfig, got {type(self.config).__name__}")
+        self.model_source = self.config.model if model_or_preset is None else model_or_preset
+        self.rank, self.world_size = 0, 1
+        self._validate()
+        self.model = self.optimizer = None
+        self.history: list[dict] = []
+
+    def _validate(self) -> None:
+        c = self.config
+        positive = dict(batch_size=c.batch_size, seq_len=c.seq_len, gen_tokens=c.gen_tokens)
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        counts = dict(warmup_iterations=c.warmup_iterations, val_every=c.val_every, sample_every=c.sample_every,
+                      checkpoint_every=c.checkpoint_every, keep_last=c.keep_last)
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        for name, smallest in (("num_iterations", 0), ("val_max_steps", 1), ("total_batch_size", 1)):
+            value = getattr(c, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= smallest):
+                raise ValueError(f"{name} must be an int >= {smallest} or -1 (automatic), got {value!r}")
+        if c.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {c.lr_schedule!r}")
+        if not c.learning_rate > 0 or not 0 <= c.final_lr_fraction <= 1 or c.weight_decay < 0:
+            raise ValueError(f"need learning_rate > 0, 0 <= final_lr_fraction <= 1 and weight_decay >= 0; got "
+                             f"{c.learning_rate}, {c.final_lr_fraction}, {c.weight_decay}")
+        if c.recompute not in (0, 1, 2) or c.zero_stage not in (0, 1, 2, 3) or c.gelu_fusion not in (-1, 0, 1, 2):
+            raise ValueError(f"recompute must be 0/1/2, zero_stage 0-3 and gelu_fusion -1/0/1/2; got {c.recompute}, "
+                             f"{c.zero_stage}, {c.gelu_fusion}")
+        if c.skip_update_lossz < 0 or c.skip_update_gradz < 0:
+            raise ValueError("skip_update_lossz and skip_update_gradz are z-score thresholds >= 0 (0: off)")
+        if c.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {c.device!r}")
+        if c.resume and c.output_dir is None:
+            raise ValueError("resume needs the output directory (-o) that holds the checkpoints")
+        tokens_per_micro_step = c.batch_size * c.seq_len * self.world_size
+        if c.total_batch_size != -1 and c.total_batch_size % tokens_per_micro_step:
+            raise ValueError(f"total_batch_size (-d) {c.total_batch_size} is not a multiple of B*T*world_size = "
+                             f"{c.batch_size}*{c.seq_len}*{self.world_size} = {tokens_per_micro_step}; choose e.g. "
+                             f"{max(1, c.total_batch_size // tokens_per_micro_step) * tokens_per_micro_step}")
+
+    # -- building ---------------------------------------------------------------------------------------
+    def _device(self):
+        import torch
+
+        from .ops import cuda_available
+
+        if self.config.device == "auto":
+            return torch.device("cuda" if cuda_available() else "cpu")
+        if self.config.device == "cuda" and not cuda_available():
+            raise RuntimeError("device 'cuda' was asked for but no GPU (or no CUDA build of llmc) is available")
+        return torch.device(self.config.device)
+
+    def _out_dir(self) -> Optional[Path]:
+        """The output directory, created and checked writable before any work."""
+        if self.config.output_dir is None:
+            return None
+        out = Path(self.config.output_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(f"output directory {out} is not writable ({e.strerror or e}); choose another -o") from None
+        return out
+
+    def _model_source(self):
+        """(GPTConfig, fp32 params or None) that model_or_preset describes; params come from a model file."""
+        from .checkpoint import read_model_file
+        from .model import GPT, GPTConfig
+
+        src = self.model_source
+        if isinstance(src, GPT):
+            return src.config, None
+        if isinstance(src, GPTConfig):
+            return src, None
+        if isinstance(src, (str, os.PathLike)):
+            if os.path.isfile(src):
+                return read_model_file(src)
+            return parse_model_spec(str(src)), None
+        raise TypeError(f"model_or_preset must be an llmc.GPT, GPTConfig, preset name or model file path, got "
+                        f"{type(src).__name__}")
+
+    def _build_model(self, model_config, device, params):
+        """The GPT on `device`, with `params` (fp32 flat) loaded when given (a model file or a checkpoint)."""
+        from .model import GPT
+
+        if isinstance(self.model_source, GPT):
+            model = self.model_source
+        else:
+            model = GPT(model_config, device=device, recompute=self.config.recompute, seed=self.config.seed)
+        if params is not None:
+            model.load_params_(params)
+        return model
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        """Train; returns one record per step taken (step, loss, norm, lr, ms, tokens_per_s, skipped)."""
+        import torch
+
+        try:
+            return self._fit()
+        except torch.cuda.OutOfMemoryError as e:
+            c = self.config
+            total = c.batch_size * c.seq_len * self.world_size if c.total_batch_size == -1 else c.total_batch_size
+            raise RuntimeError(f"out of GPU memory ({str(e).splitlines()[0]}); use a smaller micro-batch "
+                               f"(-b {max(1, c.batch_size // 2)}; -d {total} keeps the tokens per step through "
+                               f"gradient accumulation) or recompute activations (-r 1, or -r 2)") from None
+
+    def _fit(self) -> list[dict]:
+        import torch
+
+        from .checkpoint import CheckpointManager
+        from .data import DataLoader
+        from .eval import hellaswag_eval, val_loss
+        from .model import GPT
+        from .optim import AdamW, grad_norm
+        from .prepare import builtin_corpus
+
+        c = self.config
+        B, T = c.batch_size, c.seq_len
+        device = self.model_source.device if isinstance(self.model_source, GPT) else self._device()
+        out_dir = self._out_dir()
+
+        # data: the built-in corpus unless -i is given; -a trains on the first val batch (as llm.c)
+        train_pattern, val_pattern = c.input_train, c.input_val
+        if train_pattern is None:
+            train_pattern, builtin_val = builtin_corpus()
+            val_pattern = builtin_val if val_pattern is None else val_pattern
+        if c.overfit_single_batch and val_pattern is not None:
+            train_pattern = val_pattern
+        train_loader = DataLoader(train_pattern, B, T, self.rank, self.world_size, shuffle=True, seed=c.seed)
+        val_loader = None if val_pattern is None else \
+            DataLoader(val_pattern, B, T, self.rank, self.world_size, shuffle=False)
+
+        # model: from the latest complete checkpoint when resuming, else from model_or_preset
+        ckpt = CheckpointManager(out_dir, keep_last=c.keep_last or None) if out_dir is not None else None
+        model_config, params = self._model_source()
+        resume_step = ckpt.latest() if (c.resume and ckpt is not None) else None
+        state = None
+        if resume_step is not None:
+            saved_config, params, state = ckpt.load(resume_step)
+            if saved_config != model_config:
+                raise ValueError(f"the checkpoint at step {resume_step} in {out_dir} is a model {saved_config}, but "
+                                 f"this run asks for {model_config}; pass the same -e as the original run, or "
+                                 f"another -o to start a new run")
+        if T > model_config.max_seq_len:
+            raise ValueError(f"sequence length T={T} (-t) exceeds the model's context of {model_config.max_seq_len} "
+                             f"tokens; use -t {model_config.max_seq_len} or less")
+        if ckpt is not None and not c.resume and ckpt.steps():
+            print(f"-y 0: removing the checkpoints {ckpt.steps()} of an earlier run in {out_dir}")
+            ckpt.clear()  # so that a later -y 1 cannot resume them into this run
+        model = self.model = self._build_model(model_config, device, params)
+        print(f"llmc train | device {device} | model {model_config} | {model.num_params:,} parameters")
+        print(model.memory_plan(B, T, master_weights=c.master_weights and device.type == "cuda"))
+        optimizer = self.optimizer = AdamW(model, lr=c.learning_rate, betas=BETAS, eps=ADAM_EPS,
+                                           weight_decay=c.weight_decay, master_weights=c.master_weights, seed=c.seed)
+        model.allocate(B, T)  # all activation memory now, so running out of memory happens before any work
+
+        tokens_per_micro_step = B * T * self.world_size
+        total_batch = tokens_per_micro_step if c.total_batch_size == -1 else c.total_batch_size
+        grad_accum = total_batch // tokens_per_micro_step
+        num_steps = c.num_iterations if c.num_iterations != -1 else train_loader.num_tokens // total_batch
+        if num_steps < 1 and c.num_iterations == -1:
+            raise ValueError(f"the training data ({train_loader.num_tokens} tokens) is less than one step of "
+                             f"{total_batch} tokens; pass -x or a smaller -d")
+        val_batches = None if c.val_max_steps == -1 else c.val_max_steps
+        loss_detector = OutlierDetector(c.skip_update_lossz)
+        norm_detector = OutlierDetector(c.skip_update_gradz)
+        fixed_batch = train_loader.next_batch() if c.overfit_single_batch else None  # -a: the first batch
+        step = 0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            train_loader.load_state_dict(state["train_loader"])
+            loss_detector.load_state_dict(state["loss_detector"])
+            norm_detector.load_state_dict(state["norm_detector"])
+            restore_rng(state["rng"])
+            step = state["step"]
+        hellaswag = self._hellaswag_examples() if c.hellaswag else None
+        peak = peak_flops(device)
+        flops_per_step = model.flops_per_token(T) * total_batch
+
+        print(f"train {train_loader}\nval {val_loader}")
+        print(f"B={B} T={T} world_size={self.world_size} total_batch_size={total_batch} => grad_accum_steps="
+              f"{grad_accum}; {num_steps} steps; lr {c.learning_rate:g} {c.lr_schedule} warmup {c.warmup_iterations} "
+              f"final fraction {c.final_lr_fraction:g}; weight decay {c.weight_decay:g}; recompute {c.recompute}; "
+              f"zero stage {c.zero_stage} (sharding needs several GPUs)")
+        print("MFU against " + (f"{peak / 1e12:.1f} TFLOP/s bf16 peak" if peak else "no known peak (not shown)"))
+        if resume_step is not None:
+            print(f"resuming from the checkpoint at step {resume_step} in {out_dir}")
+        elif c.resume:
+            print(f"no complete checkpoint in {out_dir}: starting from scratch")
+
+        log = RunLog(out_dir, resume=resume_step is not None, total_steps=num_steps, start_step=step)
+        try:
+            for step in range(step, num_steps + 1):
+                last_step = step == num_steps
+                if val_loader is not None and c.val_every > 0 and (step % c.val_every == 0 or last_step):
+                    log.val(step, val_loss(model, val_loader, B, T, val_batches, self.rank, self.world_size))
+                if hellaswag and ((step > 0 and c.val_every > 0 and step % c.val_every == 0) or last_step):
+                    result = hellaswag_eval(model, hellaswag, B, T, self.rank, self.world_size)
+                    log.hellaswag(step, result.acc_norm, result.total)
+                if c.sample_every > 0 and ((step > 0 and step % c.sample_every == 0) or last_step):
+                    log.sample(step, self._sample(model))
+                if ckpt is not None and c.checkpoint_every > 0 and step != resume_step and \
+                        ((step > 0 and step % c.checkpoint_every == 0) or last_step):
+                    log.print(f"writing checkpoint at step {step}")
+                    ckpt.save(step, model, {
+                        "step": step, "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
+                        "loss_detector": loss_detector.state_dict(), "norm_detector": norm_detector.state_dict(),
+                        "rng": rng_state(), "train_config": dataclasses.asdict(c)})
+                if last_step:
+                    break
+
+                # one optimization step over total_batch tokens
+                t0 = time.perf_counter()
+                loss = 0.0
+                for _ in range(grad_accum):
+                    x, y = fixed_batch if fixed_batch is not None else train_loader.next_batch()
+                    loss += model.forward(x, y, grad_scale=1.0 / grad_accum) / grad_accum
+                    model.backward()
+                lr = learning_rate(step, schedule=c.lr_schedule, max_lr=c.learning_rate,
+                                   warmup=c.warmup_iterations, total=num_steps, final_fraction=c.final_lr_fraction)
+                norm = grad_norm(model)
+                zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
+                skipped = loss_detector.is_outlier(zloss) or norm_detector.is_outlier(znorm)
+                if skipped:
+                    log.print(f"skipping the update of step {step}: loss z-score {zloss:+.2f}, norm z-score "
+                              f"{znorm:+.2f}")
+                else:
+                    optimizer.step(lr, grad_scale=GRAD_CLIP / norm if norm > GRAD_CLIP else 1.0)
+                model.zero_grad()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds = time.perf_counter() - t0
+
+                record = {"step": step, "loss": loss, "norm": norm, "lr": lr, "ms": 1000 * seconds,
+                          "tokens_per_s": total_batch / seconds, "skipped": skipped}
+                mfu = f" | {100 * flops_per_step / seconds / peak:.1f}% bf16 MFU" if peak else ""
+                log.train(record, f"step {step + 1:4d}/{num_steps} | loss {loss:.6f} ({zloss:+.2f}z) | norm "
+                                  f"{norm:.4f} ({znorm:+.2f}z) | lr {lr:.2e} | {record['ms']:.2f} ms{mfu} | "
+                                  f"{record['tokens_per_s']:.0f} tok/s")
+                self.history.append(record)
+        finally:
+            log.close()
+        return self.history
+
+    # -- evaluation helpers -----------------------------------------------------------------------------
+    def _sample(self, model) -> str:
+        from .tokenizer import EOT, decode
+
+        start = EOT if EOT < model.config.vocab_size else 0  # tiny test vocabularies lack GPT-2's EOT
+        return decode(model.generate([start], self.config.gen_tokens, seed=self.config.seed)[1:])
+
+    def _hellaswag_examples(self):
+        """HellaSwag val examples (cached download), or None with a note when they cannot be had (as llm.c)."""
+        from .eval import fetch_hellaswag, load_hellaswag
+
+        try:
+            return load_hellaswag(fetch_hellaswag("val"))
+        except (RuntimeError, ValueError) as e:
+            print(f"HellaSwag is not available, skipping its evaluation: {e}")
+            return None
+
+
+def rng_state() -> dict:
+    import torch
+
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def parse_model_spec(spec: str):
+    """GPTConfig of a preset name (d6, d12, d24, ...) or of a custom size "d<layers>c<channels>[h<heads>][t<context>]"
+    (e.g. d4c128: heads default to channels // 64, as GPT-2's head size 64, context to 1024)."""
+    import re
+
+    from .model import GPTConfig
+
+    m = re.fullmatch(r"d(\d+)c(\d+)(?:h(\d+))?(?:t(\d+))?", spec)
+    if m is None:
+        try:
+            return GPTConfig.from_preset(spec)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"model {spec!r} is neither a model file nor a preset ({e}); give a preset like d12, "
+                             f"a custom size like d4c128 (layers, channels[, heads][, context]) or a model file") from None
+    layers, channels = int(m.group(1)), int(m.group(2))
+    heads = int(m.group(3)) if m.group(3) else max(1, channels // 64)
+    context = int(m.group(4)) if m.group(4) else 1024
+    return GPTConfig(n_layer=layers, n_head=heads, n_embd=channels, max_seq_len=context)

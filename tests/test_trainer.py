@@ -1,0 +1,275 @@
+"""Trainer on the CPU reference backend: lr schedules, outlier detector, loss falls, determinism, exact resume,
+bad inputs; and crash faults (SIGKILL mid-run, SIGKILL while writing a checkpoint) through `python -m llmc train`."""
+import dataclasses
+import fcntl
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from llmc.checkpoint import KILL_HOOK_ENV, CheckpointManager, write_model_file
+from llmc.model import GPT
+from llmc.trainer import OUTLIER_WINDOW, OutlierDetector, TrainConfig, Trainer, learning_rate, parse_model_spec
+from conftest import requires_cuda
+from train_helpers import read_metrics, tiny_config, write_tiny_shards
+
+# Determinism and resume run on the GPU too (bf16 kernels, stochastic rounding); head size 64 there, the
+# cuDNN attention path of real models.
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
+
+
+def config_for(device):
+    return tiny_config() if device == "cpu" else tiny_config(n_head=1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_tiny_shards(tmp_path_factory.mktemp("data"))
+
+
+def tiny_run(shards, out_dir, **overrides):
+    train, val = shards
+    options = dict(input_train=train, input_val=val, output_dir=str(out_dir), batch_size=4, seq_len=16,
+                   num_iterations=10, learning_rate=1e-2, val_every=0, sample_every=0, checkpoint_every=5,
+                   device="cpu", seed=7)
+    return TrainConfig(**{**options, **overrides})
+
+
+def losses(history):
+    return [r["loss"] for r in history]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pieces
+# ---------------------------------------------------------------------------------------------------------
+def test_learning_rate_schedules():
+    kw = dict(max_lr=1.0, warmup=10, total=110, final_fraction=0.1)
+    for schedule in ("cosine", "linear", "constant", "wsd"):
+        assert learning_rate(0, schedule=schedule, **kw) == pytest.approx(0.1)   # warmup: (step+1)/warmup
+        assert learning_rate(9, schedule=schedule, **kw) == pytest.approx(1.0)
+        assert learning_rate(10, schedule=schedule, **kw) == pytest.approx(1.0)
+    assert learning_rate(60, schedule="cosine", **kw) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert learning_rate(110, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert learning_rate(35, schedule="linear", **kw) == pytest.approx(1.0 - 0.25 * 0.9)
+    assert learning_rate(110, schedule="linear", **kw) == pytest.approx(0.1)
+    assert learning_rate(109, schedule="constant", **kw) == 1.0
+    assert learning_rate(87, schedule="wsd", **kw) == 1.0  # decay starts at int(0.8 * 110) = 88
+    assert learning_rate(99, schedule="wsd", **kw) == pytest.approx(0.1 + (1 - math.sqrt(11 / 22)) * 0.9)
+    assert learning_rate(110, schedule="wsd", **kw) == pytest.approx(0.1)
+
+
+def test_outlier_detector_z_scores_and_skipping():
+    values = [1.0 + 0.01 * (i % 5) for i in range(OUTLIER_WINDOW)]
+    detector = OutlierDetector(threshold=3.0)
+    assert all(math.isnan(detector.update(v)) for v in values)
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    z = detector.update(1.5)
+    assert z == pytest.approx((1.5 - mean) / std) and detector.is_outlier(z)
+    assert detector.window == values  # an outlier stays out of the window ...
+    restored = OutlierDetector(threshold=3.0)
+    restored.load_state_dict(detector.state_dict())
+    for d in (detector, restored):
+        assert d.update(1.5) == pytest.approx(z) and d.window == values
+        assert d.is_outlier(d.update(1.5)) and d.window == values[1:] + [1.5]  # ... except the third in a row
+    assert not OutlierDetector(0.0).is_outlier(100.0)
+
+
+def test_model_specs():
+    assert parse_model_spec("d12") == tiny_config().__class__.from_preset("d12")
+    custom = parse_model_spec("d4c128")
+    assert (custom.n_layer, custom.n_embd, custom.n_head, custom.max_seq_len) == (4, 128, 2, 1024)
+    custom = parse_model_spec("d2c64h4t256")
+    assert (custom.n_layer, custom.n_embd, custom.n_head, custom.max_seq_len) == (2, 64, 4, 256)
+    with pytest.raises(ValueError, match="neither a model file nor a preset"):
+        parse_model_spec("gpt5")
+    Trainer(None, TrainConfig.quickstart("cpu"))  # the README job's config validates
+    Trainer(None, TrainConfig.quickstart("cuda"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------------------
+def test_loss_falls_and_the_run_directory_is_written(shards, tmp_path):
+    config = tiny_run(shards, tmp_path, num_iterations=24, val_every=12, val_max_steps=2, sample_every=24,
+                      gen_tokens=4, total_batch_size=2 * 4 * 16, warmup_iterations=2, weight_decay=0.1)
+    history = Trainer(tiny_config(), config).fit()
+    assert [r["step"] for r in history] == list(range(24))
+    first, last = losses(history[:4]), losses(history[-4:])
+    assert sum(last) / 4 < sum(first) / 4 - 1.0, losses(history)
+    log = (tmp_path / "main.log").read_text().splitlines()
+    assert log[0].startswith("s:0 tel:") and log[1].startswith("s:0 trl:") and " lr:" in log[1] and " norm:" in log[1]
+    assert sum(line.startswith("s:12 tel:") for line in log) == 1 and log[-1].startswith("s:24 tel:")
+    assert (tmp_path / "samples.txt").read_text().startswith("=== step 24\n")
+    assert CheckpointManager(tmp_path).steps() == [5, 10, 15, 20, 24]
+    assert read_metrics(tmp_path) == {r["step"]: r["loss"] for r in history}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_runs_with_one_seed_are_bit_identical(shards, tmp_path, device):
+    def run(name, seed=7):
+        config = tiny_run(shards, tmp_path / name, num_iterations=6, checkpoint_every=0, seed=seed, device=device)
+        return Trainer(config_for(device), config).fit()
+
+    a, b = run("a"), run("b")
+    assert losses(a) == losses(b) and [r["norm"] for r in a] == [r["norm"] for r in b]
+    assert losses(run("c", seed=8)) != losses(a)
+
+
+def copy_checkpoint(run_dir, step, new_dir):
+    """A fresh run directory holding only checkpoint `step` of run_dir, as if the run had died right after it."""
+    new_dir.mkdir()
+    for name in (f"model_{step:08d}.bin", f"state_{step:08d}.pt", f"DONE_{step:08d}"):
+        shutil.copy(run_dir / name, new_dir / name)
+    return new_dir
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_from_step_5_reproduces_steps_6_to_10_exactly(shards, tmp_path, device):
+    options = dict(total_batch_size=2 * 4 * 16, warmup_iterations=3, weight_decay=0.1, lr_schedule="cosine",
+                   final_lr_fraction=0.1, device=device)
+    full = Trainer(config_for(device), tiny_run(shards, tmp_path / "full", **options)).fit()
+    resumed_dir = copy_checkpoint(tmp_path / "full", 5, tmp_path / "resumed")
+    trainer = Trainer(config_for(device), tiny_run(shards, resumed_dir, resume=True, **options))
+    resumed = trainer.fit()
+    assert [r["step"] for r in resumed] == [5, 6, 7, 8, 9]
+    assert losses(resumed) == losses(full[5:])
+    assert [r["norm"] for r in resumed] == [r["norm"] for r in full[5:]]
+    final = CheckpointManager(tmp_path / "full").load(10)[1]
+    assert torch.equal(trainer.model.params.float().cpu(), final)
+
+
+def test_model_file_start_and_overfit_single_batch(shards, tmp_path):
+    start = GPT(tiny_config(), device="cpu", seed=3)
+    write_model_file(tmp_path / "start.bin", start, dtype="fp32")
+    trainer = Trainer(str(tmp_path / "start.bin"), tiny_run(shards, tmp_path / "run", num_iterations=0,
+                                                             checkpoint_every=1))
+    trainer.fit()
+    assert torch.equal(CheckpointManager(tmp_path / "run").load(0)[1], start.params)  # nothing trained: same weights
+    overfit = tiny_run(shards, tmp_path / "o", overfit_single_batch=True, num_iterations=12, checkpoint_every=6)
+    history = Trainer(tiny_config(), overfit).fit()
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    resumed_dir = copy_checkpoint(tmp_path / "o", 6, tmp_path / "o_resumed")
+    resumed = Trainer(tiny_config(), dataclasses.replace(overfit, output_dir=str(resumed_dir), resume=True)).fit()
+    assert losses(resumed) == losses(history[6:])  # the same single batch after resuming
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bad inputs: each a clear error before training starts
+# ---------------------------------------------------------------------------------------------------------
+def test_bad_inputs_are_clear_errors(shards, tmp_path):
+    with pytest.raises(ValueError, match=r"total_batch_size \(-d\) 100 is not a multiple of B\*T\*world_size"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path, total_batch_size=100))
+    with pytest.raises(ValueError, match="T=128 .* exceeds the model's context of 64"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path / "t", seq_len=128)).fit()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="output directory .* is not writable"):
+        Trainer(tiny_config(), tiny_run(shards, blocker / "out")).fit()
+    with pytest.raises(ValueError, match="matches no file"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path / "g", input_train=str(tmp_path / "none_*.bin"))).fit()
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path / "b", batch_size=64, seq_len=64)).fit()
+    with pytest.raises(ValueError, match="lr_schedule"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path, lr_schedule="step"))
+    with pytest.raises(ValueError, match="resume needs the output directory"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path, output_dir=None, resume=True))
+    assert not (tmp_path / "t" / "metrics.jsonl").exists()
+
+
+def test_resume_with_another_model_config_is_refused(shards, tmp_path):
+    Trainer(tiny_config(), tiny_run(shards, tmp_path, num_iterations=5)).fit()
+    with pytest.raises(ValueError, match="checkpoint at step 5 .* pass the same -e"):
+        Trainer(tiny_config(n_layer=3), tiny_run(shards, tmp_path, resume=True)).fit()
+    with pytest.raises(ValueError, match="B: saved 4, now 2"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path, resume=True, batch_size=2)).fit()
+
+
+def test_out_of_memory_at_allocation_suggests_smaller_batch_or_recompute(shards, tmp_path, monkeypatch):
+    def no_memory(self, B, T, training=True):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(GPT, "allocate", no_memory)
+    with pytest.raises(RuntimeError, match=r"out of GPU memory .* smaller micro-batch \(-b 2.*-r 1"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path)).fit()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# crashes: `python -m llmc train` killed mid-run / mid-checkpoint, then resumed with -y 1
+# ---------------------------------------------------------------------------------------------------------
+STEPS = 40  # its console output must well exceed a 4096-byte pipe (see the SIGKILL test)
+
+
+def cli_args(shards, model_file, out_dir):
+    train, val = shards
+    return [sys.executable, "-m", "llmc", "train", "-i", train, "-j", val, "-o", str(out_dir), "-e", str(model_file),
+            "-b", "4", "-t", "16", "-d", "128", "-x", str(STEPS), "-l", "0.01", "-u", "2", "-q", "0.1", "-c", "0.1",
+            "-n", "3", "-v", "0", "-s", "0", "--device", "cpu"]
+
+
+def start(args, **env):
+    return subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+@pytest.fixture(scope="module")
+def crash_setup(shards, tmp_path_factory):
+    """(model file, {step: loss} of an uninterrupted CLI run)."""
+    root = tmp_path_factory.mktemp("crash")
+    model_file = root / "start.bin"
+    write_model_file(model_file, GPT(tiny_config(), device="cpu", seed=11), dtype="fp32")
+    proc = start(cli_args(shards, model_file, root / "reference"))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    reference = read_metrics(root / "reference")
+    assert sorted(reference) == list(range(STEPS))
+    return model_file, reference
+
+
+def resume_and_compare(shards, model_file, out_dir, reference, expect_step):
+    proc = start(cli_args(shards, model_file, out_dir) + ["-y", "1"])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert f"resuming from the checkpoint at step {expect_step}" in out, out
+    assert read_metrics(out_dir) == reference  # every step, including those redone after the crash
+    assert CheckpointManager(out_dir).latest() == STEPS
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(shards, crash_setup, tmp_path):
+    model_file, reference = crash_setup
+    # The victim's stdout is a pipe of one page that nobody reads: once its console lines fill it, the victim
+    # blocks inside a step (the run prints more than a page), so it cannot finish before it is killed, however
+    # fast the machine is.
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    victim = subprocess.Popen(cli_args(shards, model_file, tmp_path), stdout=write_end, stderr=subprocess.STDOUT)
+    os.close(write_end)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 8:  # complete lines only
+            break
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    os.close(read_end)
+    assert victim.returncode == -signal.SIGKILL
+    done = CheckpointManager(tmp_path).latest()
+    assert done is not None and 6 <= done < STEPS
+    resume_and_compare(shards, model_file, tmp_path, reference, done)
+
+
+def test_sigkill_while_writing_a_checkpoint_then_resume(shards, crash_setup, tmp_path):
+    model_file, reference = crash_setup
+    victim = start(cli_args(shards, model_file, tmp_path), **{KILL_HOOK_ENV: "state_00000006"})
+    out, _ = victim.communicate(timeout=600)
+    assert victim.returncode == -signal.SIGKILL, out
+    assert (tmp_path / "model_00000006.bin").exists() and not (tmp_path / "DONE_00000006").exists()
+    assert CheckpointManager(tmp_path).latest() == 3  # the half-written checkpoint 6 is not picked up
+    resume_and_compare(shards, model_file, tmp_path, reference, 3)
