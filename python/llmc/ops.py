@@ -8,6 +8,7 @@ arguments; parameter gradients are accumulated (+=), activation gradients overwr
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -537,8 +538,13 @@ def _check_attention_backend_name(backend) -> None:
 
 
 def _resolve_attention_backend(backend: str, HS: int) -> str:
-    """The backend that runs CUDA attention with head size HS, or a ValueError saying why none can."""
+    """The backend that runs CUDA attention with head size HS, or a ValueError saying why none can.
+    "auto" follows the environment variable LLMC_ATTENTION (auto | cudnn | cuda) when it is set."""
     _check_attention_backend_name(backend)
+    if backend == "auto":
+        backend = os.environ.get("LLMC_ATTENTION", "auto") or "auto"
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"LLMC_ATTENTION={backend!r}; expected one of {ATTENTION_BACKENDS}")
     ext = _ext()
     cudnn_reason = None
     if not ext.has_cudnn():
