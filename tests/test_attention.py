@@ -39,9 +39,11 @@ def devices_dtypes_backends():
     return cases
 
 
-def skip_unsupported(backend, HS):
+def skip_unsupported(backend, T, HS):
     if backend == "cudnn" and HS not in ops.CUDNN_ATTENTION_HEAD_SIZES:
         pytest.skip(f"cuDNN attention takes head sizes {ops.CUDNN_ATTENTION_HEAD_SIZES}")
+    if backend == "cudnn" and T < 2:
+        pytest.skip("cuDNN attention needs T >= 2 (test_attention_backend_reports_its_choice checks the error)")
 
 
 def torch_attention(qkv, dout=None):
@@ -102,7 +104,7 @@ def deterministic_algorithms():
 @pytest.mark.parametrize("shape", SHAPES + OTHER_HEAD_SIZES)
 def test_attention_forward_matches_torch(device, dtype, backend, shape):
     B, T, NH, HS = shape
-    skip_unsupported(backend, HS)
+    skip_unsupported(backend, T, HS)
     qkv = randn((B, T, 3, NH, HS), dtype, device)
     out, stats = run_forward(qkv, backend)
     expected_out, expected_lse, _ = torch_attention(qkv)
@@ -114,7 +116,7 @@ def test_attention_forward_matches_torch(device, dtype, backend, shape):
 @pytest.mark.parametrize("shape", SHAPES + OTHER_HEAD_SIZES)
 def test_attention_backward_matches_torch(device, dtype, backend, shape):
     B, T, NH, HS = shape
-    skip_unsupported(backend, HS)
+    skip_unsupported(backend, T, HS)
     qkv = randn((B, T, 3, NH, HS), dtype, device)
     dout = randn((B, T, NH, HS), dtype, device)
     out, stats = run_forward(qkv, backend)
@@ -170,8 +172,20 @@ def test_attention_reruns_are_bit_identical(device, dtype, backend):
 
 
 @requires_cuda_build
-def test_attention_backend_reports_its_choice():
+def test_attention_backend_reports_its_choice(monkeypatch):
+    monkeypatch.delenv("LLMC_ATTENTION", raising=False)
     auto = "cudnn" if ops._ext().has_cudnn() else "cuda"
+    assert ops.attention_backend(4, 1, 3, 64) == "cuda"
+    if ops._ext().has_cudnn() and torch.cuda.is_available():
+        qkv = torch.randn(4, 1, 3, 3, 64, device="cuda", dtype=torch.bfloat16)
+        with pytest.raises(ValueError, match="T >= 2"):
+            ops.attention_forward(qkv, backend="cudnn")
+    monkeypatch.setenv("LLMC_ATTENTION", "cuda")
+    assert ops.attention_backend(64, 1024, 12, 64) == "cuda"
+    monkeypatch.setenv("LLMC_ATTENTION", "flash")
+    with pytest.raises(ValueError, match="LLMC_ATTENTION"):
+        ops.attention_backend(64, 1024, 12, 64)
+    monkeypatch.delenv("LLMC_ATTENTION")
     assert ops.attention_backend(64, 1024, 12, 64) == auto
     assert ops.attention_backend(8, 1024, 25, 128) == auto
     assert ops.attention_backend(1, 7, 3, 32) == "cuda"

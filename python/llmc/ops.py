@@ -537,7 +537,7 @@ def _check_attention_backend_name(backend) -> None:
         raise ValueError(f"backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
 
 
-def _resolve_attention_backend(backend: str, HS: int) -> str:
+def _resolve_attention_backend(backend: str, T: int, HS: int) -> str:
     """The backend that runs CUDA attention with head size HS, or a ValueError saying why none can.
     "auto" follows the environment variable LLMC_ATTENTION (auto | cudnn | cuda) when it is set."""
     _check_attention_backend_name(backend)
@@ -552,6 +552,8 @@ def _resolve_attention_backend(backend: str, HS: int) -> str:
                         "or NVRTC; see the 'llmc:' lines of the build log)")
     elif HS not in CUDNN_ATTENTION_HEAD_SIZES:
         cudnn_reason = f"cuDNN attention takes head sizes {CUDNN_ATTENTION_HEAD_SIZES}, got {HS}"
+    elif T < 2:
+        cudnn_reason = "cuDNN attention needs T >= 2 (its backward rejects a single position)"
     if backend == "cudnn" and cudnn_reason:
         raise ValueError(f"backend='cudnn' is not available: {cudnn_reason}. Use backend='cuda' or 'auto'")
     if backend == "cudnn" or (backend == "auto" and cudnn_reason is None):
@@ -571,7 +573,7 @@ def attention_backend(B: int, T: int, NH: int, HS: int) -> str:
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    return _resolve_attention_backend("auto", HS)
+    return _resolve_attention_backend("auto", T, HS)
 
 
 def _check_qkv(qkv) -> tuple:
@@ -601,7 +603,7 @@ def attention_forward(qkv: torch.Tensor, out: Optional[torch.Tensor] = None, sta
     stats = _output(stats, "stats", (B, NH, T), torch.float32, device)
     if device.type == "cuda":
         ext = _ext()
-        run = ext.attention_forward_cudnn if _resolve_attention_backend(backend, HS) == "cudnn" \
+        run = ext.attention_forward_cudnn if _resolve_attention_backend(backend, T, HS) == "cudnn" \
             else ext.attention_forward
         run(out.data_ptr(), stats.data_ptr(), qkv.data_ptr(), B, T, NH, HS, _stream(device))
     else:
@@ -632,7 +634,7 @@ def attention_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
         raise ValueError("dqkv must not be qkv itself: the kernels read qkv while they write dqkv")
     if device.type == "cuda":
         ext = _ext()
-        if _resolve_attention_backend(backend, HS) == "cudnn":
+        if _resolve_attention_backend(backend, T, HS) == "cudnn":
             ext.attention_backward_cudnn(dqkv.data_ptr(), dout.data_ptr(), qkv.data_ptr(), out.data_ptr(),
                                          stats.data_ptr(), B, T, NH, HS, torch.are_deterministic_algorithms_enabled(),
                                          _stream(device))
