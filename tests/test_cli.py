@@ -1,5 +1,6 @@
 """`llmc` command routing and `llmc train`: llm.c's short flags (multi-character ones too), long options, the
 no-argument quickstart, errors, and an end-to-end run through `python -m llmc train`."""
+import dataclasses
 import subprocess
 import sys
 
@@ -36,7 +37,9 @@ def test_unset_options_keep_llmc_defaults_and_no_arguments_is_the_quickstart():
     assert cli.train_config(["-x", "-1"]) == TrainConfig()
     from llmc.ops import cuda_available
 
-    assert cli.train_config([]) == TrainConfig.quickstart("cuda" if cuda_available() else "cpu")
+    quick, expected = cli.train_config([]), TrainConfig.quickstart("cuda" if cuda_available() else "cpu")
+    assert quick.output_dir.startswith("runs/quickstart-")  # a new folder per run: no earlier run is touched
+    assert dataclasses.replace(quick, output_dir="") == dataclasses.replace(expected, output_dir="")
 
 
 def test_bad_flags_exit_with_usage(capsys):

@@ -45,6 +45,14 @@ def losses(history):
     return [r["loss"] for r in history]
 
 
+def test_new_run_refuses_a_folder_with_earlier_checkpoints(shards, tmp_path):
+    Trainer(tiny_config(), tiny_run(shards, tmp_path, num_iterations=5)).fit()
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(ValueError, match="-y 1.*another -o"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path, num_iterations=5)).fit()
+    assert sorted(os.listdir(tmp_path)) == before  # nothing of the earlier run was removed
+
+
 # ---------------------------------------------------------------------------------------------------------
 # pieces
 # ---------------------------------------------------------------------------------------------------------

@@ -71,11 +71,12 @@ class TrainConfig:
 
     @classmethod
     def quickstart(cls, device: str) -> "TrainConfig":
-        """The README job on the built-in corpus (~100k tokens of Python docs), writing to runs/quickstart: GPT-2
+        """The README job on the built-in corpus (~100k tokens of Python docs), writing to a new
+        runs/quickstart-<date>-<time> folder each time (so no earlier run is touched): GPT-2
         124M (d12) for 150 steps of 4k tokens on a GPU (not yet timed on the H100); on a CPU a
         7M-parameter model (4 layers, 128 channels) for 100 steps of 512 tokens (about a minute on two cores,
         val loss 10.8 -> ~5.7)."""
-        common = dict(output_dir="runs/quickstart", keep_last=1, warmup_iterations=10, final_lr_fraction=0.1,
+        common = dict(output_dir=time.strftime("runs/quickstart-%Y%m%d-%H%M%S"), keep_last=1, warmup_iterations=10, final_lr_fraction=0.1,
                       weight_decay=0.1, device=device)
         if device == "cuda":
             return cls(model="d12", batch_size=8, seq_len=512, num_iterations=150, learning_rate=6e-4, val_every=25,
@@ -369,8 +370,9 @@ class Trainer:
             raise ValueError(f"sequence length T={T} (-t) exceeds the model's context of {model_config.max_seq_len} "
                              f"tokens; use -t {model_config.max_seq_len} or less")
         if ckpt is not None and not c.resume and ckpt.steps():
-            print(f"-y 0: removing the checkpoints {ckpt.steps()} of an earlier run in {out_dir}")
-            ckpt.clear()  # so that a later -y 1 cannot resume them into this run
+            # Never delete what a user has: an earlier run's checkpoints stay, and this run does not start over them.
+            raise ValueError(f"{out_dir} already holds checkpoints (steps {ckpt.steps()}) of an earlier run; resume "
+                             f"it with -y 1, or write this run elsewhere with another -o")
         model = self.model = self._build_model(model_config, device, params)
         print(f"llmc train | device {device} | model {model_config} | {model.num_params:,} parameters")
         print(model.memory_plan(B, T, master_weights=c.master_weights and device.type == "cuda"))
