@@ -236,7 +236,10 @@ def _token_tensor(t, name: str, shape=None) -> torch.Tensor:
 class GPT:
     """GPT-2 on llmc ops. See the module docstring for the memory layout and the conventions."""
 
-    def __init__(self, config: GPTConfig, device="cuda", recompute: int = 0, seed: int = 42):
+    def __init__(self, config: GPTConfig, device="cuda", recompute: int = 0, seed: int = 42,
+                 deterministic: bool = True):
+        """deterministic: bit-reproducible backward (cuDNN's ordered attention backward, which needs more
+        workspace and time); False lets cuDNN sum dQ with atomics."""
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         if isinstance(recompute, bool) or recompute not in (0, 1, 2):
@@ -245,6 +248,7 @@ class GPT:
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.config = config
         self.recompute = recompute
+        self.deterministic = bool(deterministic)
         self.device = _resolve_device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.param_sizes = config.param_sizes()
@@ -499,7 +503,8 @@ class GPT:
                 ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], g["attprojb"][l],
                                     dinp=dbtc)
                 ops.attention_backward(dbtc.view(B, T, NH, HS), a["qkv"][l].view(B, T, 3, NH, HS),
-                                       a["atty"][l].view(B, T, NH, HS), a["att_stats"][l], dqkv=dqkv)
+                                       a["atty"][l].view(B, T, NH, HS), a["att_stats"][l], dqkv=dqkv,
+                                       deterministic=self.deterministic)
                 if self.recompute >= 2:
                     ops.layernorm_forward(residual, p["ln1w"][l], p["ln1b"][l], out=ln1, mean=a["ln1_mean"][l],
                                           rstd=a["ln1_rstd"][l], eps=LN_EPS)

@@ -615,10 +615,12 @@ def attention_forward(qkv: torch.Tensor, out: Optional[torch.Tensor] = None, sta
 
 
 def attention_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor,
-                       dqkv: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
+                       dqkv: Optional[torch.Tensor] = None, backend: str = "auto",
+                       deterministic: Optional[bool] = None) -> torch.Tensor:
     """dqkv (B, T, 3, NH, HS), overwritten, from dout (B, T, NH, HS) and the forward's qkv, out and stats.
     The plain CUDA backend is deterministic. cuDNN's sums dQ with atomics (last-bit differences between runs)
-    unless torch.use_deterministic_algorithms(True) is on, which picks its ordered algorithm (more workspace)."""
+    unless deterministic=True (default: torch.are_deterministic_algorithms_enabled()), which picks its ordered
+    algorithm (more workspace)."""
     B, T, NH, HS = _check_qkv(qkv)
     _check_float(dout, "dout")
     _check_float(out, "out")
@@ -636,7 +638,9 @@ def attention_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
         ext = _ext()
         if _resolve_attention_backend(backend, T, HS) == "cudnn":
             ext.attention_backward_cudnn(dqkv.data_ptr(), dout.data_ptr(), qkv.data_ptr(), out.data_ptr(),
-                                         stats.data_ptr(), B, T, NH, HS, torch.are_deterministic_algorithms_enabled(),
+                                         stats.data_ptr(), B, T, NH, HS,
+                                         torch.are_deterministic_algorithms_enabled() if deterministic is None
+                                         else bool(deterministic),
                                          _stream(device))
         else:
             delta = torch.empty((B, NH, T), dtype=torch.float32, device=device)
