@@ -1,0 +1,70 @@
+"""Where the milliseconds of one llmc training step go: torch.profiler over a few steps of GPT-2 (random tokens),
+GPU time summed per kernel and divided by the number of steps, against the step's wall time. The gap between
+wall time and the sum of kernel times is GPU idle time (host syncs, Python and launch overhead).
+
+    python profile_step.py --model d12 --batch 64 [--steps 3] [--markdown out.md]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="d12")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--markdown", default=None, help="also write the table to this file")
+    args = p.parse_args(argv)
+
+    from llmc.model import GPT, GPTConfig
+    from llmc.optim import AdamW, grad_norm
+
+    cfg = GPTConfig.from_preset(args.model)
+    B, T = args.batch, args.seq_len
+    model = GPT(cfg, device="cuda")
+    opt = AdamW(model, lr=6e-4, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        tokens = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g, dtype=torch.int32)
+        x, y = tokens[:, :-1].contiguous().cuda(), tokens[:, 1:].contiguous().cuda()
+        model.zero_grad()
+        model.forward(x, y)
+        model.backward()
+        norm = grad_norm(model)
+        opt.step(lr=6e-4, grad_scale=min(1.0, 1.0 / max(norm, 1e-6)))
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t0) * 1e3 / args.steps
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
+    kernels.sort(key=lambda e: e.device_time_total, reverse=True)
+    gpu_ms = sum(e.device_time_total for e in kernels) / 1e3 / args.steps
+    lines = [f"llmc {args.model} B={B} T={T}: wall {wall_ms:.1f} ms/step, GPU kernels {gpu_ms:.1f} ms/step, "
+             f"GPU idle {wall_ms - gpu_ms:.1f} ms/step ({torch.cuda.get_device_name()})", "",
+             "| kernel | calls/step | ms/step | % of wall |", "|---|---:|---:|---:|"]
+    for e in kernels[:args.top]:
+        ms = e.device_time_total / 1e3 / args.steps
+        lines.append(f"| {e.key[:90]} | {e.count / args.steps:.0f} | {ms:.2f} | {100 * ms / wall_ms:.1f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
