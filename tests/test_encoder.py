@@ -86,6 +86,25 @@ def test_encoder_backward_deterministic_and_accumulates(device, dtype):
     assert torch.equal(results[0][1], results[1][1]), "dwpe differs between identical calls"
 
 
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+def test_encoder_unvalidated_path_matches_checked(device, dtype):
+    # validate=False only drops the id range check (and its sync): the results must be bit-identical
+    B, T, C = 4, 256, 1600
+    ids, V = make_ids(B, T, "skewed", device)
+    wte, wpe = randn((V, C), dtype, device), randn((T, C), dtype, device)
+    checked = ops.encoder_forward(ids, wte, wpe)
+    fast = ops.encoder_forward(ids, wte, wpe, out=poisoned((B, T, C), dtype, device), validate=False)
+    assert torch.equal(fast, checked)
+    dout = randn((B, T, C), dtype, device)
+    grads = {}
+    for validate in (True, False):
+        dwte, dwpe = wte.clone(), wpe.clone()
+        ops.encoder_backward(dout, ids, dwte, dwpe, validate=validate)
+        grads[validate] = dwte, dwpe
+    assert torch.equal(grads[True][0], grads[False][0]) and torch.equal(grads[True][1], grads[False][1])
+    assert not torch.equal(grads[True][0], wte), "the backward left dwte unchanged"
+
+
 def test_encoder_rejects_bad_input():
     ids = torch.randint(0, 10, (2, 4), dtype=torch.int32)
     wte, wpe = torch.randn(10, 8), torch.randn(6, 8)
@@ -142,5 +161,7 @@ def test_encoder_cuda_rejects_bad_input():
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         ops.encoder_backward(torch.randn(1, 4, 8, **kw), bad, dwte, dwpe)
     assert torch.equal(dwte, before[0]) and torch.equal(dwpe, before[1]), "a rejected call changed the grads"
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        ops.encoder_backward(torch.randn(1, 4, 8, **kw), bad - 10, dwte, dwpe)  # ids -10 .. 0
     with pytest.raises(ValueError, match="multiple of 8"):
         ops.encoder_backward(torch.randn(2, 4, 12, **kw), ids, torch.zeros(10, 12, **kw), torch.zeros(6, 12, **kw))

@@ -85,6 +85,19 @@ def test_fused_classifier_all_ignored(device, dtype):
     assert torch.all(losses == 0) and torch.all(logits == 0)
 
 
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+def test_fused_classifier_unvalidated_path_matches(device, dtype):
+    """validate=False (the model checks its targets once itself) gives bit-identical losses and gradients."""
+    logits, targets = make_inputs(64, 1000, 1024, dtype, device)
+    dloss = 1.0 / int((targets >= 0).sum())
+    fast_logits = logits.clone()
+    expected = ops.fused_classifier(logits, targets, 1000, dloss=dloss)
+    got = ops.fused_classifier(fast_logits, targets, 1000, dloss=dloss, validate=False)
+    assert torch.equal(got, expected) and torch.equal(fast_logits, logits)
+    with pytest.raises(ValueError, match="explicit dloss"):
+        ops.fused_classifier(fast_logits, targets, 1000, validate=False)
+
+
 def test_fused_classifier_rejects_bad_input():
     logits, targets = make_inputs(4, 10, 16, torch.float32, "cpu")
     with pytest.raises(TypeError, match="float"):

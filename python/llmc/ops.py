@@ -145,7 +145,14 @@ def _output(out: Optional[torch.Tensor], name: str, shape: Sequence[int], dtype:
     return out
 
 
+# torch's raw current-stream lookup (what inductor's generated code calls) costs a few microseconds less per op
+# than building a Stream object; fall back to the public API where a torch build lacks it.
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def _stream(device: torch.device) -> int:
+    if _RAW_STREAM is not None:
+        return _RAW_STREAM(device.index)
     return torch.cuda.current_stream(device).cuda_stream
 
 
@@ -219,10 +226,12 @@ def _token_extremes(idx: torch.Tensor) -> tuple:
 
 
 def encoder_forward(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor,
-                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    out: Optional[torch.Tensor] = None, *, validate: bool = True) -> torch.Tensor:
     """out (B, T, C) = wte[idx] + wpe[:T] for token ids idx (B, T), wte (V, C), wpe (max_seq_len, C).
 
-    The ids are checked against V (one synchronizing read of their min and max on CUDA).
+    The ids are checked against V (one synchronizing read of their min and max on CUDA). validate=False
+    skips that check on CUDA, and so the sync, for callers that know their ids lie in [0, V): an id outside
+    it makes the kernel read out of bounds. Tensor types, shapes and layouts are checked either way.
     """
     _check_index(idx, "idx")
     _check_float(wte, "wte")
@@ -233,7 +242,8 @@ def encoder_forward(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor,
     out = _output(out, "out", (B, T, C), dtype, device)
     if idx.numel() == 0:
         return out
-    _check_token_range(*_token_extremes(idx), V)
+    if validate or device.type != "cuda":
+        _check_token_range(*_token_extremes(idx), V)
     if device.type == "cuda":
         _ext().encoder_forward(out.data_ptr(), idx.data_ptr(), wte.data_ptr(), wpe.data_ptr(), B, T, C,
                                _stream(device))
@@ -242,11 +252,14 @@ def encoder_forward(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor,
     return out
 
 
-def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, dwpe: torch.Tensor) -> None:
+def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, dwpe: torch.Tensor, *,
+                     validate: bool = True) -> None:
     """dwte (V, C) += and dwpe (max_seq_len, C) += the gradients of encoder_forward, from dout (B, T, C).
 
     Deterministic: on CUDA the ids are sorted (stably) on the device and every token's rows are summed in a
-    fixed order, without atomics. The ids are checked against V (one synchronizing read on CUDA).
+    fixed order, without atomics. The ids are checked against V (one synchronizing read on CUDA);
+    validate=False skips that check on CUDA and so the sync, as in encoder_forward (an id outside [0, V)
+    makes the kernels write out of bounds).
     """
     _check_float(dout, "dout")
     _check_index(idx, "idx")
@@ -261,7 +274,9 @@ def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, 
         return
     if device.type == "cuda":
         sorted_ids, positions = torch.sort(idx.reshape(-1), stable=True)
-        _check_token_range(*sorted_ids[[0, -1]].tolist(), V)
+        if validate:
+            # the extremes are the sorted ends: one small kernel and one copy back (no index tensor to upload)
+            _check_token_range(*torch.stack((sorted_ids[0], sorted_ids[-1])).tolist(), V)
         ext = _ext()
         scratch = torch.empty(ext.encoder_backward_scratch_floats(B * T, C), dtype=torch.float32, device=device)
         ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), dout.data_ptr(),
@@ -687,13 +702,14 @@ def _check_int(x, name: str, low: int, high: Optional[int] = None) -> int:
 
 
 def fused_classifier(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, dloss: Optional[float] = None,
-                     losses: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     losses: Optional[torch.Tensor] = None, *, validate: bool = True) -> torch.Tensor:
     """Cross-entropy per position and its gradient in one pass. `logits` (N, Vp) (or (B, T, Vp)) is OVERWRITTEN
     with dlogits = (softmax - onehot(target)) * dloss over the first `vocab_size` columns, 0 in the padding
     columns vocab_size..Vp-1. `targets` (N) (or (B, T)) int32, -1 = ignore: loss 0 and a zero gradient row.
     `dloss` defaults to 1 / (number of non-ignored targets), so sum(losses) * dloss is the mean loss and dlogits
     its gradient. Returns the per-position losses, fp32. The targets' range is checked on their device, which
-    waits for it (one host synchronisation)."""
+    waits for it (one host synchronisation); validate=False (only with an explicit dloss) skips that check for
+    callers that validated the targets already: an out-of-range target then reads outside its row."""
     _check_float(logits, "logits")
     _check_index(targets, "targets")
     device = _check_same_device(logits=logits, targets=targets, losses=losses)
@@ -713,7 +729,10 @@ def fused_classifier(logits: torch.Tensor, targets: torch.Tensor, vocab_size: in
         if N >= 2**31:
             raise ValueError(f"{N} positions is too many for one call (the kernel runs one block per position); "
                              f"split the rows into chunks below 2**31")
-    bad, count = torch.stack([((targets < -1) | (targets >= V)).sum(), (targets >= 0).sum()]).tolist()
+    if not validate and dloss is None:
+        raise ValueError("validate=False needs an explicit dloss (the default dloss counts the targets)")
+    bad, count = torch.stack([((targets < -1) | (targets >= V)).sum(), (targets >= 0).sum()]).tolist() \
+        if validate or device.type == "cpu" else (0, 0)
     if bad:
         raise ValueError(f"targets has {bad} entries outside [0, {V}) that are not -1 (ignore); every target must "
                          f"be a token id below vocab_size={V} or -1")
