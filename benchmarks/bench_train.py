@@ -11,7 +11,6 @@ process (total - free from cudaMemGetInfo, so cuBLAS/cuDNN workspaces count; the
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -23,7 +22,7 @@ import time
 
 import torch
 
-from common import RESULTS_DIR, git_commit, gpu_name
+from common import RESULTS_DIR, append_csv, git_commit, gpu_name
 
 TRAIN_CSV = os.path.join(RESULTS_DIR, "train.csv")
 TRAIN_COLUMNS = ["model", "gpus", "micro_batch", "seq_len", "zero", "provider", "tokens_per_s", "ms_per_step", "mfu",
@@ -152,14 +151,7 @@ def main(argv=None):
                 row.update(gpu=gpu_name(), date=datetime.date.today().isoformat(), commit=git_commit())
                 print(", ".join(f"{k}={row[k]}" for k in TRAIN_COLUMNS), flush=True)
                 rows.append(row)
-    os.makedirs(os.path.dirname(args.csv), exist_ok=True)
-    new = not os.path.exists(args.csv) or os.path.getsize(args.csv) == 0
-    with open(args.csv, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=TRAIN_COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
+    append_csv(args.csv, TRAIN_COLUMNS, rows)
 
 
 if __name__ == "__main__":

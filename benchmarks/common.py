@@ -79,14 +79,19 @@ class Recorder:
               flush=True)
 
     def save(self) -> None:
-        os.makedirs(os.path.dirname(self.csv_path), exist_ok=True)
-        new = not os.path.exists(self.csv_path) or os.path.getsize(self.csv_path) == 0
-        with open(self.csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=KERNEL_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerows(self.rows)
-        print(f"appended {len(self.rows)} rows to {self.csv_path}")
+        append_csv(self.csv_path, KERNEL_COLUMNS, self.rows)
+
+
+def append_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    """Append rows to a results CSV, writing the header when the file is new or empty."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    print(f"appended {len(rows)} rows to {path}")
 
 
 def compiled(fn: Callable) -> Callable:
