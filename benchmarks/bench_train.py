@@ -56,7 +56,6 @@ def peak_tracker():
 
 
 def run_llmc(cfg, B, T, loader, args):
-    import llmc.ops as ops
     from llmc.model import GPT
     from llmc.optim import AdamW, grad_norm
 
