@@ -11,6 +11,11 @@ trainer state) and, written last, the empty marker `DONE_SSSSSSSS`. Every file i
 fsynced, then renamed, so a crash leaves either the old file or the new one; a checkpoint without its DONE
 marker is incomplete and never loaded.
 
+Data-parallel runs (CheckpointManager(..., rank, world_size, barrier)): rank 0 writes the model file and
+`state_SSSSSSSS.pt`, rank r > 0 writes `state_SSSSSSSS_rank<r>.pt` (its optimizer shard and data position), and
+rank 0 writes the DONE marker after a barrier, holding the world size as text; loading refuses a checkpoint of
+another world size. An empty marker (single-process runs, older runs) means world size 1.
+
 Test hook (for the crash tests only): when the environment variable LLMC_TEST_KILL_BEFORE_RENAME is set and
 is a substring of a file name being written atomically, the process kills itself with SIGKILL after the
 temporary file is complete and before the rename, i.e. at the worst moment for atomicity.
@@ -136,7 +141,15 @@ def read_model_file(path: str | os.PathLike):
 class CheckpointManager:
     """Full checkpoints of one run directory (module doc): save, find the latest complete one, load, keep-last-K."""
 
-    def __init__(self, out_dir: str | os.PathLike, keep_last: Optional[int] = None):
+    def __init__(self, out_dir: str | os.PathLike, keep_last: Optional[int] = None, rank: int = 0,
+                 world_size: int = 1, barrier: Optional[Callable[[], None]] = None):
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1 or \
+                isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        if world_size > 1 and barrier is None:
+            raise ValueError("several ranks need a barrier (e.g. llmc.distributed.barrier) so the DONE marker "
+                             "follows every rank's files")
+        self.rank, self.world_size, self.barrier = rank, world_size, barrier
         if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
             raise ValueError(f"keep_last must be a positive int or None (keep all), got {keep_last!r}")
         self.out_dir = Path(out_dir)
@@ -145,8 +158,10 @@ class CheckpointManager:
     def model_path(self, step: int) -> Path:
         return self.out_dir / f"model_{step:08d}.bin"
 
-    def state_path(self, step: int) -> Path:
-        return self.out_dir / f"state_{step:08d}.pt"
+    def state_path(self, step: int, rank: Optional[int] = None) -> Path:
+        """This manager's rank's state file of `step` (or `rank`'s)."""
+        rank = self.rank if rank is None else rank
+        return self.out_dir / (f"state_{step:08d}.pt" if rank == 0 else f"state_{step:08d}_rank{rank}.pt")
 
     def done_path(self, step: int) -> Path:
         return self.out_dir / f"DONE_{step:08d}"
@@ -156,7 +171,7 @@ class CheckpointManager:
         if not self.out_dir.is_dir():
             return []
         found = (int(m.group(1)) for m in map(_DONE.fullmatch, os.listdir(self.out_dir)) if m)
-        return sorted(s for s in found if self.model_path(s).is_file() and self.state_path(s).is_file())
+        return sorted(s for s in found if self.model_path(s).is_file() and self.state_path(s, 0).is_file())
 
     def latest(self) -> Optional[int]:
         """Step of the newest complete checkpoint, or None."""
@@ -165,19 +180,27 @@ class CheckpointManager:
 
     def save(self, step: int, model, state: dict, dtype: Optional[str] = None) -> None:
         """Write checkpoint `step`: the model file (in the parameters' dtype unless `dtype` says otherwise), the
-        state dict (torch tensors and plain Python values), then the DONE marker; then prune to keep_last."""
+        state dict (torch tensors and plain Python values), then the DONE marker; then prune to keep_last.
+        With several ranks every rank calls this with its own state (module doc)."""
         import torch
 
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if dtype is None:
-            dtype = "bf16" if model.params.dtype == torch.bfloat16 else "fp32"
-        self.done_path(step).unlink(missing_ok=True)
-        write_model_file(self.model_path(step), model, dtype)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if dtype is None:
+                dtype = "bf16" if model.params.dtype == torch.bfloat16 else "fp32"
+            self.done_path(step).unlink(missing_ok=True)
+            write_model_file(self.model_path(step), model, dtype)
+        if self.world_size > 1:
+            self.barrier()  # the directory exists and no stale DONE marker of this step is left
         atomic_write(self.state_path(step), lambda f: torch.save(state, f))
-        atomic_write(self.done_path(step), lambda f: None)
-        self._prune()
+        if self.world_size > 1:
+            self.barrier()
+        if self.rank == 0:
+            marker = str(self.world_size).encode() if self.world_size > 1 else b""
+            atomic_write(self.done_path(step), lambda f: f.write(marker))
+            self._prune()
 
     def load(self, step: Optional[int] = None):
         """(GPTConfig, fp32 params, state dict) of checkpoint `step` (default: the latest complete one)."""
@@ -190,13 +213,29 @@ class CheckpointManager:
         elif step not in self.steps():
             raise ValueError(f"checkpoint {step} in {self.out_dir} is missing or incomplete; complete ones: "
                              f"{self.steps()}")
+        saved_world = self.world_size_of(step)
+        if saved_world != self.world_size:
+            raise ValueError(f"the checkpoint at step {step} in {self.out_dir} was written by {saved_world} "
+                             f"process(es) but this run has {self.world_size}; resume with the same number "
+                             f"(torchrun --nproc_per_node={saved_world} ...), or start a new run in another -o")
         config, params = read_model_file(self.model_path(step))
         state = torch.load(self.state_path(step), map_location="cpu", weights_only=True)
         return config, params, state
 
+    def world_size_of(self, step: int) -> int:
+        """The number of processes that wrote checkpoint `step` (from its DONE marker)."""
+        text = self.done_path(step).read_text().strip()
+        if not text:
+            return 1
+        if not text.isdigit():
+            raise ValueError(f"{self.done_path(step)} holds {text[:40]!r}, not a world size: the checkpoint is corrupt")
+        return int(text)
+
     def _remove(self, step: int) -> None:
         # The marker goes first: a crash halfway leaves an incomplete checkpoint, never a wrong complete one.
-        for p in (self.done_path(step), self.model_path(step), self.state_path(step)):
+        for p in (self.done_path(step), self.model_path(step), self.state_path(step, 0)):
+            p.unlink(missing_ok=True)
+        for p in self.out_dir.glob(f"state_{step:08d}_rank*.pt"):
             p.unlink(missing_ok=True)
 
     def clear(self) -> None:
@@ -211,7 +250,7 @@ class CheckpointManager:
         if self.keep_last is not None:
             for s in complete[:-self.keep_last]:
                 self._remove(s)
-        pattern = re.compile(r"(?:model_(\d{8})\.bin|state_(\d{8})\.pt)")
+        pattern = re.compile(r"(?:model_(\d{8})\.bin|state_(\d{8})(?:_rank\d+)?\.pt)")
         for name in os.listdir(self.out_dir):
             m = pattern.fullmatch(name)
             if m and int(m.group(1) or m.group(2)) not in complete:

@@ -57,7 +57,8 @@ TRAIN_OPTIONS = [
     ("-nk", "--keep-last", "keep_last", int, "checkpoints to keep, 0: all (default 0)"),
     ("-y", "--resume", "resume", _flag, "1: continue from the latest complete checkpoint in -o (default 0)"),
     ("-r", "--recompute", "recompute", int, "0: none, 1: recompute GELU, 2: GELU and layernorms (default 1)"),
-    ("-z", "--zero-stage", "zero_stage", int, "ZeRO stage, used with several GPUs (default 0)"),
+    ("-z", "--zero-stage", "zero_stage", int, "ZeRO stage with several GPUs: 0 all-reduce, 1 sharded optimizer "
+                                              "state (default -1: 1 with several processes, else 0)"),
     ("-w", "--master-weights", "master_weights", _flag, "keep fp32 master weights (default 1)"),
     ("-sl", "--skip-update-lossz", "skip_update_lossz", float, "skip updates whose loss z-score exceeds this, "
                                                                "0: off (default 0)"),
@@ -67,6 +68,8 @@ TRAIN_OPTIONS = [
     ("-a", "--overfit-single-batch", "overfit_single_batch", _flag, "1: train on one batch, for debugging"),
     (None, "--seed", "seed", int, "seed of init, data order and rounding (default 1337)"),
     (None, "--device", "device", str, "cuda, cpu or auto (default)"),
+    (None, "--dist-timeout", "dist_timeout", float, "seconds a collective may wait for the other ranks before the "
+                                                    "job fails (default 600)"),
 ]
 
 

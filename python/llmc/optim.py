@@ -6,6 +6,10 @@ place. One step is ONE llmc.ops.adamw_update launch over the whole flat range, w
 tensors the model flags (GPT.param_decay). The stochastic-rounding seed of step t is a hash of (seed, t), so a
 run resumed from state_dict() rounds exactly like an uninterrupted one. In data-parallel training every rank
 must use the same seed, or their bf16 parameters drift apart.
+
+ZeRO-1 (llmc.distributed): AdamW(model, shard=(start, end)) keeps m, v and master for that slice of the flat
+range only and updates only model.params[start:end], with the weight-decay flags of the tensors the slice cuts
+(llmc.distributed.shard_partition); its rounding seed also mixes in `start`, so the shards round independently.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Optional
 import torch
 
 from . import ops
+from .distributed import SHARD_ALIGN, shard_partition
 
 _MASK64 = (1 << 64) - 1
 
@@ -40,7 +45,7 @@ class AdamW:
     """AdamW for an llmc.GPT (decoupled weight decay, bias correction; torch.optim.AdamW's math)."""
 
     def __init__(self, model, lr: float = 6e-4, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
-                 master_weights: bool = True, seed: int = 13371337):
+                 master_weights: bool = True, seed: int = 13371337, shard: Optional[tuple[int, int]] = None):
         from .model import GPT
 
         if not isinstance(model, GPT):
@@ -53,7 +58,10 @@ class AdamW:
             float(weight_decay)
         self.seed = seed
         self.step_count = 0
-        n, device = model.num_params, model.device
+        start, end = (0, model.num_params) if shard is None else _check_shard(shard, model.num_params)
+        self.shard = (start, end)
+        self.tensor_sizes, self.tensor_decay = shard_partition(model.param_sizes, model.param_decay, start, end)
+        n, device = end - start, model.device
         self.m = torch.zeros(n, dtype=torch.float32, device=device)
         self.v = torch.zeros(n, dtype=torch.float32, device=device)
         # fp32 parameters need no master copy. It is filled from the parameters at the first step (or by
@@ -64,8 +72,12 @@ class AdamW:
 
     def _sync_master(self) -> None:
         if self.master is not None and not self._master_synced:
-            self.master.copy_(self.model.params)
+            self.master.copy_(self._slice(self.model.params))
             self._master_synced = True
+
+    def _slice(self, flat: torch.Tensor) -> torch.Tensor:
+        start, end = self.shard
+        return flat[start:end]
 
     def step(self, lr: Optional[float] = None, grad_scale: float = 1.0) -> None:
         """One update from model.grads (multiplied by grad_scale, e.g. a clipping factor); lr defaults to the
@@ -74,18 +86,23 @@ class AdamW:
         _check_hyper(lr, self.betas, self.eps, self.weight_decay)
         self._sync_master()
         model = self.model
+        seed = step_seed(self.seed, self.step_count + 1)
+        if self.shard[0]:
+            seed = step_seed(seed, self.shard[0])
         with model._device_scope():
-            ops.adamw_update(model.params, model.grads, self.m, self.v, self.master, lr=lr, beta1=self.betas[0],
-                             beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay,
-                             step=self.step_count + 1, seed=step_seed(self.seed, self.step_count + 1),
-                             grad_scale=grad_scale, tensor_sizes=model.param_sizes, tensor_decay=model.param_decay)
+            ops.adamw_update(self._slice(model.params), self._slice(model.grads), self.m, self.v, self.master, lr=lr,
+                             beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay,
+                             step=self.step_count + 1, seed=seed, grad_scale=grad_scale,
+                             tensor_sizes=self.tensor_sizes, tensor_decay=self.tensor_decay)
         self.step_count += 1
 
     def state_dict(self) -> dict:
-        """Step count, hyperparameters and the live m, v and master buffers (not copies: torch.save them)."""
+        """Step count, hyperparameters, the shard and the live m, v and master buffers (not copies: torch.save
+        them)."""
         self._sync_master()
         return {"step": self.step_count, "lr": self.lr, "betas": self.betas, "eps": self.eps,
-                "weight_decay": self.weight_decay, "seed": self.seed, "m": self.m, "v": self.v, "master": self.master}
+                "weight_decay": self.weight_decay, "seed": self.seed, "shard": self.shard, "m": self.m, "v": self.v,
+                "master": self.master}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict() returned (tensors may be on any device)."""
@@ -95,6 +112,11 @@ class AdamW:
         for name in ("m", "v"):
             if not isinstance(state[name], torch.Tensor) or state[name].numel() != self.m.numel():
                 raise ValueError(f"optimizer state {name!r} does not hold {self.m.numel()} values for this model")
+        shard = tuple(state.get("shard", (0, self.model.num_params)))
+        if shard != self.shard:
+            raise ValueError(f"optimizer state covers parameters {list(shard)} but this optimizer updates "
+                             f"{list(self.shard)}; ZeRO-1 state loads only into the same rank of the same world size "
+                             f"and zero stage")
         master = state["master"]
         if self.master is not None:
             if master is None:
@@ -111,6 +133,17 @@ class AdamW:
         self.step_count = int(state["step"])
         self.lr, self.betas, self.eps = float(state["lr"]), tuple(state["betas"]), float(state["eps"])
         self.weight_decay, self.seed = float(state["weight_decay"]), int(state["seed"])
+
+
+def _check_shard(shard, n: int) -> tuple[int, int]:
+    if not isinstance(shard, (tuple, list)) or len(shard) != 2 or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in shard) or not 0 <= shard[0] < shard[1] <= n:
+        raise ValueError(f"shard must be (start, end) with 0 <= start < end <= {n} (the model's parameter count), "
+                         f"got {shard!r}")
+    if shard[0] % SHARD_ALIGN:
+        raise ValueError(f"shard start {shard[0]} is not a multiple of {SHARD_ALIGN} elements: the AdamW kernel needs "
+                         f"16-byte aligned ranges (use llmc.distributed.shard_range)")
+    return int(shard[0]), int(shard[1])
 
 
 def grad_norm(model) -> float:

@@ -9,6 +9,13 @@ RNG and trainer state). Resuming restores all of it, so a resumed run continues 
 Files in the output directory: main.log (llm.c's lines: `s:%d trl:%.4f lr:%.6f norm:%.2f`, `s:%d tel:%.4f`,
 `s:%d eval:%.4f`), metrics.jsonl (every step at full precision), samples.txt, and the checkpoints.
 
+Several processes (`torchrun --nproc_per_node=N -m llmc train ...`, or a Trainer inside any torchrun process):
+data parallel over torch.distributed (llmc.distributed): each rank reads its slice of every batch, the gradients
+are summed over the ranks after the last micro-step (the loss gradient is scaled by 1/(grad_accum*world_size)),
+ZeRO-1 by default (each rank keeps the AdamW state of its shard and the parameters are all-gathered), ZeRO-0
+with -z 0. The logged loss and val loss are averaged over the ranks; rank 0 logs, samples and writes the model
+file; every rank writes its own state file; resuming needs the same number of processes.
+
 MFU is llm.c's: model.flops_per_token(T) = 6*N + 6*L*C*T FLOPs per token against the GPU's dense bf16 peak
 (PEAK_BF16_TFLOPS: 989.5 for H100 SXM/H200, 756 for H100 PCIe, 312 for A100); other GPUs and the CPU show none.
 """
@@ -59,7 +66,7 @@ class TrainConfig:
     keep_last: int = 0                   # [-nk] checkpoints kept (0: all)
     resume: bool = False                 # [-y] continue from the latest complete checkpoint in output_dir
     recompute: int = 1                   # [-r] 0 none, 1 GELU, 2 GELU and layernorms
-    zero_stage: int = 0                  # [-z] ZeRO stage; recorded, matters with several GPUs only
+    zero_stage: int = -1                 # [-z] 0 all-reduce, 1 sharded AdamW state; -1: 1 with several processes
     master_weights: bool = True          # [-w] fp32 master copy of the weights for AdamW
     gelu_fusion: int = -1                # [-ge] accepted for llm.c compatibility; the model picks its fusion
     skip_update_lossz: float = 0.0       # [-sl] skip the update when the loss z-score exceeds this (0: off)
@@ -68,6 +75,7 @@ class TrainConfig:
     overfit_single_batch: bool = False   # [-a] train on one batch (of the val data, as llm.c) for debugging
     seed: int = 1337                     # model init, data order, stochastic rounding
     device: str = "auto"                 # cuda, cpu or auto
+    dist_timeout: float = 600.0          # seconds a collective waits for the other ranks before the job fails
 
     @classmethod
     def quickstart(cls, device: str) -> "TrainConfig":
@@ -162,17 +170,20 @@ class RunLog:
     """main.log (llm.c lines), metrics.jsonl and samples.txt in the output directory; console lines go through
     the progress bar when there is one (interactive terminals only)."""
 
-    def __init__(self, out_dir: Optional[Path], resume: bool, total_steps: int, start_step: int):
+    def __init__(self, out_dir: Optional[Path], resume: bool, total_steps: int, start_step: int, quiet: bool = False):
         from tqdm.auto import tqdm
 
         self.out_dir = out_dir
+        self.quiet = quiet
         if out_dir is not None and not resume:
             for name in ("main.log", "metrics.jsonl", "samples.txt"):
                 (out_dir / name).unlink(missing_ok=True)
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True) \
-            if sys.stdout.isatty() else None
+            if sys.stdout.isatty() and not quiet else None
 
     def print(self, line: str) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.write(line)
         else:
@@ -213,14 +224,18 @@ class RunLog:
 # ---------------------------------------------------------------------------------------------------------
 class Trainer:
     """`Trainer(model_or_preset, config).fit()`: model_or_preset is an llmc.GPT, a GPTConfig, a preset name
-    ("d12"), an llm.c model file, or None for config.model. Multi-GPU comes later: one process, rank 0 of 1."""
+    ("d12"), an llm.c model file, or None for config.model. Under torchrun, rank and world size come from the
+    environment and fit() joins (or reuses) the process group."""
 
     def __init__(self, model_or_preset=None, config: Optional[TrainConfig] = None):
         self.config = TrainConfig() if config is None else config
         if not isinstance(self.config, TrainConfig):
             raise TypeError(f"config must be an llmc.TrainConfig, got {type(self.config).__name__}")
         self.model_source = self.config.model if model_or_preset is None else model_or_preset
-        self.rank, self.world_size = 0, 1
+        from .distributed import dist_info_from_env
+
+        self.dist = dist_info_from_env()
+        self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self._validate()
         self.model = self.optimizer = None
         self.history: list[dict] = []
@@ -245,9 +260,14 @@ class Trainer:
         if not c.learning_rate > 0 or not 0 <= c.final_lr_fraction <= 1 or c.weight_decay < 0:
             raise ValueError(f"need learning_rate > 0, 0 <= final_lr_fraction <= 1 and weight_decay >= 0; got "
                              f"{c.learning_rate}, {c.final_lr_fraction}, {c.weight_decay}")
-        if c.recompute not in (0, 1, 2) or c.zero_stage not in (0, 1, 2, 3) or c.gelu_fusion not in (-1, 0, 1, 2):
-            raise ValueError(f"recompute must be 0/1/2, zero_stage 0-3 and gelu_fusion -1/0/1/2; got {c.recompute}, "
+        if c.recompute not in (0, 1, 2) or c.zero_stage not in (-1, 0, 1, 2, 3) or c.gelu_fusion not in (-1, 0, 1, 2):
+            raise ValueError(f"recompute must be 0/1/2, zero_stage -1..3 and gelu_fusion -1/0/1/2; got {c.recompute}, "
                              f"{c.zero_stage}, {c.gelu_fusion}")
+        if self.world_size > 1 and c.zero_stage not in (-1, 0, 1):
+            raise ValueError(f"zero_stage {c.zero_stage} is not implemented; with several processes use -z 0 "
+                             f"(all-reduce) or -z 1 (sharded optimizer state, the default)")
+        if isinstance(c.dist_timeout, bool) or not isinstance(c.dist_timeout, (int, float)) or not c.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be a number of seconds > 0, got {c.dist_timeout!r}")
         if c.skip_update_lossz < 0 or c.skip_update_gradz < 0:
             raise ValueError("skip_update_lossz and skip_update_gradz are z-score thresholds >= 0 (0: off)")
         if c.device not in ("auto", "cuda", "cpu"):
@@ -270,6 +290,8 @@ class Trainer:
             return torch.device("cuda" if cuda_available() else "cpu")
         if self.config.device == "cuda" and not cuda_available():
             raise RuntimeError("device 'cuda' was asked for but no GPU (or no CUDA build of llmc) is available")
+        if self.config.device == "cuda" and self.world_size > 1:
+            return torch.device("cuda", self.dist.local_rank)
         return torch.device(self.config.device)
 
     def _out_dir(self) -> Optional[Path]:
@@ -319,29 +341,44 @@ class Trainer:
     def fit(self) -> list[dict]:
         """Train; returns one record per step taken (step, loss, norm, lr, ms, tokens_per_s, skipped)."""
         import torch
+        import torch.distributed as dist
 
+        from .distributed import cleanup, init_distributed
+        from .model import GPT
+
+        device = self.model_source.device if isinstance(self.model_source, GPT) else self._device()
+        own_group = self.world_size > 1 and not dist.is_initialized()
+        init_distributed(device.type, self.config.dist_timeout)
         try:
-            return self._fit()
+            return self._fit(device)
+        except dist.DistError as e:
+            raise RuntimeError(f"rank {self.rank} of {self.world_size}: a collective failed or waited longer than "
+                               f"dist_timeout={self.config.dist_timeout:g} s (another rank died or hangs; its own "
+                               f"log says why): {str(e).splitlines()[0]}") from e
         except torch.cuda.OutOfMemoryError as e:
             c = self.config
             total = c.batch_size * c.seq_len * self.world_size if c.total_batch_size == -1 else c.total_batch_size
             raise RuntimeError(f"out of GPU memory ({str(e).splitlines()[0]}); use a smaller micro-batch "
                                f"(-b {max(1, c.batch_size // 2)}; -d {total} keeps the tokens per step through "
                                f"gradient accumulation) or recompute activations (-r 1, or -r 2)") from None
+        finally:
+            if own_group:
+                cleanup()
 
-    def _fit(self) -> list[dict]:
+    def _fit(self, device) -> list[dict]:
         import torch
 
         from .checkpoint import CheckpointManager
         from .data import DataLoader
-        from .eval import hellaswag_eval, val_loss
-        from .model import GPT
-        from .optim import AdamW, grad_norm
+        from .distributed import GradientSync, all_reduce_mean, all_reduce_sum, barrier, print0
+        from .eval import HellaSwagResult, hellaswag_eval, val_loss
+        from .optim import AdamW
         from .prepare import builtin_corpus
 
         c = self.config
         B, T = c.batch_size, c.seq_len
-        device = self.model_source.device if isinstance(self.model_source, GPT) else self._device()
+        main = self.rank == 0
+        zero_stage = (1 if c.zero_stage == -1 else c.zero_stage) if self.world_size > 1 else 0
         out_dir = self._out_dir()
 
         # data: the built-in corpus unless -i is given; -a trains on the first val batch (as llm.c)
@@ -356,7 +393,8 @@ class Trainer:
             DataLoader(val_pattern, B, T, self.rank, self.world_size, shuffle=False)
 
         # model: from the latest complete checkpoint when resuming, else from model_or_preset
-        ckpt = CheckpointManager(out_dir, keep_last=c.keep_last or None) if out_dir is not None else None
+        ckpt = CheckpointManager(out_dir, keep_last=c.keep_last or None, rank=self.rank, world_size=self.world_size,
+                                 barrier=barrier) if out_dir is not None else None
         model_config, params = self._model_source()
         resume_step = ckpt.latest() if (c.resume and ckpt is not None) else None
         state = None
@@ -374,10 +412,12 @@ class Trainer:
             raise ValueError(f"{out_dir} already holds checkpoints (steps {ckpt.steps()}) of an earlier run; resume "
                              f"it with -y 1, or write this run elsewhere with another -o")
         model = self.model = self._build_model(model_config, device, params)
-        print(f"llmc train | device {device} | model {model_config} | {model.num_params:,} parameters")
-        print(model.memory_plan(B, T, master_weights=c.master_weights and device.type == "cuda"))
+        print0(f"llmc train | device {device} | model {model_config} | {model.num_params:,} parameters")
+        print0(model.memory_plan(B, T, master_weights=c.master_weights and device.type == "cuda"))
+        sync = GradientSync(model, zero_stage)
         optimizer = self.optimizer = AdamW(model, lr=c.learning_rate, betas=BETAS, eps=ADAM_EPS,
-                                           weight_decay=c.weight_decay, master_weights=c.master_weights, seed=c.seed)
+                                           weight_decay=c.weight_decay, master_weights=c.master_weights, seed=c.seed,
+                                           shard=sync.shard)
         model.allocate(B, T)  # all activation memory now, so running out of memory happens before any work
 
         tokens_per_micro_step = B * T * self.world_size
@@ -401,29 +441,34 @@ class Trainer:
             step = state["step"]
         hellaswag = self._hellaswag_examples() if c.hellaswag else None
         peak = peak_flops(device)
+        if peak:
+            peak *= self.world_size  # flops_per_step counts the tokens of all ranks
         flops_per_step = model.flops_per_token(T) * total_batch
 
-        print(f"train {train_loader}\nval {val_loader}")
-        print(f"B={B} T={T} world_size={self.world_size} total_batch_size={total_batch} => grad_accum_steps="
-              f"{grad_accum}; {num_steps} steps; lr {c.learning_rate:g} {c.lr_schedule} warmup {c.warmup_iterations} "
-              f"final fraction {c.final_lr_fraction:g}; weight decay {c.weight_decay:g}; recompute {c.recompute}; "
-              f"zero stage {c.zero_stage} (sharding needs several GPUs)")
-        print("MFU against " + (f"{peak / 1e12:.1f} TFLOP/s bf16 peak" if peak else "no known peak (not shown)"))
+        print0(f"train {train_loader}\nval {val_loader}")
+        print0(f"B={B} T={T} world_size={self.world_size} total_batch_size={total_batch} => grad_accum_steps="
+               f"{grad_accum}; {num_steps} steps; lr {c.learning_rate:g} {c.lr_schedule} warmup {c.warmup_iterations} "
+               f"final fraction {c.final_lr_fraction:g}; weight decay {c.weight_decay:g}; recompute {c.recompute}; "
+               f"zero stage {zero_stage}" + ("" if self.world_size > 1 else " (sharding needs several processes)"))
+        print0("MFU against " + (f"{peak / 1e12:.1f} TFLOP/s bf16 peak" if peak else "no known peak (not shown)"))
         if resume_step is not None:
-            print(f"resuming from the checkpoint at step {resume_step} in {out_dir}")
+            print0(f"resuming from the checkpoint at step {resume_step} in {out_dir}")
         elif c.resume:
-            print(f"no complete checkpoint in {out_dir}: starting from scratch")
+            print0(f"no complete checkpoint in {out_dir}: starting from scratch")
 
-        log = RunLog(out_dir, resume=resume_step is not None, total_steps=num_steps, start_step=step)
+        log = RunLog(out_dir if main else None, resume=resume_step is not None, total_steps=num_steps, start_step=step,
+                     quiet=not main)
         try:
             for step in range(step, num_steps + 1):
                 last_step = step == num_steps
                 if val_loader is not None and c.val_every > 0 and (step % c.val_every == 0 or last_step):
-                    log.val(step, val_loss(model, val_loader, B, T, val_batches, self.rank, self.world_size))
+                    log.val(step, all_reduce_mean(val_loss(model, val_loader, B, T, val_batches, self.rank,
+                                                           self.world_size), device))
                 if hellaswag and ((step > 0 and c.val_every > 0 and step % c.val_every == 0) or last_step):
-                    result = hellaswag_eval(model, hellaswag, B, T, self.rank, self.world_size)
+                    mine = hellaswag_eval(model, hellaswag, B, T, self.rank, self.world_size)
+                    result = HellaSwagResult(*all_reduce_sum([mine.correct, mine.correct_norm, mine.total], device))
                     log.hellaswag(step, result.acc_norm, result.total)
-                if c.sample_every > 0 and ((step > 0 and step % c.sample_every == 0) or last_step):
+                if main and c.sample_every > 0 and ((step > 0 and step % c.sample_every == 0) or last_step):
                     log.sample(step, self._sample(model))
                 if ckpt is not None and c.checkpoint_every > 0 and step != resume_step and \
                         ((step > 0 and step % c.checkpoint_every == 0) or last_step):
@@ -431,7 +476,7 @@ class Trainer:
                     ckpt.save(step, model, {
                         "step": step, "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
                         "loss_detector": loss_detector.state_dict(), "norm_detector": norm_detector.state_dict(),
-                        "rng": rng_state(), "train_config": dataclasses.asdict(c)})
+                        "rng": rng_state(), "train_config": dataclasses.asdict(c), "world_size": self.world_size})
                 if last_step:
                     break
 
@@ -440,11 +485,13 @@ class Trainer:
                 loss = 0.0
                 for _ in range(grad_accum):
                     x, y = fixed_batch if fixed_batch is not None else train_loader.next_batch()
-                    loss += model.forward(x, y, grad_scale=1.0 / grad_accum) / grad_accum
+                    loss += model.forward(x, y, grad_scale=1.0 / (grad_accum * self.world_size)) / grad_accum
                     model.backward()
+                sync.reduce_gradients()
+                loss = all_reduce_mean(loss, device)
                 lr = learning_rate(step, schedule=c.lr_schedule, max_lr=c.learning_rate,
                                    warmup=c.warmup_iterations, total=num_steps, final_fraction=c.final_lr_fraction)
-                norm = grad_norm(model)
+                norm = sync.grad_norm()
                 zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
                 skipped = loss_detector.is_outlier(zloss) or norm_detector.is_outlier(znorm)
                 if skipped:
@@ -452,6 +499,7 @@ class Trainer:
                               f"{znorm:+.2f}")
                 else:
                     optimizer.step(lr, grad_scale=GRAD_CLIP / norm if norm > GRAD_CLIP else 1.0)
+                    sync.gather_params()
                 model.zero_grad()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)

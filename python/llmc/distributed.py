@@ -1,0 +1,257 @@
+"""Data-parallel training over torch.distributed: one process per GPU, started by torchrun (NCCL), or CPU
+processes (gloo) in tests.
+
+`init_distributed()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and creates
+the process group once, with a collective timeout so that a rank that died or hangs ends the job with an error
+instead of a hang. Without WORLD_SIZE (or with WORLD_SIZE=1) it is a no-op and everything below degrades to the
+single-process behaviour, so the Trainer runs one code path.
+
+`GradientSync` reduces the model's flat gradient buffer after the last micro-step of an accumulation, as one
+collective (not yet bucketed per layer to overlap with backward). The ranks' gradients are SUMMED: the Trainer
+scales the loss gradient by 1/(grad_accum * world_size) in forward, so the sum is the mean over the total batch.
+- ZeRO-0: all_reduce of the whole buffer; every rank runs the same AdamW update on all parameters.
+- ZeRO-1: the flat range is cut into world_size shards of S elements (S a multiple of 8, so every shard starts
+  16-byte aligned for the AdamW kernel); the last rank also owns the tail of fewer than 8*world_size elements.
+  Gradients are reduce-scattered in place (each rank's shard of model.grads then holds the sum) and the tail is
+  all-reduced; each rank's AdamW (llmc.optim.AdamW with shard=...) keeps m, v and master weights for its shard
+  only and updates that slice of model.params; the parameters are then all-gathered in place and the tail is
+  broadcast from the last rank. Outside its shard a rank's model.grads holds partial sums until zero_grad().
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+DEFAULT_TIMEOUT_S = 600.0
+SHARD_ALIGN = 8  # elements: 16 bytes of bf16
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: rank of world_size, its GPU (local_rank) and the device it trains on."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer (torchrun sets it)") from None
+
+
+def dist_info_from_env() -> DistInfo:
+    """Rank, world size and local rank from torchrun's environment (rank 0 of 1 when WORLD_SIZE is not set)."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise ValueError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world_size}, "
+                         f"LOCAL_RANK={local_rank}; need 0 <= RANK < WORLD_SIZE")
+    return DistInfo(rank, world_size, local_rank)
+
+
+def init_distributed(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
+    """Join the process group torchrun describes (no-op for one process, or when it already exists).
+    device_type "cuda": NCCL, and this process uses GPU LOCAL_RANK; "cpu": gloo. A collective that waits longer
+    than timeout_s seconds (a rank died or hangs) raises instead of hanging."""
+    import torch
+    import torch.distributed as dist
+
+    if device_type not in ("cuda", "cpu"):
+        raise ValueError(f"device_type must be 'cuda' or 'cpu', got {device_type!r}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+        raise ValueError(f"timeout_s must be a number of seconds > 0, got {timeout_s!r}")
+    info = dist_info_from_env()
+    if not info.is_distributed:
+        return info
+    if device_type == "cuda":
+        if info.local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={info.local_rank} but only {torch.cuda.device_count()} GPUs are visible; "
+                               f"start at most that many processes per node (torchrun --nproc_per_node)")
+        torch.cuda.set_device(info.local_rank)
+    if dist.is_initialized():
+        return info
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise RuntimeError(f"WORLD_SIZE={info.world_size} but {name} is not set; launch with torchrun "
+                               f"(e.g. torchrun --nproc_per_node={info.world_size} -m llmc train ...)")
+    kwargs = dict(backend="nccl" if device_type == "cuda" else "gloo", rank=info.rank, world_size=info.world_size,
+                  timeout=datetime.timedelta(seconds=timeout_s))
+    if device_type == "cuda":
+        kwargs["device_id"] = torch.device("cuda", info.local_rank)  # NCCL communicator created eagerly, once
+    dist.init_process_group(**kwargs)
+    return info
+
+
+def cleanup() -> None:
+    """Leave the process group (if any)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def print0(*args, **kwargs) -> None:
+    """print on rank 0 only."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op for one process)."""
+    import torch.distributed as dist
+
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(value: float, device) -> float:
+    """Mean of a Python float over the ranks (the float itself for one process); device: where NCCL can see it."""
+    import torch
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def all_reduce_sum(values: list[int], device) -> list[int]:
+    """Element-wise sum of integer counts over the ranks (exact below 2**53)."""
+    import torch
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    dist.all_reduce(t)
+    return [int(round(x)) for x in t.tolist()]
+
+
+def shard_range(num_params: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, end) of the flat parameter range that `rank` owns under ZeRO-1 (module doc): shards of a multiple
+    of 8 elements, the last rank also owning the tail."""
+    per_rank = num_params // (world_size * SHARD_ALIGN) * SHARD_ALIGN
+    start = rank * per_rank
+    return start, (num_params if rank == world_size - 1 else start + per_rank)
+
+
+def shard_partition(sizes, decay, start: int, end: int) -> tuple[list[int], list[bool]]:
+    """The (tensor_sizes, tensor_decay) of the range [start, end) of a flat buffer made of tensors of `sizes`:
+    the non-empty intersections of [start, end) with each tensor, in order."""
+    out_sizes, out_decay, offset = [], [], 0
+    for size, flag in zip(sizes, decay):
+        lo, hi = max(start, offset), min(end, offset + size)
+        if hi > lo:
+            out_sizes.append(hi - lo)
+            out_decay.append(bool(flag))
+        offset += size
+    return out_sizes, out_decay
+
+
+class GradientSync:
+    """Gradient reduction, global grad norm and parameter gathering of one GPT across the ranks (module doc).
+    With one process every method is local: no collectives."""
+
+    def __init__(self, model, zero_stage: int = 0):
+        import torch.distributed as dist
+
+        if isinstance(zero_stage, bool) or zero_stage not in (0, 1):
+            raise ValueError(f"zero_stage must be 0 (all-reduce) or 1 (sharded optimizer state), got {zero_stage!r}")
+        self.model = model
+        self.zero_stage = zero_stage
+        self.world_size = dist.get_world_size() if is_distributed() else 1
+        self.rank = dist.get_rank() if is_distributed() else 0
+        n = model.num_params
+        self.shard = shard_range(n, self.rank, self.world_size) if zero_stage == 1 else (0, n)
+        self.per_rank = n // (self.world_size * SHARD_ALIGN) * SHARD_ALIGN
+        self.prefix = self.per_rank * self.world_size  # reduce-scattered / all-gathered; [prefix, n) is the tail
+        if self.world_size > 1:
+            with model._device_scope():
+                dist.broadcast(model.params, src=0)  # every rank starts from rank 0's weights
+
+    def reduce_gradients(self) -> None:
+        """Sum model.grads over the ranks: all of it (ZeRO-0), or each rank's shard (ZeRO-1)."""
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return
+        grads = self.model.grads
+        with self.model._device_scope():
+            if self.zero_stage == 0:
+                dist.all_reduce(grads)
+                return
+            if self.per_rank:
+                start = self.rank * self.per_rank
+                _reduce_scatter(grads[start:start + self.per_rank], grads[:self.prefix])
+            if self.prefix < grads.numel():
+                dist.all_reduce(grads[self.prefix:])
+
+    def grad_norm(self) -> float:
+        """Global L2 norm of the reduced gradients (call after reduce_gradients): ZeRO-0 the local buffer's, ZeRO-1
+        the square root of the shards' squared norms summed over the ranks."""
+        import torch.distributed as dist
+
+        from . import ops
+
+        model = self.model
+        start, end = self.shard
+        with model._device_scope():
+            sq = ops.global_norm_squared(model.grads[start:end])
+            if self.zero_stage == 1 and self.world_size > 1:
+                dist.all_reduce(sq)
+            return math.sqrt(sq.item())
+
+    def gather_params(self) -> None:
+        """After each rank updated its shard (ZeRO-1): give every rank all the parameters."""
+        import torch.distributed as dist
+
+        if self.zero_stage == 0 or self.world_size == 1:
+            return
+        params = self.model.params
+        with self.model._device_scope():
+            if self.per_rank:
+                start = self.rank * self.per_rank
+                _all_gather(params[:self.prefix], params[start:start + self.per_rank])
+            if self.prefix < params.numel():
+                dist.broadcast(params[self.prefix:], src=self.world_size - 1)
+
+
+def _reduce_scatter(output, input) -> None:
+    import torch.distributed as dist
+
+    # newer torch renamed these (the old names warn); the H100 image's torch 2.11 has only the old ones
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    fn(output, input)
+
+
+def _all_gather(output, input) -> None:
+    import torch.distributed as dist
+
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(output, input)
