@@ -8,6 +8,9 @@ arguments; parameter gradients are accumulated (+=), activation gradients overwr
 """
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 import os
 from typing import Optional, Sequence
 
@@ -154,6 +157,64 @@ def _stream(device: torch.device) -> int:
     if _RAW_STREAM is not None:
         return _RAW_STREAM(device.index)
     return torch.cuda.current_stream(device).cuda_stream
+
+
+def _check_real(x, name: str, low: float = -float("inf"), high: float = float("inf"),
+                high_inclusive: bool = True) -> float:
+    """A finite real number (not a bool) in [low, high] (or [low, high)); returned as a Python float."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    if x < low or x > high or (x == high and not high_inclusive):
+        bound = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} = {x} is outside [{low}, {high}{bound}")
+    return x
+
+
+def _check_int(x, name: str, low: int, high: Optional[int] = None) -> int:
+    """An integer (not a bool) in [low, high)."""
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        x = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}") from None
+    if x < low or (high is not None and x >= high):
+        raise ValueError(f"{name} = {x} is outside [{low}, {high if high is not None else 'inf'})")
+    return x
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _check_same_dtype(**tensors: Optional[torch.Tensor]) -> torch.dtype:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    dtypes = {v.dtype for v in present.values()}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{k} {v.dtype}" for k, v in present.items())
+        raise TypeError(f"all float tensors must have one dtype, got {listing}")
+    return dtypes.pop()
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two contiguous tensors share any byte of memory."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def _check_writes_disjoint(writes: dict, reads: dict) -> None:
+    """No written tensor may share memory with another tensor of the call: a GEMM would read what it overwrites."""
+    named = [(k, v) for k, v in {**writes, **reads}.items() if v is not None]
+    for wname, w in writes.items():
+        for name, t in named:
+            if w is not None and name != wname and _overlaps(w, t):
+                raise ValueError(f"{wname} shares memory with {name}; the kernels would overwrite data they still "
+                                 f"read. Pass a separate buffer as {wname}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -408,40 +469,10 @@ def layernorm_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tens
             dinp.copy_(grad_inp)
     return dinp
 
+
 # ---------------------------------------------------------------------------------------------------------
 # matmul
 # ---------------------------------------------------------------------------------------------------------
-def _ptr(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _check_same_dtype(**tensors: Optional[torch.Tensor]) -> torch.dtype:
-    present = {k: v for k, v in tensors.items() if v is not None}
-    dtypes = {v.dtype for v in present.values()}
-    if len(dtypes) > 1:
-        listing = ", ".join(f"{k} {v.dtype}" for k, v in present.items())
-        raise TypeError(f"all float tensors must have one dtype, got {listing}")
-    return dtypes.pop()
-
-
-def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two contiguous tensors share any byte of memory."""
-    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
-        return False
-    a0, b0 = a.data_ptr(), b.data_ptr()
-    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
-
-
-def _check_writes_disjoint(writes: dict, reads: dict) -> None:
-    """No written tensor may share memory with another tensor of the call: a GEMM would read what it overwrites."""
-    named = [(k, v) for k, v in {**writes, **reads}.items() if v is not None]
-    for wname, w in writes.items():
-        for name, t in named:
-            if w is not None and name != wname and _overlaps(w, t):
-                raise ValueError(f"{wname} shares memory with {name}; the kernels would overwrite data they still "
-                                 f"read. Pass a separate buffer as {wname}")
-
-
 def _matmul_dims(inp: torch.Tensor, weight: torch.Tensor, device: torch.device):
     """(N, K, M) for inp (N, K) or (..., K) and weight (M, K)."""
     if inp.dim() < 2:
@@ -539,6 +570,7 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
             dbias.add_(d_bias)
         dinp.copy_(d_inp)
     return dinp
+
 
 # ---------------------------------------------------------------------------------------------------------
 # attention
@@ -666,41 +698,10 @@ def attention_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
         dqkv.copy_(reference.attention_backward(dout, qkv, out, stats))
     return dqkv
 
+
 # ---------------------------------------------------------------------------------------------------------
 # fused_classifier
 # ---------------------------------------------------------------------------------------------------------
-def _check_real(x, name: str, low: float = -float("inf"), high: float = float("inf"),
-                high_inclusive: bool = True) -> float:
-    """A finite real number (not a bool) in [low, high] (or [low, high)); returned as a Python float."""
-    import math
-    import numbers
-
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {x}")
-    if x < low or x > high or (x == high and not high_inclusive):
-        bound = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} = {x} is outside [{low}, {high}{bound}")
-    return x
-
-
-def _check_int(x, name: str, low: int, high: Optional[int] = None) -> int:
-    """An integer (not a bool) in [low, high)."""
-    import operator
-
-    if isinstance(x, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        x = operator.index(x)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(x).__name__}") from None
-    if x < low or (high is not None and x >= high):
-        raise ValueError(f"{name} = {x} is outside [{low}, {high if high is not None else 'inf'})")
-    return x
-
-
 def fused_classifier(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, dloss: Optional[float] = None,
                      losses: Optional[torch.Tensor] = None, *, validate: bool = True) -> torch.Tensor:
     """Cross-entropy per position and its gradient in one pass. `logits` (N, Vp) (or (B, T, Vp)) is OVERWRITTEN
@@ -753,8 +754,6 @@ def fused_classifier(logits: torch.Tensor, targets: torch.Tensor, vocab_size: in
 # ---------------------------------------------------------------------------------------------------------
 def _check_partition(tensor_sizes, tensor_decay, n: int) -> tuple[list, list]:
     """tensor_sizes: ints >= 0 adding up to n; tensor_decay: one bool per tensor."""
-    import operator
-
     if isinstance(tensor_sizes, (str, bytes)) or not isinstance(tensor_sizes, Sequence):
         raise TypeError(f"tensor_sizes must be a list of ints, got {type(tensor_sizes).__name__}")
     if isinstance(tensor_decay, (str, bytes)) or not isinstance(tensor_decay, Sequence):
