@@ -40,6 +40,10 @@ def _cuda_skip_reason() -> str:
 requires_cuda = pytest.mark.skipif(not cuda_ready(), reason=_cuda_skip_reason() if not cuda_ready() else "")
 
 
+# Devices for tests that are not about one op's dtype: the CPU always, CUDA when present.
+DEVICES = ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
+
+
 def devices_and_dtypes():
     """(device, dtype) pairs every op test runs on: the CPU reference path always, CUDA bf16 when present."""
     return [

@@ -147,6 +147,31 @@ def test_stochastic_rounding_is_unbiased_and_deterministic():
     assert not torch.equal(params, bits), "another seed must round differently"
 
 
+# Clipping read on the device must give the very bits of the host computing the factor itself (as the Trainer
+# did before): both form max_norm / sqrt(norm_squared) in double from the same fp32 squared norm.
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+@pytest.mark.parametrize("max_norm_factor", [0.5, 2.0])  # clipping active / inactive
+def test_adamw_clips_by_a_norm_read_on_the_device(device, dtype, max_norm_factor):
+    n = sum(SIZES)
+    w0 = randn((n,), torch.float32, "cpu")
+    grads = randn((n,), dtype, device)
+    norm_sq = ops.global_norm_squared(grads)
+    norm = math.sqrt(norm_sq.item())
+    max_norm = max_norm_factor * norm
+    host_scale = 0.25 * max_norm / norm if norm > max_norm else 0.25
+    m0, v0 = randn((n,), torch.float32, device).abs(), randn((n,), torch.float32, device).abs()
+    results = []
+    for clip in (dict(grad_scale=host_scale), dict(grad_scale=0.25, grad_norm_squared=norm_sq, max_grad_norm=max_norm)):
+        params = w0.clone().to(device=device, dtype=dtype)
+        master = w0.clone().to(device) if dtype != torch.float32 else None
+        m, v = m0.clone(), v0.clone()
+        ops.adamw_update(params, grads, m, v, master, lr=1e-2, step=3, seed=5, tensor_sizes=SIZES,
+                         tensor_decay=DECAY, **clip, **HYPER)
+        results.append((params, m, v))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_adamw_rejects_bad_input():
     n = sum(SIZES)
     params, grads = torch.randn(n), torch.randn(n)
@@ -185,6 +210,16 @@ def test_adamw_rejects_bad_input():
         call(seed=-1)
     with pytest.raises(TypeError, match="torch.Tensor"):
         call(v=[0.0] * n)
+    with pytest.raises(ValueError, match="both"):
+        call(grad_norm_squared=torch.ones(1))
+    with pytest.raises(ValueError, match="both"):
+        call(max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="one value"):
+        call(grad_norm_squared=torch.ones(2), max_grad_norm=1.0)
+    with pytest.raises(TypeError, match="float32"):
+        call(grad_norm_squared=torch.ones(1, dtype=torch.float64), max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        call(grad_norm_squared=torch.ones(1), max_grad_norm=0.0)
 
 
 @requires_cuda

@@ -14,7 +14,7 @@ import re
 import pytest
 import torch
 
-from conftest import assert_close, requires_cuda
+from conftest import DEVICES, assert_close, requires_cuda
 from llmc.model import DECAYED_PARAMS, GPT, GPTConfig, PARAM_NAMES, PRESETS, split_params
 from model_helpers import hf_loss_and_grads, hf_twin, random_batch, randomize_params, tiny_config
 
@@ -211,6 +211,23 @@ def test_logits_and_loss_semantics():
     assert model.forward(idx, targets) == loss
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_without_sync_returns_the_same_loss_as_a_tensor(device):
+    config = tiny_config()
+    idx, targets = random_batch(config, 2, 10, seed=13, ignore_every=4)
+    losses, grads = [], []
+    for sync in (True, False):
+        model = GPT(config, device=device, seed=14)
+        losses.append(model.forward(idx.long(), targets, sync=sync))
+        model.backward()
+        grads.append(model.grads.clone())
+    assert isinstance(losses[0], float)
+    assert isinstance(losses[1], torch.Tensor) and losses[1].dim() == 0 and losses[1].dtype == torch.float64
+    assert losses[1].device.type == torch.device(device).type
+    assert losses[1].item() == losses[0]
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_smaller_batch_after_allocate_matches_a_fresh_model():
     config = tiny_config()
     model = GPT(config, device="cpu", seed=11)
@@ -281,6 +298,27 @@ def test_memory_plan_and_flops():
     assert model.memory_plan() == plans[1]
     assert GPT(tiny_config(), device="cpu").flops_per_token(16) == \
         6 * tiny_config().num_params + 6 * 2 * 64 * 16
+
+
+def test_memory_plan_counts_only_the_zero1_shard_of_the_optimizer_state():
+    from llmc.distributed import shard_range
+
+    model = GPT(tiny_config(n_embd=128, n_head=4, n_layer=3), device="cpu")
+    n = model.num_params
+    full = model.memory_plan(8, 32, master_weights=True)
+    shards = [shard_range(n, rank, 4) for rank in range(4)]
+    plans = [model.memory_plan(8, 32, master_weights=True, shard=s) for s in shards]
+    for (start, end), plan in zip(shards, plans):
+        assert _mib(plan, "optimizer state") == pytest.approx((end - start) * 12 / 2**20, abs=0.05)
+        assert f"this rank's ZeRO-1 shard: {end - start:,} of {n:,} parameters" in plan
+        for label in ("parameters", "gradients", "activations"):
+            assert _mib(plan, label) == _mib(full, label)
+        assert _mib(plan, "total") == pytest.approx(
+            _mib(full, "total") - _mib(full, "optimizer state") + _mib(plan, "optimizer state"), abs=0.15)
+    assert "ZeRO-1" not in full and model.memory_plan(8, 32, shard=(0, n)) != full  # an explicit shard is named
+    for bad in ((1, n), (0, n + 1), (8, 8), (0,), "all"):
+        with pytest.raises(ValueError, match="shard"):
+            model.memory_plan(8, 32, shard=bad)
     d12 = GPTConfig.from_preset("d12")
     assert 6 * d12.num_params + 6 * 12 * 768 * 1024 == 803_478_528
 

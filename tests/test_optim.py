@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close, requires_cuda
+from conftest import DEVICES, assert_close, requires_cuda
 from llmc.model import GPT, GPTConfig, split_params
 from llmc.optim import AdamW, grad_norm, step_seed
 from model_helpers import hf_adamw, hf_twin, random_batch, randomize_params, tiny_config
@@ -105,7 +105,7 @@ def _fresh_run(device, config, seed=40):
     return model, opt
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])])
+@pytest.mark.parametrize("device", DEVICES)
 def test_two_runs_are_bit_identical_and_resume_is_exact(device):
     config = tiny_config() if device == "cpu" else \
         GPTConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=1001, padded_vocab_size=1024, max_seq_len=64)
@@ -144,7 +144,7 @@ def test_step_seed_is_a_deterministic_64_bit_mix():
     assert step_seed(1, 5) == step_seed(1, 5) != step_seed(2, 5)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])])
+@pytest.mark.parametrize("device", DEVICES)
 def test_grad_norm_matches_torch(device):
     config = tiny_config()
     model = GPT(config, device=device, seed=50)

@@ -115,12 +115,14 @@ PYBIND11_MODULE(_llmc, m) {
   m.attr("ADAMW_MAX_SEGMENTS") = kAdamWMaxSegments;
   m.def("adamw_update", [](uintptr_t params, uintptr_t grads, uintptr_t m_, uintptr_t v_, uintptr_t master, int64_t n,
                            double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step,
-                           uint64_t seed, double grad_scale, const std::vector<int64_t>& tensor_sizes,
-                           const std::vector<bool>& tensor_decay, uintptr_t s) {
+                           uint64_t seed, double grad_scale, uintptr_t norm_squared, double max_norm,
+                           const std::vector<int64_t>& tensor_sizes, const std::vector<bool>& tensor_decay,
+                           uintptr_t s) {
     adamw_update(ptr<floatX>(params), ptr<const floatX>(grads), ptr<float>(m_), ptr<float>(v_), ptr<float>(master), n,
-                 lr, beta1, beta2, eps, weight_decay, step, seed, grad_scale, tensor_sizes, tensor_decay,
-                 as_stream(s));
-  }, "one AdamW step over a flat range; master may be 0; params (bf16) written with stochastic rounding");
+                 lr, beta1, beta2, eps, weight_decay, step, seed, grad_scale, ptr<const float>(norm_squared),
+                 max_norm, tensor_sizes, tensor_decay, as_stream(s));
+  }, "one AdamW step over a flat range; master and norm_squared may be 0; params (bf16) written with stochastic "
+     "rounding; gradients clipped on the device to max_norm when norm_squared points at the squared global norm");
 
   // ---- global_norm.cu ----
   m.attr("GLOBAL_NORM_PARTIALS") = kGlobalNormPartials;

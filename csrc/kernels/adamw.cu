@@ -3,8 +3,11 @@
 // when there are none. Writes m, v, the master weights (fp32) and the params (bf16, stochastically rounded
 // from a counter-based hash of (seed, element index), so a run is reproducible bit for bit from its seed).
 // The range is a concatenation of tensors; decoupled weight decay applies only to those flagged for it.
-// With t = step: g = grad * grad_scale, m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2,
+// With t = step: g = grad * scale, m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2,
 // w -= lr * (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd * w), as torch.optim.AdamW.
+// scale = grad_scale, times max_norm / norm when a device pointer to the squared global gradient norm is given
+// and norm = sqrt(norm_squared) exceeds max_norm: gradient clipping decided on the GPU, so the host never waits
+// for the norm. The clip factor is formed in double, as a host computing it from the fp32 norm would.
 #include <algorithm>
 #include <cmath>
 #include "common.cuh"
@@ -17,7 +20,9 @@ constexpr int kAdamWBlock = 512;
 // Everything the kernel needs besides the pointers, passed by value (__grid_constant__, not copied per thread).
 // Adjacent tensors with the same weight decay are merged into one segment.
 struct AdamWArgs {
-  float lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, grad_scale;
+  float lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps;
+  double grad_scale, max_norm;
+  const float* norm_squared;  // nullptr: no clipping
   float inv_bias_correction1, inv_bias_correction2;
   uint32_t seed_key0, seed_key1;
   int num_segments;
@@ -54,9 +59,19 @@ __device__ inline int advance_segment(const AdamWArgs& a, int seg, int64_t i) {
   return seg;
 }
 
+// The factor every gradient is multiplied by (module comment); the same for every thread.
+__device__ inline float gradient_scale(const AdamWArgs& a) {
+  if (a.norm_squared != nullptr) {
+    const double norm = sqrt((double)*a.norm_squared);
+    if (norm > a.max_norm) return (float)(a.grad_scale * a.max_norm / norm);
+  }
+  return (float)a.grad_scale;
+}
+
 // One element's update; m and v in place, returns the new weight.
-__device__ inline float adamw_element(float grad, float& m, float& v, float w, float decay, const AdamWArgs& a) {
-  const float g = grad * a.grad_scale;
+__device__ inline float adamw_element(float grad, float scale, float& m, float& v, float w, float decay,
+                                      const AdamWArgs& a) {
+  const float g = grad * scale;
   m = a.beta1 * m + a.one_minus_beta1 * g;
   v = a.beta2 * v + a.one_minus_beta2 * g * g;
   const float mhat = m * a.inv_bias_correction1, vhat = v * a.inv_bias_correction2;
@@ -94,6 +109,7 @@ __global__ void __launch_bounds__(kAdamWBlock)
   const int64_t thread = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   const int64_t npacks = n / P;
+  const float scale = gradient_scale(args);
   int seg = 0;
   for (int64_t pack = thread; pack < npacks; pack += stride) {
     const int64_t i = pack * P;
@@ -112,7 +128,7 @@ __global__ void __launch_bounds__(kAdamWBlock)
 #pragma unroll
     for (int k = 0; k < P; k++) {
       seg = advance_segment(args, seg, i + k);
-      wk[k] = adamw_element((float)g[k], mk[k], vk[k], wk[k], args.segment_decay[seg], args);
+      wk[k] = adamw_element((float)g[k], scale, mk[k], vk[k], wk[k], args.segment_decay[seg], args);
       out[k] = round_stochastic(wk[k], rounding_bits(args, i + k));
     }
     store8(m + i, mk);
@@ -124,7 +140,7 @@ __global__ void __launch_bounds__(kAdamWBlock)
   if (i < n) {
     float w = kMaster ? master[i] : (float)params[i];
     float mi = m[i], vi = v[i];
-    w = adamw_element((float)grads[i], mi, vi, w, args.segment_decay[advance_segment(args, seg, i)], args);
+    w = adamw_element((float)grads[i], scale, mi, vi, w, args.segment_decay[advance_segment(args, seg, i)], args);
     m[i] = mi;
     v[i] = vi;
     if constexpr (kMaster) master[i] = w;
@@ -151,14 +167,15 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 void adamw_update(floatX* params, const floatX* grads, float* m, float* v, float* master, int64_t n, double lr,
                   double beta1, double beta2, double eps, double weight_decay, int64_t step, uint64_t seed,
-                  double grad_scale, const std::vector<int64_t>& tensor_sizes, const std::vector<bool>& tensor_decay,
-                  cudaStream_t stream) {
+                  double grad_scale, const float* norm_squared, double max_norm,
+                  const std::vector<int64_t>& tensor_sizes, const std::vector<bool>& tensor_decay, cudaStream_t stream) {
   LLMC_REQUIRE(step >= 1, "adamw_update: step counts from 1");
   LLMC_REQUIRE(tensor_sizes.size() == tensor_decay.size(),
                "adamw_update: tensor_sizes and tensor_decay must have the same length");
   LLMC_REQUIRE(aligned16(params) && aligned16(grads) && aligned16(m) && aligned16(v) &&
                (master == nullptr || aligned16(master)),
                "adamw_update: every buffer must start on a 16-byte boundary");
+  LLMC_REQUIRE(norm_squared == nullptr || max_norm > 0, "adamw_update: max_norm must be > 0 when clipping");
   AdamWArgs args = {};
   int64_t end = 0;
   for (size_t t = 0; t < tensor_sizes.size(); t++) {
@@ -185,7 +202,9 @@ void adamw_update(floatX* params, const floatX* grads, float* m, float* v, float
   args.one_minus_beta1 = (float)(1.0 - beta1);
   args.one_minus_beta2 = (float)(1.0 - beta2);
   args.eps = (float)eps;
-  args.grad_scale = (float)grad_scale;
+  args.grad_scale = grad_scale;
+  args.norm_squared = norm_squared;
+  args.max_norm = max_norm;
   args.inv_bias_correction1 = (float)(1.0 / (1.0 - std::pow(beta1, (double)step)));
   args.inv_bias_correction2 = (float)(1.0 / (1.0 - std::pow(beta2, (double)step)));
   args.seed_key0 = mix32((uint32_t)seed + 0x9e3779b9u);

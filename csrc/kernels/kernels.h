@@ -80,9 +80,12 @@ void fused_classifier(floatX* logits, float* losses, const int* targets, float d
 constexpr int kAdamWMaxSegments = 64;
 // One AdamW step over n elements; master may be nullptr (then params are read as fp32 and updated directly).
 // tensor_sizes partition n; weight decay applies where tensor_decay is set. params get stochastic rounding.
+// Gradients are multiplied by grad_scale and, when norm_squared (device, one float) is not nullptr, clipped to a
+// global norm of max_norm, read on the device.
 void adamw_update(floatX* params, const floatX* grads, float* m, float* v, float* master, int64_t n, double lr,
                   double beta1, double beta2, double eps, double weight_decay, int64_t step, uint64_t seed,
-                  double grad_scale, const std::vector<int64_t>& tensor_sizes, const std::vector<bool>& tensor_decay,
+                  double grad_scale, const float* norm_squared, double max_norm,
+                  const std::vector<int64_t>& tensor_sizes, const std::vector<bool>& tensor_decay,
                   cudaStream_t stream);
 
 // ---- global_norm.cu ----

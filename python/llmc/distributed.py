@@ -23,7 +23,6 @@ import datetime
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 DEFAULT_TIMEOUT_S = 600.0
 SHARD_ALIGN = 8  # elements: 16 bytes of bf16
@@ -212,9 +211,10 @@ class GradientSync:
             if self.prefix < grads.numel():
                 dist.all_reduce(grads[self.prefix:])
 
-    def grad_norm(self) -> float:
-        """Global L2 norm of the reduced gradients (call after reduce_gradients): ZeRO-0 the local buffer's, ZeRO-1
-        the square root of the shards' squared norms summed over the ranks."""
+    def grad_norm_squared(self):
+        """Squared global L2 norm of the reduced gradients (call after reduce_gradients) as a one-element fp32
+        tensor on the model's device, without a host sync: ZeRO-0 the local buffer's, ZeRO-1 the shards' squared
+        norms summed over the ranks."""
         import torch.distributed as dist
 
         from . import ops
@@ -225,7 +225,22 @@ class GradientSync:
             sq = ops.global_norm_squared(model.grads[start:end])
             if self.zero_stage == 1 and self.world_size > 1:
                 dist.all_reduce(sq)
-            return math.sqrt(sq.item())
+        return sq
+
+    def grad_norm(self) -> float:
+        """Global L2 norm of the reduced gradients (one host sync)."""
+        return math.sqrt(self.grad_norm_squared().item())
+
+    def mean_over_ranks(self, value):
+        """Mean of a one-element device tensor over the ranks, as a new tensor, without a host sync."""
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return value
+        total = value.clone()
+        with self.model._device_scope():
+            dist.all_reduce(total)
+        return total / self.world_size
 
     def gather_params(self) -> None:
         """After each rank updated its shard (ZeRO-1): give every rank all the parameters."""

@@ -261,6 +261,8 @@ class GPT:
         self._dacts = _Arena(self.device, "activation gradients")
         self._shape: Optional[tuple[int, int]] = None  # (B, T) of the last forward
         self._backward_ready = False
+        self._staging: Optional[torch.Tensor] = None  # pinned host buffer for token uploads (_upload)
+        self._staging_done = None  # CUDA event: the last upload from _staging finished
         self._init_weights(seed)
 
     def __repr__(self) -> str:
@@ -378,29 +380,51 @@ class GPT:
     # forward / backward
     # -----------------------------------------------------------------------------------------------------
     def _stage_tokens(self, acts, idx: torch.Tensor, targets: Optional[torch.Tensor]) -> int:
-        """Copy tokens into the model's int32 buffers and validate them with one host sync. Returns the number of
-        targets that are not -1 (0 without targets)."""
+        """Validate the tokens and copy them into the model's int32 buffers. Returns the number of targets that are
+        not -1 (0 without targets). The ids are checked where they are, before the int32 copy: CPU tensors (what
+        DataLoader gives) on the host, then uploaded through pinned memory without waiting for the GPU; tokens
+        already on a GPU are checked there, with one host sync."""
         V = self.config.vocab_size
-        inputs = acts["inputs"][0]
-        inputs.copy_(idx)
-        checks = [((inputs < 0) | (inputs >= V)).sum()]
+        checks = [((idx < 0) | (idx >= V)).sum()]
         if targets is not None:
-            tgt = acts["targets"][0]
-            tgt.copy_(targets)
-            checks += [((tgt < -1) | (tgt >= V)).sum(), (tgt != -1).sum()]
-        counts = torch.stack(checks).tolist()
+            checks += [((targets < -1) | (targets >= V)).sum(), (targets != -1).sum()]
+        counts = torch.stack([n.to(idx.device) for n in checks]).tolist()  # on the CPU no wait; on a GPU one sync
         if counts[0]:
             raise ValueError(f"idx has {counts[0]} token ids outside [0, vocab_size={V})")
-        if targets is None:
-            return 0
-        if counts[1]:
-            raise ValueError(f"targets has {counts[1]} ids outside [0, vocab_size={V}) (use -1 to ignore a position)")
-        if counts[2] == 0:
-            raise ValueError("every target is -1 (ignored): a batch needs at least one target to define a loss")
-        return counts[2]
+        if targets is not None:
+            if counts[1]:
+                raise ValueError(f"targets has {counts[1]} ids outside [0, vocab_size={V}) (use -1 to ignore a "
+                                 f"position)")
+            if counts[2] == 0:
+                raise ValueError("every target is -1 (ignored): a batch needs at least one target to define a loss")
+        buffers = [acts["inputs"][0]] + ([acts["targets"][0]] if targets is not None else [])
+        self._upload(buffers, [idx] if targets is None else [idx, targets])
+        return counts[2] if targets is not None else 0
+
+    def _upload(self, buffers, tensors) -> None:
+        """Copy token tensors into the model's int32 buffers. From the CPU to a GPU the copy goes through a pinned
+        staging buffer (a copy from pageable memory would wait for the GPU); the staging buffer is reused once the
+        previous upload from it has finished."""
+        if self.device.type != "cuda" or any(t.device.type != "cpu" for t in tensors):
+            for buf, t in zip(buffers, tensors):
+                buf.copy_(t)
+            return
+        n = sum(t.numel() for t in tensors)
+        if self._staging is None or self._staging.numel() < n:
+            self._staging = torch.empty(n, dtype=torch.int32, pin_memory=True)
+        elif self._staging_done is not None:
+            self._staging_done.synchronize()
+        offset = 0
+        for buf, t in zip(buffers, tensors):
+            stage = self._staging[offset:offset + t.numel()].view(t.shape)
+            stage.copy_(t)
+            buf.copy_(stage, non_blocking=True)
+            offset += t.numel()
+        self._staging_done = torch.cuda.Event()
+        self._staging_done.record()
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *, grad_scale: float = 1.0,
-                return_logits: bool = False):
+                return_logits: bool = False, sync: bool = True):
         """Run the model on idx (B, T) token ids (int32/int64, any device; copied to the model's device).
 
         With targets (B, T) (-1 = ignored) returns the mean loss over the non-ignored positions as a Python float
@@ -408,6 +432,9 @@ class GPT:
         the loss is None. With return_logits=True returns (loss, logits (B, T, padded_vocab_size)); the first
         vocab_size columns are real. Without targets the logits are a view of the model's buffer, valid until the
         next forward; with targets they are a copy taken before the classifier overwrites the buffer.
+        sync=False returns the loss as a 0-dim float64 tensor on the model's device instead of a float, so the
+        host does not wait for the GPU (with token ids on the CPU; ids already on a GPU are validated there with
+        one sync); its .item() is the float sync=True returns.
         """
         c = self.config
         idx = _token_tensor(idx, "idx")
@@ -433,7 +460,7 @@ class GPT:
                 losses = a["losses"][0]
                 ops.fused_classifier(logits, a["targets"][0].view(-1), c.vocab_size, dloss=grad_scale / n_valid,
                                      losses=losses, validate=False)  # _stage_tokens checked the targets
-                loss = losses.sum().item() / n_valid
+                loss = losses.sum().item() / n_valid if sync else losses.sum().double() / n_valid
                 self._backward_ready = True
         return (loss, out_logits) if return_logits else loss
 
@@ -550,24 +577,31 @@ class GPT:
             ids.append(_sample(row, temperature, top_k, gen))
         return ids
 
-    def memory_plan(self, B: Optional[int] = None, T: Optional[int] = None, master_weights: Optional[bool] = None) -> str:
+    def memory_plan(self, B: Optional[int] = None, T: Optional[int] = None, master_weights: Optional[bool] = None,
+                    shard: Optional[tuple[int, int]] = None) -> str:
         """What the model's buffers take: parameters, gradients, AdamW state (m, v and, by default on CUDA, fp32
         master weights, as llmc.optim.AdamW allocates them), activations for (B, T) (default: the last forward's
-        or allocate()'s shape) and the activation-gradient scratch."""
+        or allocate()'s shape) and the activation-gradient scratch. shard=(start, end): the ZeRO-1 range of the
+        flat parameters this rank owns (llmc.distributed.GradientSync.shard); the AdamW state covers only it."""
+        from .optim import _check_shard
+
         if (B is None) != (T is None):
             raise ValueError("pass both B and T, or neither")
+        start, end = (0, self.num_params) if shard is None else _check_shard(shard, self.num_params)
         if B is None and self._acts.key is not None:
             B, T = self._acts.key
         if master_weights is None:
             master_weights = self.device.type == "cuda"
         mib = 2 ** 20
         param_bytes = self.params.numel() * self.params.element_size()
-        opt_bytes = self.num_params * 4 * (3 if master_weights else 2)
+        opt_bytes = (end - start) * 4 * (3 if master_weights else 2)
+        sharded = "" if shard is None else \
+            f"; this rank's ZeRO-1 shard: {end - start:,} of {self.num_params:,} parameters"
         lines = [f"model: {self!r}",
                  f"parameters:           {param_bytes / mib:10.1f} MiB ({self.num_params:,} x {self.dtype})",
                  f"gradients:            {param_bytes / mib:10.1f} MiB",
                  f"optimizer state:      {opt_bytes / mib:10.1f} MiB (AdamW m, v{', master weights' if master_weights else ''}"
-                 f"; fp32)"]
+                 f"; fp32{sharded})"]
         total = 2 * param_bytes + opt_bytes
         if B is None:
             lines.append("activations:          allocated at the first forward (pass B, T to see them)")

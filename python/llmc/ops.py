@@ -790,14 +790,18 @@ def _decay_segments(sizes: Sequence[int], decay: Sequence[bool], weight_decay: f
 def adamw_update(params: torch.Tensor, grads: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
                  master: Optional[torch.Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
                  weight_decay: float, step: int, seed: int, grad_scale: float = 1.0, tensor_sizes: Sequence[int],
-                 tensor_decay: Sequence[bool]) -> None:
+                 tensor_decay: Sequence[bool], grad_norm_squared: Optional[torch.Tensor] = None,
+                 max_grad_norm: Optional[float] = None) -> None:
     """One AdamW step (torch.optim.AdamW's math, decoupled weight decay) over a flat range, in one launch.
     params/grads: bf16 on CUDA; m, v, master: fp32, all with the same number of elements. The range is the
     concatenation of tensors of `tensor_sizes`; weight decay applies to those with `tensor_decay` set. Gradients
     are multiplied by `grad_scale` first; `step` counts from 1 (bias correction). With master weights, master
     is updated and params get its value stochastically rounded to bf16 (from `seed` and the element index:
     the same seed gives the same bits); with master=None params are updated directly (rounded the same way on
-    CUDA, written plainly on the CPU)."""
+    CUDA, written plainly on the CPU).
+    Gradient clipping without a host sync: with grad_norm_squared (fp32, one element, on the device: the squared
+    global gradient norm, e.g. from global_norm_squared) and max_grad_norm, the gradients are also multiplied by
+    max_grad_norm / norm when norm = sqrt(grad_norm_squared) exceeds max_grad_norm; the kernel reads the norm."""
     _check_float(params, "params")
     _check_float(grads, "grads")
     _check_fp32(m, "m")
@@ -818,6 +822,17 @@ def adamw_update(params: torch.Tensor, grads: torch.Tensor, m: torch.Tensor, v: 
                  step=_check_int(step, "step", 1), grad_scale=_check_real(grad_scale, "grad_scale"))
     seed = _check_int(seed, "seed", 0, 2**64)
     sizes, decay = _check_partition(tensor_sizes, tensor_decay, n)
+    if (grad_norm_squared is None) != (max_grad_norm is None):
+        raise ValueError("clipping needs both grad_norm_squared and max_grad_norm (or neither)")
+    if grad_norm_squared is not None:
+        _check_fp32(grad_norm_squared, "grad_norm_squared")
+        _check_same_device(params=params, grad_norm_squared=grad_norm_squared)
+        if grad_norm_squared.numel() != 1:
+            raise ValueError(f"grad_norm_squared must hold one value (the squared global norm), got "
+                             f"{grad_norm_squared.numel()}")
+        max_grad_norm = _check_real(max_grad_norm, "max_grad_norm", 0.0)
+        if max_grad_norm == 0:
+            raise ValueError("max_grad_norm must be > 0")
     if device.type == "cuda":
         limit = _ext().ADAMW_MAX_SEGMENTS
         runs = _decay_segments(sizes, decay, hyper["weight_decay"])
@@ -827,8 +842,13 @@ def adamw_update(params: torch.Tensor, grads: torch.Tensor, m: torch.Tensor, v: 
         _ext().adamw_update(params.data_ptr(), grads.data_ptr(), m.data_ptr(), v.data_ptr(),
                             0 if master is None else master.data_ptr(), n, hyper["lr"], hyper["beta1"],
                             hyper["beta2"], hyper["eps"], hyper["weight_decay"], hyper["step"], seed,
-                            hyper["grad_scale"], sizes, decay, _stream(device))
+                            hyper["grad_scale"], 0 if grad_norm_squared is None else grad_norm_squared.data_ptr(),
+                            1.0 if max_grad_norm is None else max_grad_norm, sizes, decay, _stream(device))
     else:
+        if grad_norm_squared is not None:  # the host computes the same factor the kernel would
+            norm = math.sqrt(grad_norm_squared.item())
+            if norm > max_grad_norm:
+                hyper["grad_scale"] = hyper["grad_scale"] * max_grad_norm / norm
         w, m_new, v_new = reference.adamw_update(params if master is None else master, grads, m, v,
                                                  tensor_sizes=sizes, tensor_decay=decay, **hyper)
         m.copy_(m_new.view_as(m))

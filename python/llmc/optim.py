@@ -79,9 +79,12 @@ class AdamW:
         start, end = self.shard
         return flat[start:end]
 
-    def step(self, lr: Optional[float] = None, grad_scale: float = 1.0) -> None:
+    def step(self, lr: Optional[float] = None, grad_scale: float = 1.0, *,
+             grad_norm_squared: Optional[torch.Tensor] = None, max_grad_norm: Optional[float] = None) -> None:
         """One update from model.grads (multiplied by grad_scale, e.g. a clipping factor); lr defaults to the
-        constructor's."""
+        constructor's. Clipping without waiting for the GPU: pass the squared global norm as a device tensor
+        (grad_norm_squared(), or GradientSync.grad_norm_squared() across ranks) and max_grad_norm; the kernel
+        scales the gradients by max_grad_norm / norm when the norm is larger."""
         lr = self.lr if lr is None else lr
         _check_hyper(lr, self.betas, self.eps, self.weight_decay)
         self._sync_master()
@@ -93,7 +96,8 @@ class AdamW:
             ops.adamw_update(self._slice(model.params), self._slice(model.grads), self.m, self.v, self.master, lr=lr,
                              beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay,
                              step=self.step_count + 1, seed=seed, grad_scale=grad_scale,
-                             tensor_sizes=self.tensor_sizes, tensor_decay=self.tensor_decay)
+                             tensor_sizes=self.tensor_sizes, tensor_decay=self.tensor_decay,
+                             grad_norm_squared=grad_norm_squared, max_grad_norm=max_grad_norm)
         self.step_count += 1
 
     def state_dict(self) -> dict:
@@ -146,7 +150,13 @@ def _check_shard(shard, n: int) -> tuple[int, int]:
     return int(shard[0]), int(shard[1])
 
 
+def grad_norm_squared(model) -> torch.Tensor:
+    """Squared global L2 norm of model.grads as a one-element fp32 tensor on the model's device, accumulated
+    deterministically; no host sync (AdamW.step(grad_norm_squared=...) reads it on the device)."""
+    with model._device_scope():
+        return ops.global_norm_squared(model.grads)
+
+
 def grad_norm(model) -> float:
     """Global L2 norm of model.grads, accumulated in fp32 deterministically (one host sync)."""
-    with model._device_scope():
-        return math.sqrt(ops.global_norm_squared(model.grads).item())
+    return math.sqrt(grad_norm_squared(model).item())

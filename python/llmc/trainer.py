@@ -480,27 +480,36 @@ class Trainer:
                 if last_step:
                     break
 
-                # one optimization step over total_batch tokens
+                # One optimization step over total_batch tokens. The host does not wait for the GPU until the
+                # step's loss and norm are read at its end (unless outlier skipping needs them before the update):
+                # tokens are checked on the host, clipping happens in the AdamW kernel.
                 t0 = time.perf_counter()
-                loss = 0.0
+                loss_t = None
                 for _ in range(grad_accum):
                     x, y = fixed_batch if fixed_batch is not None else train_loader.next_batch()
-                    loss += model.forward(x, y, grad_scale=1.0 / (grad_accum * self.world_size)) / grad_accum
+                    micro = model.forward(x, y, grad_scale=1.0 / (grad_accum * self.world_size), sync=False)
+                    loss_t = micro / grad_accum if loss_t is None else loss_t + micro / grad_accum
                     model.backward()
                 sync.reduce_gradients()
-                loss = all_reduce_mean(loss, device)
+                loss_t = sync.mean_over_ranks(loss_t)
+                norm_sq = sync.grad_norm_squared()
                 lr = learning_rate(step, schedule=c.lr_schedule, max_lr=c.learning_rate,
                                    warmup=c.warmup_iterations, total=num_steps, final_fraction=c.final_lr_fraction)
-                norm = sync.grad_norm()
-                zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
-                skipped = loss_detector.is_outlier(zloss) or norm_detector.is_outlier(znorm)
+                checked = loss_detector.threshold or norm_detector.threshold
+                if checked:  # the z-scores decide whether to update: they need the values now
+                    loss, norm = _read_loss_and_norm(loss_t, norm_sq)
+                    zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
+                skipped = bool(checked) and (loss_detector.is_outlier(zloss) or norm_detector.is_outlier(znorm))
                 if skipped:
                     log.print(f"skipping the update of step {step}: loss z-score {zloss:+.2f}, norm z-score "
                               f"{znorm:+.2f}")
                 else:
-                    optimizer.step(lr, grad_scale=GRAD_CLIP / norm if norm > GRAD_CLIP else 1.0)
+                    optimizer.step(lr, grad_norm_squared=norm_sq, max_grad_norm=GRAD_CLIP)
                     sync.gather_params()
                 model.zero_grad()
+                if not checked:
+                    loss, norm = _read_loss_and_norm(loss_t, norm_sq)
+                    zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds = time.perf_counter() - t0
@@ -532,6 +541,14 @@ class Trainer:
         except (RuntimeError, ValueError) as e:
             print(f"HellaSwag is not available, skipping its evaluation: {e}")
             return None
+
+
+def _read_loss_and_norm(loss, norm_squared) -> tuple[float, float]:
+    """The step's mean loss and global gradient norm as floats: the host waits for the GPU here (one sync)."""
+    import torch
+
+    loss_value, norm_sq = torch.stack([loss.reshape(()), norm_squared.reshape(()).double()]).tolist()
+    return loss_value, math.sqrt(norm_sq)
 
 
 def rng_state() -> dict:
