@@ -25,12 +25,15 @@ L2_FLUSH_BYTES = 120 * 2**20  # rotate inputs past the H100's 50 MB L2 with marg
 
 
 def git_commit() -> str:
+    """LLMC_COMMIT when set (the GPU machine's copy of the tree has no git history), else git's HEAD."""
+    if os.environ.get("LLMC_COMMIT"):
+        return os.environ["LLMC_COMMIT"]
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         return subprocess.check_output(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                                        stderr=subprocess.DEVNULL, text=True).strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("LLMC_COMMIT", "unknown")
+        return "unknown"
 
 
 def gpu_name() -> str:

@@ -6,16 +6,24 @@ the process group once, with a collective timeout so that a rank that died or ha
 instead of a hang. Without WORLD_SIZE (or with WORLD_SIZE=1) it is a no-op and everything below degrades to the
 single-process behaviour, so the Trainer runs one code path.
 
-`GradientSync` reduces the model's flat gradient buffer after the last micro-step of an accumulation, as one
-collective (not yet bucketed per layer to overlap with backward). The ranks' gradients are SUMMED: the Trainer
-scales the loss gradient by 1/(grad_accum * world_size) in forward, so the sum is the mean over the total batch.
-- ZeRO-0: all_reduce of the whole buffer; every rank runs the same AdamW update on all parameters.
+`GradientSync` reduces the model's flat gradient buffer in the last micro-step of an accumulation. The ranks'
+gradients are SUMMED: the Trainer scales the loss gradient by 1/(grad_accum * world_size) in forward, so the sum
+is the mean over the total batch.
+- ZeRO-0: every rank gets the summed gradients (all-reduce) and runs the same AdamW update on all parameters.
 - ZeRO-1: the flat range is cut into world_size shards of S elements (S a multiple of 8, so every shard starts
   16-byte aligned for the AdamW kernel); the last rank also owns the tail of fewer than 8*world_size elements.
-  Gradients are reduce-scattered in place (each rank's shard of model.grads then holds the sum) and the tail is
-  all-reduced; each rank's AdamW (llmc.optim.AdamW with shard=...) keeps m, v and master weights for its shard
-  only and updates that slice of model.params; the parameters are then all-gathered in place and the tail is
-  broadcast from the last rank. Outside its shard a rank's model.grads holds partial sums until zero_grad().
+  Each rank receives the sums of its own shard only; its AdamW (llmc.optim.AdamW with shard=...) keeps m, v and
+  master weights for that shard and updates that slice of model.params; the parameters are then all-gathered in
+  place and the tail is broadcast from the last rank. Outside its shard a rank's model.grads holds partial sums
+  until zero_grad().
+Overlap (`start_overlap()` before the last micro-step's backward): the model calls back as gradients become final
+(lnf, then layers from the last to the first, then the embeddings) and the gradients go out in buckets of about
+BUCKET_ELEMENTS while backward goes on: NCCL runs on its own stream, ordered after the kernels that produced the
+bucket, and `reduce_gradients()` only makes the compute stream wait for it (no host sync). llm.c's layout keeps
+each kind of tensor contiguous across layers, so a bucket of layers [lo, hi] is 12 ranges (one per kind), each a
+collective: all-reduce for ZeRO-0; for ZeRO-1 a reduce to the rank owning the range (a range that crosses a shard
+boundary is split), which moves the same bytes as a reduce-scatter. Without start_overlap(), reduce_gradients()
+reduces the whole buffer at once (one all-reduce, or an in-place reduce-scatter plus the tail's all-reduce).
 """
 from __future__ import annotations
 
@@ -23,9 +31,13 @@ import datetime
 import math
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 DEFAULT_TIMEOUT_S = 600.0
 SHARD_ALIGN = 8  # elements: 16 bytes of bf16
+BUCKET_ELEMENTS = 2**24  # gradients per overlapped bucket (32 MiB of bf16), whole layers, at least one
+LAYER_KINDS = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw",
+               "fcprojb")  # the per-layer tensors (model.PARAM_NAMES between wpe and lnfw)
 
 
 @dataclass(frozen=True)
@@ -190,15 +202,89 @@ class GradientSync:
         self.shard = shard_range(n, self.rank, self.world_size) if zero_stage == 1 else (0, n)
         self.per_rank = n // (self.world_size * SHARD_ALIGN) * SHARD_ALIGN
         self.prefix = self.per_rank * self.world_size  # reduce-scattered / all-gathered; [prefix, n) is the tail
+        self._works: Optional[list] = None  # collectives in flight since start_overlap()
+        self._bucket: list[tuple[int, int]] = []  # ranges of final gradients not sent yet
+        self._bucket_layers = 0
         if self.world_size > 1:
             with model._device_scope():
                 dist.broadcast(model.params, src=0)  # every rank starts from rank 0's weights
 
+    # -- overlapped reduction ---------------------------------------------------------------------------
+    def start_overlap(self) -> None:
+        """Reduce the gradients of the next backward() bucket by bucket while it runs (call before the last
+        micro-step's backward; reduce_gradients() completes it)."""
+        if self.world_size == 1:
+            return
+        if self._works is not None:
+            raise RuntimeError("start_overlap() again before reduce_gradients() finished the previous reduction")
+        self._works, self._bucket, self._bucket_layers = [], [], 0
+        self.model.grad_ready_hook = self._grads_ready
+
+    def _kind_ranges(self) -> dict[str, tuple[int, int]]:
+        from .model import PARAM_NAMES
+
+        ranges, offset = {}, 0
+        for name, size in zip(PARAM_NAMES, self.model.param_sizes):
+            ranges[name] = (offset, offset + size)
+            offset += size
+        return ranges
+
+    def _grads_ready(self, layer: int) -> None:
+        """model.grad_ready_hook: collect final ranges into a bucket, send it when it is big enough."""
+        kinds = self._kind_ranges()
+        L = self.model.config.n_layer
+        if layer == L:  # lnf: rides with the first bucket of layers
+            self._bucket.append(kinds["lnfw"])
+            self._bucket.append(kinds["lnfb"])
+            return
+        if layer >= 0:
+            self._bucket_layers += 1
+            per_layer = sum(kinds[name][1] - kinds[name][0] for name in LAYER_KINDS) // L
+            if self._bucket_layers * per_layer < BUCKET_ELEMENTS and layer > 0:
+                return
+            lo, hi = layer, layer + self._bucket_layers  # layers [lo, hi)
+            for name in LAYER_KINDS:
+                start, end = kinds[name]
+                per = (end - start) // L
+                self._bucket.append((start + lo * per, start + hi * per))
+            self._bucket_layers = 0
+        else:  # wte and wpe, adjacent at the front of the buffer; the last bucket
+            self._bucket.append((kinds["wte"][0], kinds["wpe"][1]))
+            self.model.grad_ready_hook = None
+        self._send_bucket()
+
+    def _send_bucket(self) -> None:
+        import torch.distributed as dist
+
+        grads = self.model.grads
+        with self.model._device_scope():
+            for start, end in self._bucket:
+                if self.zero_stage == 0:
+                    self._works.append(dist.all_reduce(grads[start:end], async_op=True))
+                    continue
+                for owner in range(self.world_size):
+                    lo, hi = shard_range(grads.numel(), owner, self.world_size)
+                    lo, hi = max(lo, start), min(hi, end)
+                    if hi > lo:
+                        self._works.append(dist.reduce(grads[lo:hi], dst=owner, async_op=True))
+        self._bucket = []
+
     def reduce_gradients(self) -> None:
-        """Sum model.grads over the ranks: all of it (ZeRO-0), or each rank's shard (ZeRO-1)."""
+        """Sum model.grads over the ranks: all of it (ZeRO-0), or each rank's shard (ZeRO-1). After
+        start_overlap(): wait (on the GPU stream) for the buckets sent during backward."""
         import torch.distributed as dist
 
         if self.world_size == 1:
+            return
+        if self._works is not None:
+            if self.model.grad_ready_hook is not None:
+                self.model.grad_ready_hook = None
+                self._works = None
+                raise RuntimeError("reduce_gradients() after start_overlap() but before a full backward()")
+            with self.model._device_scope():
+                for work in self._works:
+                    work.wait()
+            self._works = None
             return
         grads = self.model.grads
         with self.model._device_scope():

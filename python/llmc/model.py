@@ -29,7 +29,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -261,6 +261,10 @@ class GPT:
         self._dacts = _Arena(self.device, "activation gradients")
         self._shape: Optional[tuple[int, int]] = None  # (B, T) of the last forward
         self._backward_ready = False
+        # Called during backward() as parameter gradients become final (data-parallel reduction overlaps the rest
+        # of backward, llmc.distributed.GradientSync): with n_layer after lnf's, with l = n_layer-1 .. 0 after
+        # layer l's, with -1 after wte's and wpe's. Runs on the host as the kernels are enqueued.
+        self.grad_ready_hook: Optional[Callable[[int], None]] = None
         self._staging: Optional[torch.Tensor] = None  # pinned host buffer for token uploads (_upload)
         self._staging_done = None  # CUDA event: the last upload from _staging finished
         self._init_weights(seed)
@@ -514,6 +518,7 @@ class GPT:
             ops.matmul_backward(a["logits"][0], a["lnf"][0], p["wte"], g["wte"], None, dinp=dbtc)
             ops.layernorm_backward(dbtc, a["residual3"][L - 1], p["lnfw"], a["lnf_mean"][0], a["lnf_rstd"][0],
                                    g["lnfw"], g["lnfb"], dinp=dres)
+            self._grads_ready(L)
             for l in reversed(range(L)):
                 residual = a["encoded"][0] if l == 0 else a["residual3"][l - 1]
                 ln1, ln2, fch_gelu = self._layer_ln(a, "ln1", l), self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
@@ -538,7 +543,13 @@ class GPT:
                 ops.matmul_backward(dqkv.view(B * T, 3 * C), ln1, p["qkvw"][l], g["qkvw"][l], g["qkvb"][l], dinp=dbtc)
                 ops.layernorm_backward(dbtc, residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l],
                                        g["ln1w"][l], g["ln1b"][l], dinp=dres, accumulate=True)
+                self._grads_ready(l)
             ops.encoder_backward(dres.view(B, T, C), a["inputs"][0], g["wte"], g["wpe"], validate=False)
+            self._grads_ready(-1)
+
+    def _grads_ready(self, layer: int) -> None:
+        if self.grad_ready_hook is not None:
+            self.grad_ready_hook(layer)
 
     # -----------------------------------------------------------------------------------------------------
     # sampling, accounting

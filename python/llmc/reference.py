@@ -162,6 +162,18 @@ def adamw_update(w: torch.Tensor, grads: torch.Tensor, m: torch.Tensor, v: torch
 
 
 # ---- global_norm ----
+# Elements that one thread sums. torch's .sum() of a whole big tensor keeps one partial sum per thread, so its last
+# bits depend on the thread count, and this norm sets the clipping factor of every training step. A sum with
+# several outputs is split over the outputs only, and a single block is below torch's parallel grain (32768
+# elements), so each block sum is the same on any thread count.
+_NORM_BLOCK = 4096
+
+
 def global_norm_squared(x: torch.Tensor) -> torch.Tensor:
-    """sum(x^2) over all elements, shape (1,)."""
-    return _f32(x).square().sum().reshape(1)
+    """sum(x^2) over all elements, shape (1,), with the same bits whatever torch's thread count: per block of
+    _NORM_BLOCK elements (the last one zero-padded), then the block sums added exactly (math.fsum)."""
+    flat = _f32(x).reshape(-1)
+    blocks = torch.zeros(-(-flat.numel() // _NORM_BLOCK), _NORM_BLOCK, dtype=torch.float32, device=x.device)
+    blocks.view(-1)[:flat.numel()] = flat
+    total = math.fsum(blocks.square_().sum(1).tolist())
+    return torch.tensor([total], dtype=torch.float32, device=x.device)

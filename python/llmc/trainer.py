@@ -411,6 +411,14 @@ class Trainer:
             # Never delete what a user has: an earlier run's checkpoints stay, and this run does not start over them.
             raise ValueError(f"{out_dir} already holds checkpoints (steps {ckpt.steps()}) of an earlier run; resume "
                              f"it with -y 1, or write this run elsewhere with another -o")
+        if device.type == "cpu":
+            # torch starts with MKL's dynamic threading on, which may change a matrix product's thread count (and
+            # its last bits) from call to call; set_num_threads turns it off. A resume keeps the saved count.
+            threads = int(state.get("cpu_threads", torch.get_num_threads())) if state else torch.get_num_threads()
+            torch.set_num_threads(threads)
+            if threads > 1:
+                print0(f"note: {threads} CPU threads; a run repeats bit for bit with the same thread count on the same "
+                       f"CPU (OMP_NUM_THREADS=1 repeats on any CPU)")
         model = self.model = self._build_model(model_config, device, params)
         print0(f"llmc train | device {device} | model {model_config} | {model.num_params:,} parameters")
         print0(model.memory_plan(B, T, master_weights=c.master_weights and device.type == "cuda"))
@@ -476,7 +484,8 @@ class Trainer:
                     ckpt.save(step, model, {
                         "step": step, "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
                         "loss_detector": loss_detector.state_dict(), "norm_detector": norm_detector.state_dict(),
-                        "rng": rng_state(), "train_config": dataclasses.asdict(c), "world_size": self.world_size})
+                        "rng": rng_state(), "train_config": dataclasses.asdict(c), "world_size": self.world_size,
+                        "cpu_threads": torch.get_num_threads()})
                 if last_step:
                     break
 
@@ -485,10 +494,12 @@ class Trainer:
                 # tokens are checked on the host, clipping happens in the AdamW kernel.
                 t0 = time.perf_counter()
                 loss_t = None
-                for _ in range(grad_accum):
+                for micro_step in range(grad_accum):
                     x, y = fixed_batch if fixed_batch is not None else train_loader.next_batch()
                     micro = model.forward(x, y, grad_scale=1.0 / (grad_accum * self.world_size), sync=False)
                     loss_t = micro / grad_accum if loss_t is None else loss_t + micro / grad_accum
+                    if micro_step == grad_accum - 1:
+                        sync.start_overlap()  # the last backward sends its gradients as they become final
                     model.backward()
                 sync.reduce_gradients()
                 loss_t = sync.mean_over_ranks(loss_t)
