@@ -157,12 +157,13 @@ def setup(tmp_path_factory):
     return root, train_pattern, val_pattern, model_file
 
 
-def launch(setup, out_dir, world_size, *extra):
-    """Run `python -m llmc train` on world_size local processes; returns [(returncode, output)] per rank."""
+def launch(setup, out_dir, world_size, *extra, device="cpu"):
+    """Run `python -m llmc train` on world_size local processes (CPU, or one GPU each); returns [(returncode,
+    output)] per rank."""
     _, train_pattern, val_pattern, model_file = setup
     args = [sys.executable, "-m", "llmc", "train", "-i", train_pattern, "-j", val_pattern, "-o", str(out_dir),
             "-e", str(model_file), "-b", "2", "-t", "16", "-d", "128", "-x", "10", "-l", "0.01", "-c", "0.1",
-            "-v", "5", "-m", "2", "-s", "0", "-n", "5", "--device", "cpu", "--dist-timeout", "60", *extra]
+            "-v", "5", "-m", "2", "-s", "0", "-n", "5", "--device", device, "--dist-timeout", "60", *extra]
     port = free_port()
     procs = [subprocess.Popen(args, env={**os.environ, **(dist_env(r, world_size, port) if world_size > 1 else {})},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world_size)]
@@ -199,6 +200,35 @@ def test_trainer_on_two_processes_zero1_equals_zero0_and_resumes_exactly(setup):
     # resume with another world size: a clear error, nothing trained
     [(code, output)] = launch(setup, resumed, 1, "-y", "1")
     assert code == 1 and "written by 2 process(es) but this run has 1" in output, output[-2000:]
+
+
+def gpus(n: int):
+    return pytest.param(n, id=f"{n}gpus", marks=[
+        requires_cuda, pytest.mark.skipif(torch.cuda.device_count() < n, reason=f"needs {n} CUDA GPUs"),
+        pytest.mark.cuda, pytest.mark.multigpu])
+
+
+@pytest.mark.parametrize("world_size", [gpus(2), gpus(4)])
+def test_trainer_on_gpus_matches_one_gpu_and_resumes_exactly(setup, world_size):
+    """NCCL: N GPUs (ZeRO-1 and ZeRO-0) against 1 GPU accumulating the same 128-token batches, and a bit-exact
+    resume on N GPUs."""
+    root = setup[0] / f"gpu{world_size}"
+    check_ok(launch(setup, root / "one", 1, device="cuda"))
+    check_ok(launch(setup, root / "z1", world_size, device="cuda"))
+    check_ok(launch(setup, root / "z0", world_size, "-z", "0", device="cuda"))
+    one, z1, z0 = (read_metrics(root / name) for name in ("one", "z1", "z0"))
+    assert sorted(z1) == sorted(z0) == sorted(one) == list(range(10))
+    # bf16: NCCL sums the ranks' bf16 gradients in its own order (one GPU accumulates them in the model's order)
+    # and ZeRO-1 rounds each shard with its own seed, so the trajectories agree to the bf16 table, not in bits
+    for name, run in (("ZeRO-1", z1), ("ZeRO-0", z0)):
+        assert_close(torch.tensor([run[s] for s in range(10)]), torch.tensor([one[s] for s in range(10)]),
+                     torch.bfloat16, f"{world_size} GPUs {name} vs 1 GPU losses")
+    resumed = root / "z1-resumed"
+    shutil.copytree(root / "z1", resumed)
+    (resumed / "DONE_00000010").unlink()
+    check_ok(launch(setup, resumed, world_size, "-y", "1", device="cuda"))
+    again = read_metrics(resumed)
+    assert [again[s] for s in range(5, 10)] == [z1[s] for s in range(5, 10)]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -421,8 +421,9 @@ class Trainer:
                        f"CPU (OMP_NUM_THREADS=1 repeats on any CPU)")
         model = self.model = self._build_model(model_config, device, params)
         print0(f"llmc train | device {device} | model {model_config} | {model.num_params:,} parameters")
-        print0(model.memory_plan(B, T, master_weights=c.master_weights and device.type == "cuda"))
         sync = GradientSync(model, zero_stage)
+        print0(model.memory_plan(B, T, master_weights=c.master_weights and device.type == "cuda",
+                                 shard=sync.shard if zero_stage == 1 and self.world_size > 1 else None))
         optimizer = self.optimizer = AdamW(model, lr=c.learning_rate, betas=BETAS, eps=ADAM_EPS,
                                            weight_decay=c.weight_decay, master_weights=c.master_weights, seed=c.seed,
                                            shard=sync.shard)
