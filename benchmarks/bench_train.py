@@ -258,7 +258,8 @@ def one(args):
                 tokens_per_s=f"{tok_s:.0f}", ms_per_step=f"{ms:.2f}",
                 mfu=f"{flops_per_token * tok_s / (info.world_size * H100_BF16_PEAK):.4f}",
                 peak_mem_gb=f"{peak / 1e9:.2f}",
-                gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+                gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                step_ms=[round(t, 1) for t in times])  # printed with the row, not a CSV column
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,6 +353,7 @@ def main(argv=None):
                 continue
             row.update(date=date, commit=commit)
             print(f"{name}: " + ", ".join(f"{k}={row[k]}" for k in TRAIN_COLUMNS), flush=True)
+            print(f"  ms of each step (warm-up first): {row['step_ms']}", flush=True)
             results.append((run, row))
     append_csv(args.csv, TRAIN_COLUMNS, [{k: row[k] for k in TRAIN_COLUMNS} for _, row in results])
     if results:

@@ -134,17 +134,43 @@ def test_ranks_read_disjoint_slices_that_cover_the_epoch(tmp_path, shuffle):
     assert sorted(seen) == expected
 
 
-def test_state_dict_resumes_exactly_across_shards_and_epochs(tmp_path):
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_step_reads_the_same_tokens_however_it_is_split_among_ranks(tmp_path, shuffle):
+    """World size x accumulation = 4 in every split: each optimizer step covers the same B*T pieces, in the same
+    (micro-step, rank) positions, so N-GPU training matches 1-GPU training with the same total batch."""
+    B, T = 2, 3
+    positional_shards(tmp_path, [7 * 4 * B * T + 1, 5 * 4 * B * T + 3])
+    steps = 7 + 5 + 4  # into the second epoch
+
+    def pieces(world_size):
+        loaders = [DataLoader(str(tmp_path / "*.bin"), B, T, rank=r, world_size=world_size, shuffle=shuffle, seed=5,
+                              accum=4 // world_size) for r in range(world_size)]
+        out = []
+        for _ in range(steps):
+            out.append([loaders[r].next_batch()[0].flatten().tolist() for k in range(4 // world_size)
+                        for r in range(world_size)])
+        return out
+
+    one = pieces(1)
+    assert len({tuple(x) for step in one for x in step}) == steps * 4 - 4 * 4  # the 2nd epoch repeats the 1st
+    for world_size in (2, 4):
+        split = pieces(world_size)
+        # a step of one rank accumulating pieces k = 0..3 equals ranks r of micro-step m with k = m*world + r
+        assert [sorted(map(tuple, s)) for s in split] == [sorted(map(tuple, s)) for s in one]
+
+
+@pytest.mark.parametrize("accum", [1, 2])  # with 2, odd cuts stop in the middle of a step's sample
+def test_state_dict_resumes_exactly_across_shards_and_epochs(tmp_path, accum):
     positional_shards(tmp_path, [4 * 8 + 1, 3 * 8 + 1, 5 * 8 + 1])
     pattern = str(tmp_path / "*.bin")
-    reference = DataLoader(pattern, 2, 4, seed=11)
+    reference = DataLoader(pattern, 2, 4, seed=11, accum=accum)
     expected = [reference.next_batch() for _ in range(40)]
     for cut in (0, 3, 4, 11, 12, 13, 25):
-        loader = DataLoader(pattern, 2, 4, seed=11)
+        loader = DataLoader(pattern, 2, 4, seed=11, accum=accum)
         for _ in range(cut):
             loader.next_batch()
         state = loader.state_dict()
-        resumed = DataLoader(pattern, 2, 4, seed=11)
+        resumed = DataLoader(pattern, 2, 4, seed=11, accum=accum)
         resumed.next_batch()
         resumed.load_state_dict(state)
         for x_exp, y_exp in expected[cut:cut + 15]:

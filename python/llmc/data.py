@@ -4,12 +4,15 @@ A shard is a header of 256 int32 ([0] = 20240520 magic, [1] = 1 version, [2] = n
 that many uint16 GPT-2 tokens. `write_shard` writes one atomically, `read_shard` validates and memory-maps one.
 
 `DataLoader` serves (inputs, targets) batches of B rows of T tokens from the shards a glob pattern matches,
-laid out as in llm.c's dataloader: a shard is cut into samples of world_size*B*T tokens (plus the one token
-that follows, for the targets), and rank r reads the r-th B*T slice of each sample, so the ranks' data never
-overlap. With shuffle=True the order of the shards and the order of the samples inside each shard are random
-permutations drawn from (seed, rank, epoch[, shard]); the position is then fully described by (epoch, shard
-position, sample position), which is what `state_dict` saves, so a resumed loader continues exactly. After the
-last sample of the last shard the loader starts the next epoch (new permutations).
+laid out as in llm.c's dataloader: a shard is cut into samples of accum*world_size*B*T tokens (one optimizer
+step's worth with `accum` micro-steps of gradient accumulation; plus the one token that follows, for the
+targets), and micro-step k of rank r reads the (k*world_size + r)-th B*T slice of each sample, so the ranks'
+data never overlap, and a step covers the same tokens whatever the split between GPUs and accumulation (one GPU
+accumulating 4 micro-steps sees what 4 GPUs see in one). With shuffle=True the order of the shards and the order
+of the samples inside each shard are random permutations drawn from (seed, epoch[, shard]), the same on every
+rank; the position is then fully described by (epoch, shard position, sample position, micro-step), which is
+what `state_dict` saves, so a resumed loader continues exactly. After the last sample of the last shard the
+loader starts the next epoch (new permutations).
 """
 from __future__ import annotations
 
@@ -117,9 +120,10 @@ class DataLoader:
     """Batches of (inputs, targets), each an int32 CPU tensor of shape (B, T), from llm.c shards (module doc)."""
 
     def __init__(self, pattern: Pattern, B: int, T: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 seed: int = 1337):
+                 seed: int = 1337, accum: int = 1):
         self.B = _check_int(B, "B", 1)
         self.T = _check_int(T, "T", 1)
+        self.accum = _check_int(accum, "accum", 1)
         self.world_size = _check_int(world_size, "world_size", 1)
         self.rank = _check_int(rank, "rank", 0)
         if self.rank >= self.world_size:
@@ -127,12 +131,13 @@ class DataLoader:
         self.seed = _check_int(seed, "seed", 0)
         self.shuffle = bool(shuffle)
         self.files = expand_pattern(pattern)
-        self.sample_tokens = self.world_size * self.B * self.T
+        self.sample_tokens = self.accum * self.world_size * self.B * self.T
         self.shard_tokens = [shard_num_tokens(f) for f in self.files]
         for f, ntok in zip(self.files, self.shard_tokens):
             if ntok < self.sample_tokens + 1:
-                raise ValueError(f"shard {f} has {ntok} tokens, fewer than one batch needs (world_size*B*T + 1 = "
-                                 f"{self.sample_tokens + 1}); use a smaller -b/-t or a larger shard")
+                raise ValueError(f"shard {f} has {ntok} tokens, fewer than one batch needs (accum*world_size*B*T + "
+                                 f"1 = {self.sample_tokens + 1}); use a smaller total batch (-d) or -b/-t, or larger "
+                                 f"shards")
         self.num_tokens = sum(self.shard_tokens)
         self._tokens = None
         self._tokens_file = None
@@ -143,14 +148,14 @@ class DataLoader:
         n = len(self.files)
         if not self.shuffle:
             return np.arange(n)
-        return np.random.default_rng([self.seed, self.rank, self.epoch]).permutation(n)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
 
     def _enter_shard(self) -> None:
         """Point at shard position self.shard_pos of this epoch: map its tokens and order its samples."""
         self._shard = int(self._order[self.shard_pos])
         n = (self.shard_tokens[self._shard] - 1) // self.sample_tokens
         if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.rank, self.epoch, self._shard])
+            rng = np.random.default_rng([self.seed, self.epoch, self._shard])
             self._samples = rng.permutation(n)
         else:
             self._samples = np.arange(n)
@@ -163,6 +168,7 @@ class DataLoader:
         self._order = self._shard_order()
         self.shard_pos = 0
         self.sample_pos = 0
+        self.micro_pos = 0
         self._enter_shard()
 
     def reset(self) -> None:
@@ -180,8 +186,12 @@ class DataLoader:
                 self.shard_pos += 1
                 self.sample_pos = 0
                 self._enter_shard()
-        start = int(self._samples[self.sample_pos]) * self.sample_tokens + self.rank * self.B * self.T
-        self.sample_pos += 1
+        piece = self.micro_pos * self.world_size + self.rank
+        start = int(self._samples[self.sample_pos]) * self.sample_tokens + piece * self.B * self.T
+        self.micro_pos += 1
+        if self.micro_pos == self.accum:
+            self.micro_pos = 0
+            self.sample_pos += 1
         chunk = self._tokens[start:start + self.B * self.T + 1]
         inputs = torch.from_numpy(chunk[:-1].astype(np.int32)).view(self.B, self.T)
         targets = torch.from_numpy(chunk[1:].astype(np.int32)).view(self.B, self.T)
@@ -189,17 +199,18 @@ class DataLoader:
 
     # -- checkpointing ----------------------------------------------------------------------------------
     def _identity(self) -> dict:
-        return {"files": [f.name for f in self.files], "shard_tokens": list(self.shard_tokens), "B": self.B,
+        return {"files": [f.name for f in self.files], "shard_tokens": list(self.shard_tokens), "B": self.B, "accum": self.accum,
                 "T": self.T, "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
                 "seed": self.seed}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this loader is (plain Python values)."""
-        return {**self._identity(), "epoch": self.epoch, "shard_pos": self.shard_pos, "sample_pos": self.sample_pos}
+        return {**self._identity(), "epoch": self.epoch, "shard_pos": self.shard_pos, "sample_pos": self.sample_pos,
+                "micro_pos": self.micro_pos}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from `state_dict()` of a loader over the same shards with the same B, T, rank, world size,
-        shuffle and seed (ValueError naming what differs)."""
+        """Continue from `state_dict()` of a loader over the same shards with the same B, T, accum, rank, world
+        size, shuffle and seed (ValueError naming what differs)."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict from DataLoader.state_dict(), got {type(state).__name__}")
         mine = self._identity()
@@ -209,7 +220,9 @@ class DataLoader:
                              "exactly; differences: " + "; ".join(diff))
         self.epoch = int(state["epoch"])
         self._order = self._shard_order()
-        shard_pos, sample_pos = int(state["shard_pos"]), int(state["sample_pos"])
+        shard_pos, sample_pos, micro_pos = int(state["shard_pos"]), int(state["sample_pos"]), int(state["micro_pos"])
+        if not 0 <= micro_pos < self.accum:
+            raise ValueError(f"data loader state names micro-step {micro_pos}, but a step has {self.accum}")
         if not 0 <= shard_pos < len(self.files):
             raise ValueError(f"data loader state names shard position {shard_pos}, but there are {len(self.files)}")
         self.shard_pos = shard_pos
@@ -217,7 +230,8 @@ class DataLoader:
         if not 0 <= sample_pos <= len(self._samples):
             raise ValueError(f"data loader state names sample {sample_pos}, but the shard has {len(self._samples)}")
         self.sample_pos = sample_pos
+        self.micro_pos = micro_pos
 
     def __repr__(self) -> str:
         return (f"DataLoader({len(self.files)} shards, {self.num_tokens:,} tokens, B={self.B}, T={self.T}, "
-                f"rank={self.rank}/{self.world_size}, shuffle={self.shuffle}, seed={self.seed})")
+                f"accum={self.accum}, rank={self.rank}/{self.world_size}, shuffle={self.shuffle}, seed={self.seed})")

@@ -388,7 +388,12 @@ class Trainer:
             val_pattern = builtin_val if val_pattern is None else val_pattern
         if c.overfit_single_batch and val_pattern is not None:
             train_pattern = val_pattern
-        train_loader = DataLoader(train_pattern, B, T, self.rank, self.world_size, shuffle=True, seed=c.seed)
+        tokens_per_micro_step = B * T * self.world_size
+        total_batch = tokens_per_micro_step if c.total_batch_size == -1 else c.total_batch_size
+        grad_accum = total_batch // tokens_per_micro_step
+        # a step reads one sample of total_batch tokens: the same tokens however it is split among GPUs
+        train_loader = DataLoader(train_pattern, B, T, self.rank, self.world_size, shuffle=True, seed=c.seed,
+                                  accum=grad_accum)
         val_loader = None if val_pattern is None else \
             DataLoader(val_pattern, B, T, self.rank, self.world_size, shuffle=False)
 
@@ -429,9 +434,6 @@ class Trainer:
                                            shard=sync.shard)
         model.allocate(B, T)  # all activation memory now, so running out of memory happens before any work
 
-        tokens_per_micro_step = B * T * self.world_size
-        total_batch = tokens_per_micro_step if c.total_batch_size == -1 else c.total_batch_size
-        grad_accum = total_batch // tokens_per_micro_step
         num_steps = c.num_iterations if c.num_iterations != -1 else train_loader.num_tokens // total_batch
         if num_steps < 1 and c.num_iterations == -1:
             raise ValueError(f"the training data ({train_loader.num_tokens} tokens) is less than one step of "
