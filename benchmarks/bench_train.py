@@ -194,6 +194,8 @@ def train_torch(model: str, B: int, T: int, total_batch: int, shard: str, device
 
     cfg = parse_model_spec(model)
     loader = DataLoader(shard, B, T, shuffle=True, seed=1)
+    if device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # as the llmc Trainer does on a GPU: the same host conditions for both
     torch.manual_seed(0)
     net = TorchGPT2(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.padded_vocab_size, cfg.max_seq_len).to(device)
     opt = net.optimizer(lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)

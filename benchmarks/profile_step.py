@@ -29,6 +29,7 @@ def main(argv=None):
     from llmc.model import GPT, GPTConfig
     from llmc.optim import AdamW, grad_norm_squared
 
+    torch.set_num_threads(1)  # as the Trainer does on a GPU (see llmc.trainer)
     cfg = GPTConfig.from_preset(args.model)
     B, T = args.batch, args.seq_len
     model = GPT(cfg, device="cuda")
