@@ -226,6 +226,21 @@ def test_out_of_memory_at_allocation_suggests_smaller_batch_or_recompute(shards,
         Trainer(tiny_config(), tiny_run(shards, tmp_path)).fit()
 
 
+@requires_cuda
+@pytest.mark.cuda
+def test_real_gpu_out_of_memory_at_allocation_names_the_fix_and_recovers():
+    """Activations that fit no GPU (d12 at B=4096, T=1024: ~1.7 TB): the real CUDA allocation fails with the
+    suggestion (the Trainer turns it into its error, test above), and the GPU is usable again afterwards."""
+    from llmc.model import GPTConfig
+
+    model = GPT(GPTConfig.from_preset("d12"), device="cuda")
+    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"smaller micro-batch \(-b\) or recompute"):
+        model.allocate(4096, 1024)
+    model.allocate(2, 64)  # the failed allocation left nothing behind that blocks a small one
+    idx = torch.randint(0, 50257, (2, 64), dtype=torch.int32)
+    assert math.isfinite(model.forward(idx, idx))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # crashes: `python -m llmc train` killed mid-run / mid-checkpoint, then resumed with -y 1
 # ---------------------------------------------------------------------------------------------------------
