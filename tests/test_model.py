@@ -178,6 +178,51 @@ def test_recompute_gives_the_same_results():
         assert_close(grads, results[0][1], torch.float32, "grads with recompute")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("chunk,recompute", [(16, 0), (50, 2), (1000, 1)])  # 72 rows: 4.5 chunks, 1.4, 1 (>= rows)
+def test_loss_chunks_give_the_loss_and_gradients_of_the_whole_batch(device, chunk, recompute):
+    config = tiny_config()
+    idx, targets = random_batch(config, 3, 24, seed=4, ignore_every=5)
+    runs = []
+    for loss_chunk in (None, chunk):
+        model = GPT(config, device=device, recompute=recompute, seed=3, loss_chunk=loss_chunk)
+        for _ in range(2):  # two micro-steps: gradients accumulate the same way
+            loss = model.forward(idx, targets, grad_scale=0.5)
+            model.backward()
+        runs.append((loss, model.grads.clone(), model))
+    (loss, grads, whole), (chunked_loss, chunked_grads, chunked) = runs
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    # the same per-position math; the chunks' wte gradients are summed in another order (the bf16 table on CUDA:
+    # dwte is accumulated in bf16 once per chunk)
+    assert chunked_loss == pytest.approx(loss, rel=1e-6 if device == "cpu" else 1e-3)
+    assert_close(chunked_grads, grads, dtype, f"gradients with loss_chunk={chunk}")
+    # the logits buffer shrinks to the chunk; return_logits still gives every position's logits
+    assert chunked._acts.views["logits"][0].shape[0] == min(chunk, 72)
+    _, logits = chunked.forward(idx, return_logits=True)
+    _, expected = whole.forward(idx, return_logits=True)
+    assert_close(logits, expected, dtype, "logits with loss_chunk")
+    # under no_grad the loss alone (nothing added to the gradients), and backward() is refused
+    before = chunked.grads.clone()
+    with torch.no_grad():
+        assert chunked.forward(idx, targets) == pytest.approx(chunked_loss, rel=1e-6 if device == "cpu" else 1e-3)
+    assert torch.equal(chunked.grads, before)
+    with pytest.raises(RuntimeError, match="forward"):
+        chunked.backward()
+
+
+def test_loss_chunk_is_checked_and_shrinks_the_memory_plan():
+    config = tiny_config()
+    with pytest.raises(ValueError, match="loss_chunk"):
+        GPT(config, device="cpu", loss_chunk=0)
+    with pytest.raises(TypeError, match="loss_chunk"):
+        GPT(config, device="cpu", loss_chunk=1.5)
+    mib = lambda plan: float(re.search(r"activations: +([0-9.]+) MiB", plan).group(1))
+    whole = GPT(config, device="cpu").memory_plan(16, 32)
+    chunked = GPT(config, device="cpu", loss_chunk=64).memory_plan(16, 32)
+    logits_saved = (16 * 32 - 64) * config.padded_vocab_size * 4 / 2**20
+    assert mib(whole) - mib(chunked) == pytest.approx(logits_saved, abs=0.2)
+
+
 def test_gradients_accumulate_and_zero_grad_clears():
     config = tiny_config()
     model = GPT(config, device="cpu", seed=5)

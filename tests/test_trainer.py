@@ -17,7 +17,7 @@ from llmc.checkpoint import KILL_HOOK_ENV, CheckpointManager, write_model_file
 from llmc.model import GPT
 from llmc.ops import global_norm_squared
 from llmc.trainer import OUTLIER_WINDOW, OutlierDetector, TrainConfig, Trainer, learning_rate, parse_model_spec
-from conftest import requires_cuda
+from conftest import assert_close, requires_cuda
 from train_helpers import read_metrics, tiny_config, write_tiny_shards
 
 # Determinism and resume run on the GPU too (bf16 kernels, stochastic rounding); head size 64 there, the
@@ -129,6 +129,21 @@ def test_two_runs_with_one_seed_are_bit_identical(shards, tmp_path, device):
     a, b = run("a"), run("b")
     assert losses(a) == losses(b) and [r["norm"] for r in a] == [r["norm"] for r in b]
     assert losses(run("c", seed=8)) != losses(a)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_chunk_trains_like_the_whole_batch(shards, tmp_path, device):
+    def run(name, **extra):
+        config = tiny_run(shards, tmp_path / name, num_iterations=6, checkpoint_every=0, val_every=3, device=device,
+                          **extra)
+        return Trainer(config_for(device), config).fit()
+
+    whole, chunked = run("whole"), run("chunked", loss_chunk=24)  # 64 positions per micro-batch: 3 chunks
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    # fp32: only the output layer's wte gradient is summed in another order; bf16: also rounded per chunk
+    assert_close(torch.tensor(losses(chunked)), torch.tensor(losses(whole)), dtype, "losses with loss_chunk")
+    with pytest.raises(ValueError, match="loss_chunk"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path, loss_chunk=-1))
 
 
 def test_cpu_gradient_norm_has_the_same_bits_on_any_thread_count():

@@ -70,6 +70,8 @@ TRAIN_OPTIONS = [
     (None, "--device", "device", str, "cuda, cpu or auto (default)"),
     (None, "--dist-timeout", "dist_timeout", float, "seconds a collective may wait for the other ranks before the "
                                                     "job fails (default 600)"),
+    (None, "--loss-chunk", "loss_chunk", int, "positions per chunk of the output layer and loss: the logits buffer "
+                                              "holds that many rows instead of B*T (default 0: all at once)"),
 ]
 
 

@@ -237,17 +237,25 @@ class GPT:
     """GPT-2 on llmc ops. See the module docstring for the memory layout and the conventions."""
 
     def __init__(self, config: GPTConfig, device="cuda", recompute: int = 0, seed: int = 42,
-                 deterministic: bool = True):
+                 deterministic: bool = True, loss_chunk: Optional[int] = None):
         """deterministic: bit-reproducible backward (cuDNN's ordered attention backward, which needs more
-        workspace and time); False lets cuDNN sum dQ with atomics."""
+        workspace and time); False lets cuDNN sum dQ with atomics.
+        loss_chunk: run the output layer and the loss over this many positions (rows of B*T) at a time, so the
+        logits buffer holds (loss_chunk, padded_vocab) instead of (B*T, padded_vocab) (6.6 GB at d12, B=64). Its
+        backward then runs in forward, chunk by chunk, while the logits are at hand: forward(idx, targets) with
+        gradients enabled already adds the output layer's share to grads["wte"] (and needs backward() next, as
+        always); under torch.no_grad() it only computes the loss. None: the whole batch at once."""
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         if isinstance(recompute, bool) or recompute not in (0, 1, 2):
             raise ValueError(f"recompute must be 0 (none), 1 (GELU) or 2 (GELU and layernorms), got {recompute!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if loss_chunk is not None:
+            _check_positive_int(loss_chunk, "loss_chunk")
         self.config = config
         self.recompute = recompute
+        self.loss_chunk = loss_chunk
         self.deterministic = bool(deterministic)
         self.device = _resolve_device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -261,6 +269,7 @@ class GPT:
         self._dacts = _Arena(self.device, "activation gradients")
         self._shape: Optional[tuple[int, int]] = None  # (B, T) of the last forward
         self._backward_ready = False
+        self._dlogits: Optional[torch.Tensor] = None  # the classifier's gradient for backward (None: consumed)
         # Called during backward() as parameter gradients become final (data-parallel reduction overlaps the rest
         # of backward, llmc.distributed.GradientSync): with n_layer after lnf's, with l = n_layer-1 .. 0 after
         # layer l's, with -1 after wte's and wpe's. Runs on the host as the kernels are enqueued.
@@ -349,7 +358,7 @@ class GPT:
             ("fch", L, (N, 4 * C), x), ("fch_gelu", L if r < 1 else 1, (N, 4 * C), x),
             ("residual3", L, (N, C), x), ("proj", 1, (N, C), x),
             ("lnf", 1, (N, C), x), ("lnf_mean", 1, (N,), f), ("lnf_rstd", 1, (N,), f),
-            ("losses", 1, (N,), f), ("logits", 1, (N, c.padded_vocab_size), x),
+            ("losses", 1, (N,), f), ("logits", 1, (min(N, self.loss_chunk or N), c.padded_vocab_size), x),
         ]
 
     def _grad_scratch_specs(self, B: int, T: int):
@@ -438,7 +447,8 @@ class GPT:
         next forward; with targets they are a copy taken before the classifier overwrites the buffer.
         sync=False returns the loss as a 0-dim float64 tensor on the model's device instead of a float, so the
         host does not wait for the GPU (with token ids on the CPU; ids already on a GPU are validated there with
-        one sync); its .item() is the float sync=True returns.
+        one sync); its .item() is the float sync=True returns. With loss_chunk (see __init__) and targets, the
+        logits are formed chunk by chunk (return_logits then uses a temporary full-size buffer).
         """
         c = self.config
         idx = _token_tensor(idx, "idx")
@@ -449,28 +459,58 @@ class GPT:
         if not isinstance(grad_scale, (int, float)) or isinstance(grad_scale, bool) or not math.isfinite(grad_scale):
             raise TypeError(f"grad_scale must be a finite float, got {grad_scale!r}")
         self._backward_ready = False
+        self._dlogits = None
         with self._device_scope():
             a = self._acts.carve((B, T), self._activation_specs(B, T))
             self._shape = (B, T)
             n_valid = self._stage_tokens(a, idx, targets)
-            logits = self._forward_logits(a, B, T)
-            out_logits = None
-            if return_logits:
-                out_logits = logits.view(B, T, c.padded_vocab_size)
+            self._forward_trunk(a, B, T)
+            loss, out_logits = None, None
+            if targets is not None and self.loss_chunk and not return_logits:
+                with_grad = torch.is_grad_enabled()
+                self._chunked_loss(a, B * T, grad_scale / n_valid, with_grad)
+                self._backward_ready = with_grad
+            else:
+                logits = a["logits"][0]
+                if logits.shape[0] < B * T:  # loss_chunk: a full-size buffer for this call only
+                    logits = torch.empty(B * T, c.padded_vocab_size, dtype=self.dtype, device=self.device)
+                ops.matmul_forward(a["lnf"][0], self.param_tensors["wte"], None, out=logits)
+                if return_logits:
+                    out_logits = logits.view(B, T, c.padded_vocab_size)
+                    if targets is not None:
+                        out_logits = out_logits.clone()
                 if targets is not None:
-                    out_logits = out_logits.clone()
-            loss = None
+                    ops.fused_classifier(logits, a["targets"][0].view(-1), c.vocab_size, dloss=grad_scale / n_valid,
+                                         losses=a["losses"][0], validate=False)  # _stage_tokens checked the targets
+                    self._dlogits = logits
+                    self._backward_ready = True
             if targets is not None:
                 losses = a["losses"][0]
-                ops.fused_classifier(logits, a["targets"][0].view(-1), c.vocab_size, dloss=grad_scale / n_valid,
-                                     losses=losses, validate=False)  # _stage_tokens checked the targets
                 loss = losses.sum().item() / n_valid if sync else losses.sum().double() / n_valid
-                self._backward_ready = True
         return (loss, out_logits) if return_logits else loss
 
     __call__ = forward
 
-    def _forward_logits(self, a, B: int, T: int) -> torch.Tensor:
+    def _chunked_loss(self, a, N: int, dloss: float, with_grad: bool) -> None:
+        """Output layer, loss and (with_grad) the output layer's backward, loss_chunk positions at a time: the
+        chunk's logits, its losses and dlogits in place (fused classifier), then dlnf of those rows into the
+        activation-gradient scratch that backward() continues from, and the chunk's share of dwte (+=)."""
+        c, wte = self.config, self.param_tensors["wte"]
+        lnf, targets, losses, buffer = a["lnf"][0], a["targets"][0].view(-1), a["losses"][0], a["logits"][0]
+        if with_grad:
+            dlnf = self._dacts.carve(self._shape, self._grad_scratch_specs(*self._shape))["dbtc"][0]
+            dwte = self.grad_tensors["wte"]
+        for start in range(0, N, buffer.shape[0]):
+            end = min(N, start + buffer.shape[0])
+            logits = buffer[:end - start]
+            ops.matmul_forward(lnf[start:end], wte, None, out=logits)
+            ops.fused_classifier(logits, targets[start:end], c.vocab_size, dloss=dloss, losses=losses[start:end],
+                                 validate=False)  # _stage_tokens checked the targets
+            if with_grad:
+                ops.matmul_backward(logits, lnf[start:end], wte, dwte, None, dinp=dlnf[start:end])
+
+    def _forward_trunk(self, a, B: int, T: int) -> None:
+        """Embeddings and every layer, up to the final layernorm's output a["lnf"]."""
         c, p = self.config, self.param_tensors
         L, NH, HS = c.n_layer, c.n_head, c.head_size
         encoded = a["encoded"][0]
@@ -496,9 +536,6 @@ class GPT:
                 weight, bias, ln, mean, rstd = p["lnfw"], p["lnfb"], a["lnf"][0], a["lnf_mean"][0], a["lnf_rstd"][0]
             ops.fused_residual_layernorm_forward(a["residual2"][l], proj, weight, bias, residual=a["residual3"][l],
                                                  out=ln, mean=mean, rstd=rstd, eps=LN_EPS)
-        logits = a["logits"][0]
-        ops.matmul_forward(a["lnf"][0], p["wte"], None, out=logits)
-        return logits
 
     def backward(self) -> None:
         """Backpropagate the loss of the last forward(idx, targets); parameter gradients are accumulated (+=)."""
@@ -515,7 +552,9 @@ class GPT:
             d = self._dacts.carve((B, T), self._grad_scratch_specs(B, T))
             dres, dbtc, dbt4c = d["dresidual"][0], d["dbtc"][0], d["dbt4c"][0]
             dqkv = dbt4c.view(-1)[:B * T * 3 * C].view(B, T, 3, NH, HS)
-            ops.matmul_backward(a["logits"][0], a["lnf"][0], p["wte"], g["wte"], None, dinp=dbtc)
+            if self._dlogits is not None:  # else the chunked forward did it (dbtc holds dlnf)
+                ops.matmul_backward(self._dlogits, a["lnf"][0], p["wte"], g["wte"], None, dinp=dbtc)
+                self._dlogits = None
             ops.layernorm_backward(dbtc, a["residual3"][L - 1], p["lnfw"], a["lnf_mean"][0], a["lnf_rstd"][0],
                                    g["lnfw"], g["lnfb"], dinp=dres)
             self._grads_ready(L)

@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = 1337                     # model init, data order, stochastic rounding
     device: str = "auto"                 # cuda, cpu or auto
     dist_timeout: float = 600.0          # seconds a collective waits for the other ranks before the job fails
+    loss_chunk: int = 0                  # positions per chunk of the output layer + loss (GPT loss_chunk); 0: all
 
     @classmethod
     def quickstart(cls, device: str) -> "TrainConfig":
@@ -268,6 +269,8 @@ class Trainer:
                              f"(all-reduce) or -z 1 (sharded optimizer state, the default)")
         if isinstance(c.dist_timeout, bool) or not isinstance(c.dist_timeout, (int, float)) or not c.dist_timeout > 0:
             raise ValueError(f"dist_timeout must be a number of seconds > 0, got {c.dist_timeout!r}")
+        if isinstance(c.loss_chunk, bool) or not isinstance(c.loss_chunk, int) or c.loss_chunk < 0:
+            raise ValueError(f"loss_chunk must be an int >= 0 (0: the whole batch at once), got {c.loss_chunk!r}")
         if c.skip_update_lossz < 0 or c.skip_update_gradz < 0:
             raise ValueError("skip_update_lossz and skip_update_gradz are z-score thresholds >= 0 (0: off)")
         if c.device not in ("auto", "cuda", "cpu"):
@@ -332,7 +335,8 @@ class Trainer:
         if isinstance(self.model_source, GPT):
             model = self.model_source
         else:
-            model = GPT(model_config, device=device, recompute=self.config.recompute, seed=self.config.seed)
+            model = GPT(model_config, device=device, recompute=self.config.recompute, seed=self.config.seed,
+                        loss_chunk=self.config.loss_chunk or None)
         if params is not None:
             model.load_params_(params)
         return model
