@@ -23,6 +23,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from ._validate import check_int as _check_int
+
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
@@ -106,14 +108,6 @@ def expand_pattern(pattern: Pattern) -> list[Path]:
             raise ValueError(f"shard pattern {str(p)!r} matches no file; check the path (or run `llmc prepare`)")
         files.update(os.path.abspath(m) for m in matched)
     return [Path(f) for f in sorted(files)]
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
 
 
 class DataLoader:

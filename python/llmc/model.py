@@ -34,6 +34,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import ops
+from ._validate import check_int as _check_int
 
 PARAM_NAMES = ("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
                "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb")
@@ -54,14 +55,6 @@ INIT_STD = 0.02
 LN_EPS = 1e-5
 
 
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return value
-
-
 @dataclass(frozen=True)
 class GPTConfig:
     """GPT-2 shape. Any depth/width/heads with n_embd % n_head == 0, head size a multiple of 8 (at most 128) and
@@ -75,7 +68,7 @@ class GPTConfig:
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            _check_positive_int(getattr(self, field.name), f"GPTConfig.{field.name}")
+            _check_int(getattr(self, field.name), f"GPTConfig.{field.name}", 1)
         if self.n_embd % 8 != 0:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of 8 (the kernels load 8 bf16 at a time)")
         if self.n_embd % self.n_head != 0:
@@ -252,7 +245,7 @@ class GPT:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if loss_chunk is not None:
-            _check_positive_int(loss_chunk, "loss_chunk")
+            _check_int(loss_chunk, "loss_chunk", 1)
         self.config = config
         self.recompute = recompute
         self.loss_chunk = loss_chunk
@@ -366,8 +359,8 @@ class GPT:
         return [("dresidual", 1, (N, C), x), ("dbtc", 1, (N, C), x), ("dbt4c", 1, (N, 4 * C), x)]
 
     def _check_shape(self, B: int, T: int) -> None:
-        _check_positive_int(B, "B")
-        _check_positive_int(T, "T")
+        _check_int(B, "B", 1)
+        _check_int(T, "T", 1)
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length T={T} exceeds the model's max_seq_len={self.config.max_seq_len}")
 

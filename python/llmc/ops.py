@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import reference
+from ._validate import check_int as _check_int
 
 _EXT = None
 CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -170,19 +171,6 @@ def _check_real(x, name: str, low: float = -float("inf"), high: float = float("i
     if x < low or x > high or (x == high and not high_inclusive):
         bound = "]" if high_inclusive else ")"
         raise ValueError(f"{name} = {x} is outside [{low}, {high}{bound}")
-    return x
-
-
-def _check_int(x, name: str, low: int, high: Optional[int] = None) -> int:
-    """An integer (not a bool) in [low, high)."""
-    if isinstance(x, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        x = operator.index(x)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(x).__name__}") from None
-    if x < low or (high is not None and x >= high):
-        raise ValueError(f"{name} = {x} is outside [{low}, {high if high is not None else 'inf'})")
     return x
 
 
