@@ -286,6 +286,7 @@ def val_loss(model, data, B: int, T: int, max_batches: Optional[int] = None, ran
     import torch
 
     from .data import DataLoader
+    from .model import GPT
 
     _check_shape(B, T, rank, world_size)
     if hasattr(data, "next_batch"):
@@ -303,7 +304,9 @@ def val_loss(model, data, B: int, T: int, max_batches: Optional[int] = None, ran
     with torch.no_grad():
         for _ in range(n):
             x, y = loader.next_batch()
-            total += model.forward(x.to(model.device), y.to(model.device))
+            if not isinstance(model, GPT):  # llmc.GPT takes the CPU tokens: checked on the host, no wait
+                x, y = x.to(model.device), y.to(model.device)
+            total += model.forward(x, y)
     return total / n
 
 
