@@ -265,6 +265,38 @@ def test_a_hung_rank_ends_the_collective_within_the_timeout(tmp_path):
     assert float(seconds) < 10, f"the all-reduce gave up only after {seconds} s (timeout 3 s)"
 
 
+HANG_SCRIPT = """
+import os, sys, time, torch
+from llmc.distributed import all_reduce_mean, init_distributed
+init_distributed("cuda", timeout_s=5)
+if os.environ["RANK"] == "1":
+    time.sleep(60)  # never joins the all-reduce
+    sys.exit(0)
+all_reduce_mean(1.0, torch.device("cuda", 0))
+print("RETURNED", flush=True)
+"""
+
+
+@pytest.mark.parametrize("world_size", [gpus(2)])
+def test_a_hung_rank_on_nccl_ends_the_job_within_the_timeout(world_size):
+    """NCCL: the watchdog notices the collective that waits past the 5 s timeout and ends rank 0's process with
+    an error that says so (torch's default TORCH_NCCL_ASYNC_ERROR_HANDLING tears the process down)."""
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", HANG_SCRIPT], env={**os.environ, **dist_env(r, world_size, port)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world_size)]
+    t0 = time.monotonic()
+    try:
+        out, _ = procs[0].communicate(timeout=45)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    seconds = time.monotonic() - t0
+    assert procs[0].returncode != 0 and "RETURNED" not in out, out[-3000:]
+    assert "timeout" in out.lower() or "timed out" in out.lower(), out[-3000:]
+    assert seconds < 40, f"rank 0 ended only after {seconds:.0f} s (timeout 5 s)"
+
+
 def test_bad_distributed_settings_are_reported(monkeypatch):
     from llmc.distributed import dist_info_from_env
     from llmc.trainer import TrainConfig, Trainer
