@@ -159,6 +159,20 @@ def test_a_step_reads_the_same_tokens_however_it_is_split_among_ranks(tmp_path, 
         assert [sorted(map(tuple, s)) for s in split] == [sorted(map(tuple, s)) for s in one]
 
 
+def test_shards_smaller_than_a_step_fall_back_to_micro_batch_samples(tmp_path):
+    B, T = 2, 3
+    positional_shards(tmp_path, [5 * B * T + 1, 3 * B * T + 1])  # 5 and 3 micro-batches; a step needs 4
+    loader = DataLoader(str(tmp_path / "*.bin"), B, T, accum=4, shuffle=False)
+    assert loader.sample_tokens == B * T
+    seen = [loader.next_batch()[0].flatten().tolist() for _ in range(8)]
+    assert sorted(x for batch in seen for x in batch) == list(range(5 * B * T)) + \
+        list(range(5 * B * T + 1, 5 * B * T + 1 + 3 * B * T))  # every micro-batch of the epoch once
+    state = loader.state_dict()
+    again = DataLoader(str(tmp_path / "*.bin"), B, T, accum=4, shuffle=False)
+    again.load_state_dict(state)
+    assert torch.equal(again.next_batch()[0], loader.next_batch()[0])
+
+
 @pytest.mark.parametrize("accum", [1, 2])  # with 2, odd cuts stop in the middle of a step's sample
 def test_state_dict_resumes_exactly_across_shards_and_epochs(tmp_path, accum):
     positional_shards(tmp_path, [4 * 8 + 1, 3 * 8 + 1, 5 * 8 + 1])

@@ -297,6 +297,16 @@ def test_a_hung_rank_on_nccl_ends_the_job_within_the_timeout(world_size):
     assert seconds < 40, f"rank 0 ended only after {seconds:.0f} s (timeout 5 s)"
 
 
+def test_a_stale_gradient_hook_is_cleared():
+    model = GPT(tiny_config(), device="cpu")
+    model.grad_ready_hook = lambda layer: None  # left by an earlier GradientSync whose backward raised
+    sync = GradientSync(model)
+    assert model.grad_ready_hook is None
+    model.grad_ready_hook = sync._grads_ready
+    sync.abort_overlap()
+    assert model.grad_ready_hook is None and sync._works is None
+
+
 def test_bad_distributed_settings_are_reported(monkeypatch):
     from llmc.distributed import dist_info_from_env
     from llmc.trainer import TrainConfig, Trainer

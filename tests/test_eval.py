@@ -290,6 +290,17 @@ def test_real_tiny_gpt_scoring():
     assert (res.correct, res.correct_norm, res.total) == (correct, correct_norm, 6)
     assert ev.hellaswag_eval(model, examples, B=4, T=T) == ev.hellaswag_eval(model, examples, B=24, T=T)
 
+    class LogitsOnly:  # any model with forward(idx, return_logits=True): the logits path of hellaswag_eval
+        device, config = model.device, model.config
+
+        def forward(self, idx, return_logits=False):
+            return model.forward(idx, return_logits=return_logits)
+
+    assert ev.hellaswag_eval(LogitsOnly(), examples, B=B, T=T) == res
+    chunked = type(model)(model.config, device="cpu", loss_chunk=48)  # per-position losses, no full logits
+    chunked.load_params_(model.params)
+    assert ev.hellaswag_eval(chunked, examples, B=B, T=T) == res
+
 
 def test_eval_and_sample_commands(tmp_path, capsys):
     checkpoint = pytest.importorskip("llmc.checkpoint")

@@ -343,6 +343,8 @@ def test_memory_plan_and_flops():
     assert model.memory_plan() == plans[1]
     assert GPT(tiny_config(), device="cpu").flops_per_token(16) == \
         6 * tiny_config().num_params + 6 * 2 * 64 * 16
+    d12 = GPTConfig.from_preset("d12")
+    assert 6 * d12.num_params + 6 * 12 * 768 * 1024 == 803_478_528
 
 
 def test_memory_plan_counts_only_the_zero1_shard_of_the_optimizer_state():
@@ -364,8 +366,6 @@ def test_memory_plan_counts_only_the_zero1_shard_of_the_optimizer_state():
     for bad in ((1, n), (0, n + 1), (8, 8), (0,), "all"):
         with pytest.raises(ValueError, match="shard"):
             model.memory_plan(8, 32, shard=bad)
-    d12 = GPTConfig.from_preset("d12")
-    assert 6 * d12.num_params + 6 * 12 * 768 * 1024 == 803_478_528
 
 
 # ---------------------------------------------------------------------------------------------------------

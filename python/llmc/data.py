@@ -8,7 +8,9 @@ laid out as in llm.c's dataloader: a shard is cut into samples of accum*world_si
 step's worth with `accum` micro-steps of gradient accumulation; plus the one token that follows, for the
 targets), and micro-step k of rank r reads the (k*world_size + r)-th B*T slice of each sample, so the ranks'
 data never overlap, and a step covers the same tokens whatever the split between GPUs and accumulation (one GPU
-accumulating 4 micro-steps sees what 4 GPUs see in one). With shuffle=True the order of the shards and the order
+accumulating 4 micro-steps sees what 4 GPUs see in one). When some shard holds less than one step, samples are
+one micro-step of all ranks (world_size*B*T tokens, llm.c's layout): small data still trains, but a step's
+tokens then depend on the split. With shuffle=True the order of the shards and the order
 of the samples inside each shard are random permutations drawn from (seed, epoch[, shard]), the same on every
 rank; the position is then fully described by (epoch, shard position, sample position, micro-step), which is
 what `state_dict` saves, so a resumed loader continues exactly. After the last sample of the last shard the
@@ -125,13 +127,15 @@ class DataLoader:
         self.seed = _check_int(seed, "seed", 0)
         self.shuffle = bool(shuffle)
         self.files = expand_pattern(pattern)
-        self.sample_tokens = self.accum * self.world_size * self.B * self.T
         self.shard_tokens = [shard_num_tokens(f) for f in self.files]
+        # A sample is one step when every shard holds one; else one micro-step of all ranks (llm.c's layout).
+        step = self.accum * self.world_size * self.B * self.T
+        self.sample_accum = self.accum if min(self.shard_tokens) >= step + 1 else 1
+        self.sample_tokens = self.sample_accum * self.world_size * self.B * self.T
         for f, ntok in zip(self.files, self.shard_tokens):
             if ntok < self.sample_tokens + 1:
-                raise ValueError(f"shard {f} has {ntok} tokens, fewer than one batch needs (accum*world_size*B*T + "
-                                 f"1 = {self.sample_tokens + 1}); use a smaller total batch (-d) or -b/-t, or larger "
-                                 f"shards")
+                raise ValueError(f"shard {f} has {ntok} tokens, fewer than one batch needs (world_size*B*T + 1 = "
+                                 f"{self.sample_tokens + 1}); use a smaller -b/-t, or larger shards")
         self.num_tokens = sum(self.shard_tokens)
         self._tokens = None
         self._tokens_file = None
@@ -183,7 +187,7 @@ class DataLoader:
         piece = self.micro_pos * self.world_size + self.rank
         start = int(self._samples[self.sample_pos]) * self.sample_tokens + piece * self.B * self.T
         self.micro_pos += 1
-        if self.micro_pos == self.accum:
+        if self.micro_pos == self.sample_accum:
             self.micro_pos = 0
             self.sample_pos += 1
         chunk = self._tokens[start:start + self.B * self.T + 1]
@@ -215,8 +219,8 @@ class DataLoader:
         self.epoch = int(state["epoch"])
         self._order = self._shard_order()
         shard_pos, sample_pos, micro_pos = int(state["shard_pos"]), int(state["sample_pos"]), int(state["micro_pos"])
-        if not 0 <= micro_pos < self.accum:
-            raise ValueError(f"data loader state names micro-step {micro_pos}, but a step has {self.accum}")
+        if not 0 <= micro_pos < self.sample_accum:
+            raise ValueError(f"data loader state names micro-step {micro_pos}, but a sample has {self.sample_accum}")
         if not 0 <= shard_pos < len(self.files):
             raise ValueError(f"data loader state names shard position {shard_pos}, but there are {len(self.files)}")
         self.shard_pos = shard_pos

@@ -202,6 +202,7 @@ class GradientSync:
         self.shard = shard_range(n, self.rank, self.world_size) if zero_stage == 1 else (0, n)
         self.per_rank = n // (self.world_size * SHARD_ALIGN) * SHARD_ALIGN
         self.prefix = self.per_rank * self.world_size  # reduce-scattered / all-gathered; [prefix, n) is the tail
+        model.grad_ready_hook = None  # a hook left by an earlier GradientSync of this model does not apply
         self._works: Optional[list] = None  # collectives in flight since start_overlap()
         self._bucket: list[tuple[int, int]] = []  # ranges of final gradients not sent yet
         self._bucket_layers = 0
@@ -219,6 +220,13 @@ class GradientSync:
             raise RuntimeError("start_overlap() again before reduce_gradients() finished the previous reduction")
         self._works, self._bucket, self._bucket_layers = [], [], 0
         self.model.grad_ready_hook = self._grads_ready
+
+    def abort_overlap(self) -> None:
+        """Forget an overlapped reduction that will not complete (backward raised): the model's hook is removed
+        and the collectives already sent are not waited for."""
+        if self.model.grad_ready_hook == self._grads_ready:
+            self.model.grad_ready_hook = None
+        self._works, self._bucket, self._bucket_layers = None, [], 0
 
     def _kind_ranges(self) -> dict[str, tuple[int, int]]:
         from .model import PARAM_NAMES

@@ -253,6 +253,18 @@ def completion_losses(logits, tokens, mask, vocab_size: int):
     return dense.sum(dim=1), target_mask.sum(dim=1)
 
 
+def _completion_losses_of(model, batch: _Batch):
+    """completion_losses from an llmc.GPT's per-position losses: the target of position t is token t+1 where
+    the mask covers it, else -1 (ignored)."""
+    import torch
+
+    target_mask = batch.mask[:, 1:]
+    targets = torch.full_like(batch.tokens, -1)
+    targets[:, :-1] = torch.where(target_mask, batch.tokens[:, 1:], -1)
+    losses = model.position_losses(batch.tokens, targets)
+    return losses.sum(dim=1), target_mask.to(losses.device).sum(dim=1)
+
+
 def hellaswag_eval(model, examples: Sequence[HellaSwagExample], B: int, T: int, rank: int = 0,
                    world_size: int = 1) -> HellaSwagResult:
     """Score examples rank::world_size with `model` (llmc.GPT or anything with .device, .config.vocab_size and
@@ -265,9 +277,12 @@ def hellaswag_eval(model, examples: Sequence[HellaSwagExample], B: int, T: int, 
     with torch.no_grad():
         for group in _batches(mine, B, T):
             batch = _render(group, B, T)
-            _, logits = model.forward(batch.tokens.to(model.device), return_logits=True)
-            sums, counts = completion_losses(logits.reshape(B, T, -1), batch.tokens, batch.mask,
-                                             model.config.vocab_size)
+            if hasattr(model, "position_losses"):  # llmc.GPT: the fused classifier's losses, no full logits
+                sums, counts = _completion_losses_of(model, batch)
+            else:
+                _, logits = model.forward(batch.tokens.to(model.device), return_logits=True)
+                sums, counts = completion_losses(logits.reshape(B, T, -1), batch.tokens, batch.mask,
+                                                 model.config.vocab_size)
             sums, means = sums.cpu(), (sums / counts.clamp(min=1)).cpu()
             row = 0
             for ex in group:
@@ -300,14 +315,17 @@ def val_loss(model, data, B: int, T: int, max_batches: Optional[int] = None, ran
     if n < 1:
         raise ValueError(f"the validation set has {loader.num_tokens} tokens, fewer than one batch of "
                          f"B*T*world_size = {B * T * world_size}; use a smaller B or T")
-    total = 0.0
+    losses = []
     with torch.no_grad():
         for _ in range(n):
             x, y = loader.next_batch()
-            if not isinstance(model, GPT):  # llmc.GPT takes the CPU tokens: checked on the host, no wait
-                x, y = x.to(model.device), y.to(model.device)
-            total += model.forward(x, y)
-    return total / n
+            if isinstance(model, GPT):  # CPU tokens checked on the host, the loss left on the device: no wait
+                losses.append(model.forward(x, y, sync=False))
+            else:
+                losses.append(model.forward(x.to(model.device), y.to(model.device)))
+    if isinstance(model, GPT):
+        losses = torch.stack(losses).tolist()  # the one wait for the GPU
+    return sum(losses) / n
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -237,7 +237,9 @@ class GPT:
         logits buffer holds (loss_chunk, padded_vocab) instead of (B*T, padded_vocab) (6.6 GB at d12, B=64). Its
         backward then runs in forward, chunk by chunk, while the logits are at hand: forward(idx, targets) with
         gradients enabled already adds the output layer's share to grads["wte"] (and needs backward() next, as
-        always); under torch.no_grad() it only computes the loss. None: the whole batch at once."""
+        always); under torch.no_grad() it only computes the loss. On a GPU the chunks' wte gradients are summed
+        in bf16 (one rounding per chunk, as per micro-step of accumulation), so use chunks of thousands of
+        positions (e.g. 8192), not tens. None: the whole batch at once."""
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         if isinstance(recompute, bool) or recompute not in (0, 1, 2):
@@ -483,6 +485,15 @@ class GPT:
         return (loss, out_logits) if return_logits else loss
 
     __call__ = forward
+
+    def position_losses(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The cross-entropy at every position, (B, T) fp32 on the model's device (0 where the target is -1), as
+        the fused classifier computes it: no gradient kept, and with loss_chunk no full-size logits either
+        (scoring, e.g. HellaSwag, without the B*T x vocab buffer)."""
+        with torch.no_grad():
+            self.forward(idx, targets)
+        B, T = idx.shape
+        return self._acts.views["losses"][0].view(B, T).clone()
 
     def _chunked_loss(self, a, N: int, dloss: float, with_grad: bool) -> None:
         """Output layer, loss and (with_grad) the output layer's backward, loss_chunk positions at a time: the

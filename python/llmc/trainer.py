@@ -427,8 +427,11 @@ class Trainer:
             torch.set_num_threads(1)
         if device.type == "cpu":
             # torch starts with MKL's dynamic threading on, which may change a matrix product's thread count (and
-            # its last bits) from call to call; set_num_threads turns it off. A resume keeps the saved count.
-            threads = int(state.get("cpu_threads", torch.get_num_threads())) if state else torch.get_num_threads()
+            # its last bits) from call to call; set_num_threads turns it off. A resume keeps the count of the run it
+            # continues (saved by a CPU run), unless OMP_NUM_THREADS says otherwise.
+            threads = torch.get_num_threads()
+            if state and state.get("cpu_threads") and "OMP_NUM_THREADS" not in os.environ:
+                threads = int(state["cpu_threads"])
             torch.set_num_threads(threads)
             if threads > 1:
                 print0(f"note: {threads} CPU threads; a run repeats bit for bit with the same thread count on the same "
@@ -497,7 +500,7 @@ class Trainer:
                         "step": step, "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
                         "loss_detector": loss_detector.state_dict(), "norm_detector": norm_detector.state_dict(),
                         "rng": rng_state(), "train_config": dataclasses.asdict(c), "world_size": self.world_size,
-                        "cpu_threads": torch.get_num_threads()})
+                        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None})
                 if last_step:
                     break
 
@@ -512,7 +515,13 @@ class Trainer:
                     loss_t = micro / grad_accum if loss_t is None else loss_t + micro / grad_accum
                     if micro_step == grad_accum - 1:
                         sync.start_overlap()  # the last backward sends its gradients as they become final
-                    model.backward()
+                        try:
+                            model.backward()
+                        except BaseException:
+                            sync.abort_overlap()  # no stale hook on the model if it is trained again
+                            raise
+                    else:
+                        model.backward()
                 sync.reduce_gradients()
                 loss_t = sync.mean_over_ranks(loss_t)
                 norm_sq = sync.grad_norm_squared()
