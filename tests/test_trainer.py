@@ -144,6 +144,8 @@ def test_loss_chunk_trains_like_the_whole_batch(shards, tmp_path, device):
     assert_close(torch.tensor(losses(chunked)), torch.tensor(losses(whole)), dtype, "losses with loss_chunk")
     with pytest.raises(ValueError, match="loss_chunk"):
         Trainer(tiny_config(), tiny_run(shards, tmp_path, loss_chunk=-1))
+    with pytest.raises(ValueError, match=r"GPT\(\.\.\., loss_chunk=24\)"):
+        Trainer(GPT(tiny_config(), device="cpu"), tiny_run(shards, tmp_path / "x", loss_chunk=24)).fit()
 
 
 def test_cpu_gradient_norm_has_the_same_bits_on_any_thread_count():

@@ -334,6 +334,10 @@ class Trainer:
 
         if isinstance(self.model_source, GPT):
             model = self.model_source
+            if self.config.loss_chunk and model.loss_chunk != self.config.loss_chunk:
+                raise ValueError(f"loss_chunk={self.config.loss_chunk} is a property of the model: the GPT passed to "
+                                 f"the Trainer has loss_chunk={model.loss_chunk}; build it with "
+                                 f"GPT(..., loss_chunk={self.config.loss_chunk})")
         else:
             model = GPT(model_config, device=device, recompute=self.config.recompute, seed=self.config.seed,
                         loss_chunk=self.config.loss_chunk or None)
