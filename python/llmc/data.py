@@ -197,9 +197,9 @@ class DataLoader:
 
     # -- checkpointing ----------------------------------------------------------------------------------
     def _identity(self) -> dict:
-        return {"files": [f.name for f in self.files], "shard_tokens": list(self.shard_tokens), "B": self.B, "accum": self.accum,
-                "T": self.T, "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
-                "seed": self.seed}
+        return {"files": [f.name for f in self.files], "shard_tokens": list(self.shard_tokens), "B": self.B,
+                "accum": self.accum, "T": self.T, "rank": self.rank, "world_size": self.world_size,
+                "shuffle": self.shuffle, "seed": self.seed}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this loader is (plain Python values)."""

@@ -203,6 +203,8 @@ class GradientSync:
         self.per_rank = n // (self.world_size * SHARD_ALIGN) * SHARD_ALIGN
         self.prefix = self.per_rank * self.world_size  # reduce-scattered / all-gathered; [prefix, n) is the tail
         model.grad_ready_hook = None  # a hook left by an earlier GradientSync of this model does not apply
+        self._kinds = self._kind_ranges()  # [start, end) of each tensor kind in the flat buffer
+        self._per_layer = sum(self._kinds[k][1] - self._kinds[k][0] for k in LAYER_KINDS) // model.config.n_layer
         self._works: Optional[list] = None  # collectives in flight since start_overlap()
         self._bucket: list[tuple[int, int]] = []  # ranges of final gradients not sent yet
         self._bucket_layers = 0
@@ -239,16 +241,14 @@ class GradientSync:
 
     def _grads_ready(self, layer: int) -> None:
         """model.grad_ready_hook: collect final ranges into a bucket, send it when it is big enough."""
-        kinds = self._kind_ranges()
-        L = self.model.config.n_layer
+        kinds, L = self._kinds, self.model.config.n_layer
         if layer == L:  # lnf: rides with the first bucket of layers
             self._bucket.append(kinds["lnfw"])
             self._bucket.append(kinds["lnfb"])
             return
         if layer >= 0:
             self._bucket_layers += 1
-            per_layer = sum(kinds[name][1] - kinds[name][0] for name in LAYER_KINDS) // L
-            if self._bucket_layers * per_layer < BUCKET_ELEMENTS and layer > 0:
+            if self._bucket_layers * self._per_layer < BUCKET_ELEMENTS and layer > 0:
                 return
             lo, hi = layer, layer + self._bucket_layers  # layers [lo, hi)
             for name in LAYER_KINDS:

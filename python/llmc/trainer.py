@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ._validate import check_int
+
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.5, "H100 80GB HBM3": 989.5, "H200": 989.5, "GH200": 989.5,
                     "H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0}
@@ -269,8 +271,7 @@ class Trainer:
                              f"(all-reduce) or -z 1 (sharded optimizer state, the default)")
         if isinstance(c.dist_timeout, bool) or not isinstance(c.dist_timeout, (int, float)) or not c.dist_timeout > 0:
             raise ValueError(f"dist_timeout must be a number of seconds > 0, got {c.dist_timeout!r}")
-        if isinstance(c.loss_chunk, bool) or not isinstance(c.loss_chunk, int) or c.loss_chunk < 0:
-            raise ValueError(f"loss_chunk must be an int >= 0 (0: the whole batch at once), got {c.loss_chunk!r}")
+        check_int(c.loss_chunk, "loss_chunk (0: the whole batch at once)", 0)
         if c.skip_update_lossz < 0 or c.skip_update_gradz < 0:
             raise ValueError("skip_update_lossz and skip_update_gradz are z-score thresholds >= 0 (0: off)")
         if c.device not in ("auto", "cuda", "cpu"):
@@ -519,13 +520,11 @@ class Trainer:
                     loss_t = micro / grad_accum if loss_t is None else loss_t + micro / grad_accum
                     if micro_step == grad_accum - 1:
                         sync.start_overlap()  # the last backward sends its gradients as they become final
-                        try:
-                            model.backward()
-                        except BaseException:
-                            sync.abort_overlap()  # no stale hook on the model if it is trained again
-                            raise
-                    else:
+                    try:
                         model.backward()
+                    except BaseException:
+                        sync.abort_overlap()  # no stale hook on the model if it is trained again
+                        raise
                 sync.reduce_gradients()
                 loss_t = sync.mean_over_ranks(loss_t)
                 norm_sq = sync.grad_norm_squared()
