@@ -70,8 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=30, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=8, help="steps before the timed ones")
     p.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0)
-    p.add_argument("--loss-chunk", type=int, default=0,
-                   help="llmc: positions per chunk of the output layer and loss (TrainConfig.loss_chunk; 0: all)")
+    p.add_argument("--loss-chunk", type=int, default=None,
+                   help="llmc: positions per chunk of the output layer and loss (TrainConfig.loss_chunk; 0: all; "
+                        "default: the Trainer's, 8192)")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                    help="cpu: smoke-test the harness (gloo, reference ops); its figures mean nothing")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one run (all its processes) may take")
@@ -282,7 +283,8 @@ def launch(run: Run, shard: str, args) -> dict:
     cmd = launcher + [script, "--one", f"{run.model}:{run.micro_batch}:{run.provider}:{shard}",
                       "--total-batch", str(run.total_batch), "--zero", str(run.zero), "--seq-len", str(args.seq_len),
                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--recompute", str(args.recompute),
-                      "--loss-chunk", str(args.loss_chunk), "--device", args.device]
+                      "--device", args.device] + \
+        ([] if args.loss_chunk is None else ["--loss-chunk", str(args.loss_chunk)])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(script), start_new_session=True)
     try:

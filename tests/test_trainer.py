@@ -16,7 +16,8 @@ import torch
 from llmc.checkpoint import KILL_HOOK_ENV, CheckpointManager, write_model_file
 from llmc.model import GPT
 from llmc.ops import global_norm_squared
-from llmc.trainer import OUTLIER_WINDOW, OutlierDetector, TrainConfig, Trainer, learning_rate, parse_model_spec
+from llmc.trainer import (DEFAULT_LOSS_CHUNK, OUTLIER_WINDOW, OutlierDetector, TrainConfig, Trainer, learning_rate,
+                          parse_model_spec)
 from conftest import assert_close, requires_cuda
 from train_helpers import read_metrics, tiny_config, write_tiny_shards
 
@@ -138,7 +139,7 @@ def test_loss_chunk_trains_like_the_whole_batch(shards, tmp_path, device):
                           **extra)
         return Trainer(config_for(device), config).fit()
 
-    whole, chunked = run("whole"), run("chunked", loss_chunk=24)  # 64 positions per micro-batch: 3 chunks
+    whole, chunked = run("whole", loss_chunk=0), run("chunked", loss_chunk=24)  # 64 positions per micro-batch: 3 chunks
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     # fp32: only the output layer's wte gradient is summed in another order; bf16: also rounded per chunk
     assert_close(torch.tensor(losses(chunked)), torch.tensor(losses(whole)), dtype, "losses with loss_chunk")
@@ -146,6 +147,13 @@ def test_loss_chunk_trains_like_the_whole_batch(shards, tmp_path, device):
         Trainer(tiny_config(), tiny_run(shards, tmp_path, loss_chunk=-1))
     with pytest.raises(ValueError, match=r"GPT\(\.\.\., loss_chunk=24\)"):
         Trainer(GPT(tiny_config(), device="cpu"), tiny_run(shards, tmp_path / "x", loss_chunk=24)).fit()
+    # loss_chunk=None (the default): a model the Trainer builds gets DEFAULT_LOSS_CHUNK, a given GPT keeps its own
+    for source, expected in ((tiny_config(), DEFAULT_LOSS_CHUNK), (GPT(tiny_config(), device="cpu", loss_chunk=16), 16),
+                             (GPT(tiny_config(), device="cpu"), None)):
+        trainer = Trainer(source, tiny_run(shards, tmp_path / f"d{expected}", num_iterations=1, checkpoint_every=0,
+                                           val_every=0, device="cpu"))
+        trainer.fit()
+        assert trainer.model.loss_chunk == expected
 
 
 def test_cpu_gradient_norm_has_the_same_bits_on_any_thread_count():

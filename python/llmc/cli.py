@@ -71,7 +71,7 @@ TRAIN_OPTIONS = [
     (None, "--dist-timeout", "dist_timeout", float, "seconds a collective may wait for the other ranks before the "
                                                     "job fails (default 600)"),
     (None, "--loss-chunk", "loss_chunk", int, "positions per chunk of the output layer and loss: the logits buffer "
-                                              "holds that many rows instead of B*T (default 0: all at once)"),
+                                              "holds that many rows instead of B*T (default 8192; 0: all at once)"),
 ]
 
 

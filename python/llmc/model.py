@@ -239,7 +239,8 @@ class GPT:
         gradients enabled already adds the output layer's share to grads["wte"] (and needs backward() next, as
         always); under torch.no_grad() it only computes the loss. On a GPU the chunks' wte gradients are summed
         in bf16 (one rounding per chunk, as per micro-step of accumulation), so use chunks of thousands of
-        positions (e.g. 8192), not tens. None: the whole batch at once."""
+        positions (e.g. 8192), not tens. Rounded up to a multiple of 8 positions (each chunk's targets and
+        losses must start 16-byte aligned). None: the whole batch at once."""
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         if isinstance(recompute, bool) or recompute not in (0, 1, 2):
@@ -251,6 +252,7 @@ class GPT:
         self.config = config
         self.recompute = recompute
         self.loss_chunk = loss_chunk
+        self._chunk_rows = None if loss_chunk is None else -(-loss_chunk // 8) * 8
         self.deterministic = bool(deterministic)
         self.device = _resolve_device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -353,7 +355,7 @@ class GPT:
             ("fch", L, (N, 4 * C), x), ("fch_gelu", L if r < 1 else 1, (N, 4 * C), x),
             ("residual3", L, (N, C), x), ("proj", 1, (N, C), x),
             ("lnf", 1, (N, C), x), ("lnf_mean", 1, (N,), f), ("lnf_rstd", 1, (N,), f),
-            ("losses", 1, (N,), f), ("logits", 1, (min(N, self.loss_chunk or N), c.padded_vocab_size), x),
+            ("losses", 1, (N,), f), ("logits", 1, (min(N, self._chunk_rows or N), c.padded_vocab_size), x),
         ]
 
     def _grad_scratch_specs(self, B: int, T: int):
