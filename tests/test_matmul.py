@@ -112,6 +112,43 @@ def test_matmul_backward_is_deterministic(device, dtype):
     assert_close(results[0][2], expected_dbias, dtype, "dbias over 4096 rows")
 
 
+@requires_cuda
+@pytest.mark.parametrize("N,K,M", [(65536, 768, 2304), (8192, 1600, 6400), (1023, 3072, 768), (5, 40, 24)])
+def test_matmul_bias_grad_epilogue_and_kernels_agree(monkeypatch, N, K, M):
+    """dbias from the dweight GEMM's BGRADB epilogue (the default where cuBLASLt has it) and from the separate
+    reduction kernels (LLMC_MATMUL_BGRAD=kernel): both match the fp32 sum after two accumulating calls, and the
+    other gradients are bit-identical between the two paths."""
+    dtype, device = torch.bfloat16, "cuda"
+    x, w, _ = _layer(N, K, M, False, dtype, device)
+    douts = [randn((N, M), dtype, device) for _ in range(2)]
+    start_dweight, start_dbias = randn((M, K), dtype, device, std=0.1), randn((M,), dtype, device, std=0.1)
+    expected = start_dbias.float().cpu() + sum(d.float().cpu().sum(0) for d in douts)
+    results = {}
+    for path in ("epilogue", "kernel"):
+        if path == "kernel":
+            monkeypatch.setenv("LLMC_MATMUL_BGRAD", "kernel")
+        else:
+            monkeypatch.delenv("LLMC_MATMUL_BGRAD", raising=False)
+        dweight, dbias = start_dweight.clone(), start_dbias.clone()
+        for dout in douts:
+            dinp = ops.matmul_backward(dout, x, w, dweight, dbias)
+        assert_close(dbias, expected, dtype, f"dbias by the {path} path")
+        results[path] = (dinp, dweight)
+    for name, a, b in zip(("dinp", "dweight"), results["epilogue"], results["kernel"]):
+        assert torch.equal(a, b), f"{name} differs between the epilogue and kernel bias-gradient paths"
+    if torch.cuda.get_device_capability() >= (9, 0) and N >= 1024:
+        # the fast path must be the one the other tests exercise on an H100 at GPT-2's shapes
+        monkeypatch.delenv("LLMC_MATMUL_BGRAD", raising=False)
+        assert ops.matmul_bias_grad_path(N, K, M) == "epilogue"
+
+
+def test_matmul_bias_grad_path_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="multiples of 8"):
+        ops.matmul_bias_grad_path(16, 12, 8)
+    with pytest.raises(ValueError, match="N"):
+        ops.matmul_bias_grad_path(0, 8, 8)
+
+
 @pytest.mark.parametrize("device,dtype", devices_and_dtypes())
 def test_matmul_leading_dims_and_empty_rows(device, dtype):
     x, w, b = _layer(6, 16, 24, True, dtype, device)

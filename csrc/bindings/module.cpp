@@ -72,6 +72,8 @@ PYBIND11_MODULE(_llmc, m) {
                     ptr<const floatX>(inp), ptr<const floatX>(weight), ptr<const floatX>(pre_gelu), N, K, M,
                     as_stream(s));
   }, "dinp = (dout @ weight) [* gelu'(pre_gelu)]; dweight += dout^T @ inp; dbias += colsum(dout); bf16");
+  m.def("matmul_backward_fuses_bias_grad", &matmul_backward_fuses_bias_grad,
+        "whether matmul_backward's dbias comes from the dweight GEMM's epilogue at this (N, K, M)");
 
   // ---- attention (attention_cudnn.cpp, attention.cu) ----
   m.attr("ATTENTION_MAX_HEAD_SIZE") = kAttentionMaxHeadSize;

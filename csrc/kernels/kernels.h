@@ -49,6 +49,9 @@ void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floa
 void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp,
                      const floatX* weight, const floatX* pre_gelu, int64_t N, int64_t K, int64_t M,
                      cudaStream_t stream);
+// Whether matmul_backward takes dbias from the dweight GEMM's epilogue at this shape (with 256-byte aligned
+// pointers and LLMC_MATMUL_BGRAD unset) rather than from its separate reduction kernels.
+bool matmul_backward_fuses_bias_grad(int64_t N, int64_t K, int64_t M);
 
 // ---- attention (attention_cudnn.cpp, attention.cu) ----
 // Causal self-attention, scale 1/sqrt(HS). qkv and dqkv (B, T, 3, NH, HS); out and dout (B, T, NH, HS);

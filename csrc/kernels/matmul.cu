@@ -3,8 +3,11 @@
 // when asked, pre_gelu (N,M) receives pre (the input of the GELU, kept for backward). Backward reads dout (N,M),
 // inp, weight and optionally pre_gelu (N,K): dinp (N,K) is overwritten, with gelu'(pre_gelu) applied in the
 // epilogue when pre_gelu is given (dinp may then be pre_gelu itself); dweight and dbias are accumulated (+=).
-// bf16 operands, fp32 accumulation. dbias is reduced by the kernels below in an order fixed by (N, M) alone, and
-// split-K "in place" reductions are excluded, so a backward gives the same bits every run.
+// bf16 operands, fp32 accumulation. The bias gradient comes from the dweight GEMM's BGRADB epilogue (cuBLASLt sums
+// dout's rows, the GEMM's k, as it streams them for dweight; no separate pass over dout): it writes a bf16 vector
+// into a scratch that a small kernel adds to dbias. LLMC_MATMUL_BGRAD=kernel (read at each call), or a shape
+// cuBLASLt has no such algorithm for, takes the kernels below instead: a two-pass fp32 reduction in an order fixed
+// by (N, M). Split-K "in place" reductions are excluded, so either way a backward gives the same bits every run.
 //
 // Layout. torch tensors are row-major, cuBLASLt is column-major. A row-major R x C matrix is, in the same memory
 // with the same leading dimension C, the column-major C x R matrix: its transpose. So every product is computed
@@ -23,6 +26,7 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -81,12 +85,14 @@ __global__ void bias_grad_partial_kernel(float* partials, const floatX* dout, in
   }
 }
 
-// dbias[c] += partials[0][c] + partials[1][c] + ... in row order.
-__global__ void bias_grad_accumulate_kernel(floatX* dbias, const float* partials, int rows, int M) {
+// dbias[c] += partials[0][c] + partials[1][c] + ... in row order, in fp32 (partials: fp32 row sums of the kernel
+// above, or the one bf16 row of the GEMM epilogue).
+template <class Partial>
+__global__ void bias_grad_accumulate_kernel(floatX* dbias, const Partial* partials, int rows, int M) {
   const int col = blockIdx.x * blockDim.x + threadIdx.x;
   if (col >= M) return;
   float s = 0.0f;
-  for (int r = 0; r < rows; r++) s += partials[(int64_t)r * M + col];
+  for (int r = 0; r < rows; r++) s += (float)partials[(int64_t)r * M + col];
   dbias[col] = (floatX)((float)dbias[col] + s);
 }
 
@@ -94,6 +100,9 @@ __global__ void bias_grad_accumulate_kernel(floatX* dbias, const float* partials
 // cuBLASLt state: per device a handle, a workspace and the plan cache
 // ---------------------------------------------------------------------------------------------------------
 constexpr size_t kWorkspaceBytes = 32u << 20;  // plenty for Hopper's split-K / stream-K partials
+// After cuBLASLt's workspace, in the same allocation: the bf16 bias gradient the BGRADB epilogue writes (the GEMM
+// may use its whole workspace while it writes this). Wider layers take the separate kernels.
+constexpr int64_t kBgradScratchElems = 128 * 1024;
 
 template <class Handle, cublasStatus_t (*destroy)(Handle)>
 struct LtDestroy {
@@ -114,7 +123,7 @@ struct Gemm {
   floatX* d;
   bool accumulate;              // beta = 1 (D += ...), else beta = 0
   cublasLtEpilogue_t epilogue;
-  const void* bias;             // when the epilogue adds a bias
+  const void* bias;             // when the epilogue adds a bias, or where BGRADB writes the bias gradient
   const void* aux;              // pre_gelu: written by GELU_AUX*, read by DGELU
 };
 
@@ -143,7 +152,7 @@ struct Plan {
 struct DeviceState {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
-  std::map<PlanKey, Plan> plans;
+  std::map<PlanKey, std::unique_ptr<Plan>> plans;  // nullptr: no algorithm for that key
 };
 
 template <class T>
@@ -162,14 +171,17 @@ OwnedLayout bf16_layout(int64_t rows, int64_t cols, int64_t ld) {
 }
 
 bool epilogue_has_bias(cublasLtEpilogue_t e) {
-  return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+  return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS ||
+         e == CUBLASLT_EPILOGUE_BGRADB;
 }
 bool epilogue_has_aux(cublasLtEpilogue_t e) {
   return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU;
 }
 
-Plan make_plan(cublasLtHandle_t handle, const Gemm& g) {
-  Plan plan;
+// The plan, or nullptr when cuBLASLt has no algorithm for it.
+std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const Gemm& g) {
+  auto owned = std::make_unique<Plan>();
+  Plan& plan = *owned;
   cublasLtMatmulDesc_t op;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   plan.op.reset(op);
@@ -207,13 +219,9 @@ Plan make_plan(cublasLtHandle_t handle, const Gemm& g) {
   int found = 0;
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, op, plan.a.get(), plan.b.get(), plan.d.get(),
                                                                plan.d.get(), raw_pref, 1, &result, &found);
-  if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
-    throw std::runtime_error(std::string("cuBLASLt found no algorithm (") + cublasLtGetStatusName(status) +
-                             ") for m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" +
-                             std::to_string(g.k) + " epilogue=" + std::to_string((int)g.epilogue));
-  }
+  if (status != CUBLAS_STATUS_SUCCESS || found == 0) return nullptr;
   plan.algo = result.algo;
-  return plan;
+  return owned;
 }
 
 std::mutex state_mutex;
@@ -226,7 +234,7 @@ DeviceState& device_state() {
   DeviceState& s = (*states)[dev];
   if (s.handle == nullptr) {
     void* workspace = nullptr;
-    CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
+    CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes + kBgradScratchElems * sizeof(floatX)));
     cublasLtHandle_t handle = nullptr;
     const cublasStatus_t status = cublasLtCreate(&handle);
     if (status != CUBLAS_STATUS_SUCCESS) cudaFree(workspace);
@@ -237,11 +245,21 @@ DeviceState& device_state() {
   return s;
 }
 
-void run_gemm(DeviceState& s, const Gemm& g, cudaStream_t stream) {
+const Plan* find_plan(DeviceState& s, const Gemm& g) {
   const PlanKey key = plan_key(g);
   auto it = s.plans.find(key);
   if (it == s.plans.end()) it = s.plans.emplace(key, make_plan(s.handle, g)).first;
-  const Plan& plan = it->second;
+  return it->second.get();
+}
+
+void run_gemm(DeviceState& s, const Gemm& g, cudaStream_t stream, const Plan* found = nullptr) {
+  const Plan* maybe = found ? found : find_plan(s, g);
+  if (maybe == nullptr) {
+    throw std::runtime_error("cuBLASLt found no algorithm for m=" + std::to_string(g.m) + " n=" +
+                             std::to_string(g.n) + " k=" + std::to_string(g.k) + " epilogue=" +
+                             std::to_string((int)g.epilogue));
+  }
+  const Plan& plan = *maybe;
   // The plan's descriptor is reused: only the pointers change between calls (read when the call is enqueued).
   if (epilogue_has_bias(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
   if (epilogue_has_aux(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
@@ -251,7 +269,7 @@ void run_gemm(DeviceState& s, const Gemm& g, cudaStream_t stream) {
 }
 
 void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
-                          cudaStream_t stream) {
+                          cudaStream_t stream) {  // the two-kernel path
   const int col_blocks = (int)ceil_div<int64_t>(M, kBiasBlockCols);
   int64_t row_blocks = ceil_div<int64_t>(N, (int64_t)kBiasBlockRows * kBiasMinRowsPerThread);
   row_blocks = std::min<int64_t>(row_blocks, std::max(1, kBiasTargetBlocks / col_blocks));
@@ -261,9 +279,33 @@ void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t 
       scratch, dout, N, (int)M);
   CUDA_CHECK(cudaGetLastError());
   const int block = 256;
-  bias_grad_accumulate_kernel<<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, scratch,
-                                                                                      (int)row_blocks, (int)M);
+  bias_grad_accumulate_kernel<float><<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, scratch,
+                                                                                             (int)row_blocks, (int)M);
   CUDA_CHECK(cudaGetLastError());
+}
+
+// LLMC_MATMUL_BGRAD=kernel: the bias gradient by the separate kernels even where the epilogue could do it.
+bool bias_grad_kernels_requested() {
+  const char* v = std::getenv("LLMC_MATMUL_BGRAD");
+  return v != nullptr && std::string(v) == "kernel";
+}
+
+// dweight^T (K,M) += inp^T (K,N) . dout (N,M), as the top of the file lays it out.
+Gemm dweight_gemm(floatX* dweight, const floatX* dout, const floatX* inp, int64_t N, int64_t K, int64_t M) {
+  return Gemm{K, M, N, /*trans_a=*/false, /*trans_b=*/true, inp, dout, dweight, /*accumulate=*/true,
+              CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr};
+}
+
+floatX* bias_grad_scratch(DeviceState& s) {
+  return reinterpret_cast<floatX*>(static_cast<char*>(s.workspace) + kWorkspaceBytes);
+}
+
+// The plan of `dw` with the BGRADB epilogue writing into `bgrad`, or nullptr where the kernels must do it.
+const Plan* fused_bias_grad_plan(DeviceState& s, Gemm dw, floatX* bgrad) {
+  if (dw.n > kBgradScratchElems || bias_grad_kernels_requested()) return nullptr;
+  dw.epilogue = CUBLASLT_EPILOGUE_BGRADB;
+  dw.bias = bgrad;
+  return find_plan(s, dw);
 }
 
 void require_gemm_dims(int64_t N, int64_t K, int64_t M, const char* who) {
@@ -304,11 +346,32 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
   if (N == 0) return;
   std::lock_guard<std::mutex> lock(state_mutex);
   DeviceState& s = device_state();
-  if (dbias) bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), stream);
-  run_gemm(s, Gemm{K, M, N, /*trans_a=*/false, /*trans_b=*/true, inp, dout, dweight, /*accumulate=*/true,
-                   CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr},
-           stream);
+  Gemm dw = dweight_gemm(dweight, dout, inp, N, K, M);
+  floatX* bgrad = bias_grad_scratch(s);
+  const Plan* fused = dbias ? fused_bias_grad_plan(s, dw, bgrad) : nullptr;
+  if (fused) {
+    dw.epilogue = CUBLASLT_EPILOGUE_BGRADB;
+    dw.bias = bgrad;
+  }
+  if (dbias && !fused) bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), stream);
+  run_gemm(s, dw, stream, fused);
+  if (fused) {
+    const int block = 256;
+    bias_grad_accumulate_kernel<floatX><<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, bgrad, 1,
+                                                                                              (int)M);
+    CUDA_CHECK(cudaGetLastError());
+  }
   run_gemm(s, Gemm{K, N, M, /*trans_a=*/false, /*trans_b=*/false, weight, dout, dinp, /*accumulate=*/false,
                    pre_gelu ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, nullptr, pre_gelu},
            stream);
+}
+
+bool matmul_backward_fuses_bias_grad(int64_t N, int64_t K, int64_t M) {
+  require_gemm_dims(N, K, M, "matmul_backward_fuses_bias_grad");
+  std::lock_guard<std::mutex> lock(state_mutex);
+  DeviceState& s = device_state();
+  // Plans depend on pointers only through their alignment: stand-ins aligned like fresh allocations.
+  const auto* aligned = reinterpret_cast<floatX*>(static_cast<char*>(s.workspace));
+  return fused_bias_grad_plan(s, dweight_gemm(const_cast<floatX*>(aligned), aligned, aligned, N, K, M),
+                              bias_grad_scratch(s)) != nullptr;
 }
