@@ -74,6 +74,11 @@ PYBIND11_MODULE(_llmc, m) {
   }, "dinp = (dout @ weight) [* gelu'(pre_gelu)]; dweight += dout^T @ inp; dbias += colsum(dout); bf16");
   m.def("matmul_backward_fuses_bias_grad", &matmul_backward_fuses_bias_grad,
         "whether matmul_backward's dbias comes from the dweight GEMM's epilogue at this (N, K, M)");
+  m.def("matmul_probe", [](int which, int rank, uintptr_t d, uintptr_t x, uintptr_t w, uintptr_t bias,
+                           uintptr_t aux, int64_t N, int64_t K, int64_t M, int reps, uintptr_t s) {
+    return matmul_probe(which, rank, ptr<floatX>(d), ptr<const floatX>(x), ptr<const floatX>(w), ptr<floatX>(bias),
+                        ptr<floatX>(aux), N, K, M, reps, as_stream(s));
+  }, "benchmarks: (algorithms offered, ms, config) of the rank-th heuristic algorithm for one matmul GEMM");
 
   // ---- attention (attention_cudnn.cpp, attention.cu) ----
   m.attr("ATTENTION_MAX_HEAD_SIZE") = kAttentionMaxHeadSize;

@@ -4,6 +4,8 @@
 // overwritten unless a launcher says otherwise.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <tuple>
 #include <vector>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -52,6 +54,15 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
 // Whether matmul_backward takes dbias from the dweight GEMM's epilogue at this shape (with 256-byte aligned
 // pointers and LLMC_MATMUL_BGRAD unset) rather than from its separate reduction kernels.
 bool matmul_backward_fuses_bias_grad(int64_t N, int64_t K, int64_t M);
+// Benchmarks only (benchmarks/probe_gemm_algos.py): run one of the GEMMs above with the `rank`-th algorithm the
+// heuristic offers (0: the one matmul_* use). which: 0 forward (+bias when not null), 1 forward GELU_AUX_BIAS,
+// 2 dinp, 3 dinp with DGELU, 4 dweight (+=), 5 dweight with the BGRADB epilogue into bias. Forward: x (N,K) inp,
+// w (M,K), d (N,M); dinp: x (N,M) dout, w (M,K), d (N,K); dweight: x (N,K) inp, w (N,M) dout, d (M,K). reps > 0:
+// 3 warm-up runs, then the mean ms of `reps` (events on stream); reps <= 0: one run, no timing. Returns (how many
+// algorithms the heuristic offers, ms, the algorithm's configuration) with ms = 0 and "" when rank >= offered.
+std::tuple<int, double, std::string> matmul_probe(int which, int rank, floatX* d, const floatX* x, const floatX* w,
+                                                  floatX* bias, floatX* aux, int64_t N, int64_t K, int64_t M,
+                                                  int reps, cudaStream_t stream);
 
 // ---- attention (attention_cudnn.cpp, attention.cu) ----
 // Causal self-attention, scale 1/sqrt(HS). qkv and dqkv (B, T, 3, NH, HS); out and dout (B, T, NH, HS);

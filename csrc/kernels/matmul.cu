@@ -32,6 +32,7 @@
 #include <mutex>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -178,8 +179,10 @@ bool epilogue_has_aux(cublasLtEpilogue_t e) {
   return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU;
 }
 
-// The plan, or nullptr when cuBLASLt has no algorithm for it.
-std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const Gemm& g) {
+// The plan with the heuristic's `rank`-th algorithm (0: its first choice), or nullptr when it offers fewer. With
+// `offered`, also how many it offers when asked for up to `ask` (rank < ask).
+std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const Gemm& g, int rank = 0, int ask = 1,
+                                int* offered = nullptr, cublasLtMatmulHeuristicResult_t* chosen = nullptr) {
   auto owned = std::make_unique<Plan>();
   Plan& plan = *owned;
   cublasLtMatmulDesc_t op;
@@ -215,12 +218,16 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const Gemm& g) {
   set_preference(raw_pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
                  (uint32_t)(CUBLASLT_REDUCTION_SCHEME_MASK & ~CUBLASLT_REDUCTION_SCHEME_INPLACE));
 
-  cublasLtMatmulHeuristicResult_t result;
+  std::vector<cublasLtMatmulHeuristicResult_t> results(std::max(ask, rank + 1));
   int found = 0;
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, op, plan.a.get(), plan.b.get(), plan.d.get(),
-                                                               plan.d.get(), raw_pref, 1, &result, &found);
-  if (status != CUBLAS_STATUS_SUCCESS || found == 0) return nullptr;
-  plan.algo = result.algo;
+                                                               plan.d.get(), raw_pref, (int)results.size(),
+                                                               results.data(), &found);
+  if (status != CUBLAS_STATUS_SUCCESS) found = 0;
+  if (offered) *offered = found;
+  if (found <= rank) return nullptr;
+  plan.algo = results[rank].algo;
+  if (chosen) *chosen = results[rank];
   return owned;
 }
 
@@ -374,4 +381,65 @@ bool matmul_backward_fuses_bias_grad(int64_t N, int64_t K, int64_t M) {
   const auto* aligned = reinterpret_cast<floatX*>(static_cast<char*>(s.workspace));
   return fused_bias_grad_plan(s, dweight_gemm(const_cast<floatX*>(aligned), aligned, aligned, N, K, M),
                               bias_grad_scratch(s)) != nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// benchmarks only: the other algorithms cuBLASLt's heuristic offers for one of the GEMMs above
+// ---------------------------------------------------------------------------------------------------------
+namespace {
+
+std::string describe_algo(const cublasLtMatmulHeuristicResult_t& r) {
+  auto attr = [&](cublasLtMatmulAlgoConfigAttributes_t a) {
+    uint64_t v = 0;  // every attribute read here is an integer of at most 64 bits
+    size_t written = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(&r.algo, a, &v, sizeof(v), &written) != CUBLAS_STATUS_SUCCESS)
+      return std::string("?");
+    return std::to_string(v);
+  };
+  return "algo=" + attr(CUBLASLT_ALGO_CONFIG_ID) + " tile=" + attr(CUBLASLT_ALGO_CONFIG_TILE_ID) +
+         " stages=" + attr(CUBLASLT_ALGO_CONFIG_STAGES_ID) + " splitk=" + attr(CUBLASLT_ALGO_CONFIG_SPLITK_NUM) +
+         " reduction=" + attr(CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME) +
+         " swizzle=" + attr(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING) +
+         " cluster=" + attr(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID) + " waves=" + std::to_string(r.wavesCount);
+}
+
+}  // namespace
+
+std::tuple<int, double, std::string> matmul_probe(int which, int rank, floatX* d, const floatX* x, const floatX* w,
+                                                  floatX* bias, floatX* aux, int64_t N, int64_t K, int64_t M,
+                                                  int reps, cudaStream_t stream) {
+  require_gemm_dims(N, K, M, "matmul_probe");
+  LLMC_REQUIRE(which >= 0 && which <= 5, "matmul_probe: which must be 0..5");
+  const cublasLtEpilogue_t epilogues[6] = {
+      bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+      CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_DGELU, CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_BGRADB};
+  Gemm g = which <= 1   ? Gemm{M, N, K, true, false, w, x, d, false, epilogues[which], bias, aux}
+           : which <= 3 ? Gemm{K, N, M, false, false, w, x, d, false, epilogues[which], nullptr, aux}
+                        : dweight_gemm(d, w, x, N, K, M);
+  g.epilogue = epilogues[which];
+  if (which == 5) g.bias = bias;
+  std::lock_guard<std::mutex> lock(state_mutex);
+  DeviceState& s = device_state();
+  constexpr int kAsk = 32;
+  int offered = 0;
+  cublasLtMatmulHeuristicResult_t chosen{};
+  std::unique_ptr<Plan> plan = make_plan(s.handle, g, rank, std::max(kAsk, rank + 1), &offered, &chosen);
+  if (!plan) return {offered, 0.0, ""};
+  if (reps <= 0) {
+    run_gemm(s, g, stream, plan.get());
+    return {offered, 0.0, describe_algo(chosen)};
+  }
+  for (int i = 0; i < 3; i++) run_gemm(s, g, stream, plan.get());
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  CUDA_CHECK(cudaEventRecord(start, stream));
+  for (int i = 0; i < reps; i++) run_gemm(s, g, stream, plan.get());
+  CUDA_CHECK(cudaEventRecord(stop, stream));
+  CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0.0f;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return {offered, (double)ms / reps, describe_algo(chosen)};
 }
