@@ -5,8 +5,9 @@ For every GEMM of a training step (forward, dinp, dweight of QKV, attention proj
 with the epilogues llmc uses), times each algorithm the heuristic offers (up to 32; mean of --reps runs after 3
 warm-up runs, CUDA events inside the extension, so no host time is counted), then runs the heuristic's choice and the
 fastest once each from the same starting buffers and compares every output bit for bit. Prints a markdown table and
-the ms per step the fastest algorithms would save (times the layer count). Nothing is changed in llmc: this is the
-measurement that decides whether an autotuner is worth having, and whether its choice could change results.
+the ms per step the fastest algorithms would save (times the layer count). It ranks the heuristic's list
+independently of llmc's autotuning (csrc/kernels/matmul.cu), which makes the same measurement once per shape at
+run time; this script shows what is at stake and whether a faster algorithm can change results.
 
     python benchmarks/probe_gemm_algos.py --configs d12:64,d48:8 --markdown results/gemm_algos_h100.md
 """
@@ -20,31 +21,30 @@ from llmc import ops
 from llmc.model import GPTConfig
 from llmc.trainer import DEFAULT_LOSS_CHUNK
 
-FWD, FWD_GELU, DINP, DINP_DGELU, DWEIGHT, DWEIGHT_BGRAD = range(6)
-KIND_NAMES = {FWD: "fwd", FWD_GELU: "fwd gelu_aux_bias", DINP: "dinp", DINP_DGELU: "dinp dgelu",
-              DWEIGHT: "dweight", DWEIGHT_BGRAD: "dweight bgradb"}
+FWD, FWD_GELU, DINP, DINP_DGELU, DWEIGHT = range(5)
+KIND_NAMES = {FWD: "fwd", FWD_GELU: "fwd gelu_aux_bias", DINP: "dinp", DINP_DGELU: "dinp dgelu", DWEIGHT: "dweight"}
 
 
 def layer_gemms(C: int, Vp: int):
     """(name, K, M, has_bias, [kinds]) of one layer's linear maps and the lm_head, as model.py runs them."""
-    return [("qkv", C, 3 * C, True, [FWD, DINP, DWEIGHT_BGRAD, DWEIGHT]),
-            ("attproj", C, C, True, [FWD, DINP, DWEIGHT_BGRAD, DWEIGHT]),
-            ("fc", C, 4 * C, True, [FWD_GELU, DINP, DWEIGHT_BGRAD, DWEIGHT]),
-            ("fcproj", 4 * C, C, True, [FWD, DINP_DGELU, DWEIGHT_BGRAD, DWEIGHT]),
+    return [("qkv", C, 3 * C, True, [FWD, DINP, DWEIGHT]),
+            ("attproj", C, C, True, [FWD, DINP, DWEIGHT]),
+            ("fc", C, 4 * C, True, [FWD_GELU, DINP, DWEIGHT]),
+            ("fcproj", 4 * C, C, True, [FWD, DINP_DGELU, DWEIGHT]),
             ("lm_head", C, Vp, False, [FWD, DINP, DWEIGHT])]
 
 
-def buffers(kind, N, K, M, gen):
+def buffers(kind, N, K, M, gen, has_bias):
     """d, x, w, bias, aux for ops' _llmc.matmul_probe (see kernels.h), random bf16, never zeros."""
     def r(*shape, std=1.0):
         return (torch.randn(*shape, generator=gen, device="cuda") * std).to(torch.bfloat16)
     if kind in (FWD, FWD_GELU):
-        return dict(d=r(N, M), x=r(N, K), w=r(M, K, std=K ** -0.5), bias=r(M, std=0.1),
+        return dict(d=r(N, M), x=r(N, K), w=r(M, K, std=K ** -0.5), bias=r(M, std=0.1) if has_bias else None,
                     aux=r(N, M) if kind == FWD_GELU else None)
     if kind in (DINP, DINP_DGELU):
         return dict(d=r(N, K), x=r(N, M), w=r(M, K, std=K ** -0.5), bias=None,
                     aux=r(N, K) if kind == DINP_DGELU else None)
-    return dict(d=r(M, K, std=0.1), x=r(N, K), w=r(N, M), bias=r(M) if kind == DWEIGHT_BGRAD else None, aux=None)
+    return dict(d=r(M, K, std=0.1), x=r(N, K), w=r(N, M), bias=None, aux=None)
 
 
 def probe(ext, kind, rank, buf, N, K, M, reps):
@@ -71,7 +71,8 @@ def main():
     ext = ops._ext()
     gen = torch.Generator(device="cuda").manual_seed(0)
     lines = [f"cuBLASLt algorithms for GPT-2's GEMMs on {torch.cuda.get_device_name()} (T=1024; ms = mean of "
-             f"{args.reps} runs; 'same bits': the fastest algorithm's outputs equal the heuristic choice's; in brackets how many of all offered do)", "",
+             f"{args.reps} runs; 'same bits': the fastest algorithm's outputs equal the heuristic choice's; in "
+             f"brackets how many of all offered do)", "",
              "| config | gemm | N, K, M | offered | heuristic ms | fastest ms | fastest rank | TFLOP/s (h -> f) "
              "| same bits | fastest config |", "|---|---|---|---:|---:|---:|---:|---|---|---|"]
     for spec in args.configs.split(","):
@@ -85,8 +86,8 @@ def main():
                 rows = min(N, DEFAULT_LOSS_CHUNK)
                 count = N // rows
             for kind in kinds:
-                buf = buffers(kind, rows, K, M, gen)
-                written = ["d"] + (["aux"] if kind == FWD_GELU else []) + (["bias"] if kind == DWEIGHT_BGRAD else [])
+                buf = buffers(kind, rows, K, M, gen, has_bias)
+                written = ["d"] + (["aux"] if kind == FWD_GELU else [])
                 start = {w: buf[w].clone() for w in written}
                 offered, ms0, conf0 = probe(ext, kind, 0, buf, rows, K, M, args.reps)
                 reference = outputs_after_one_run(ext, kind, 0, buf, start, rows, K, M)
@@ -100,11 +101,10 @@ def main():
                         best = (ms, rank, conf, same_bits)
                 same = f"{'-' if best[1] == 0 else ('yes' if best[3] else 'NO')} ({identical}/{offered} same)"
                 flops = 2.0 * rows * K * M
-                if kind != DWEIGHT or not has_bias:  # plain dweight of a biased layer: for comparison only
-                    saved += (ms0 - best[0]) * count
-                lines.append(f"| {model} B={B} | {name} {KIND_NAMES[kind]} | {rows}, {K}, {M} | {offered} | {ms0:.3f} | "
-                             f"{best[0]:.3f} | {best[1]} | {flops / ms0 / 1e9:.0f} -> {flops / best[0] / 1e9:.0f} | "
-                             f"{same} | {best[2]} |")
+                saved += (ms0 - best[0]) * count
+                lines.append(f"| {model} B={B} | {name} {KIND_NAMES[kind]} | {rows}, {K}, {M} | {offered} | "
+                             f"{ms0:.3f} | {best[0]:.3f} | {best[1]} | {flops / ms0 / 1e9:.0f} -> "
+                             f"{flops / best[0] / 1e9:.0f} | {same} | {best[2]} |")
                 print(lines[-1], flush=True)
         lines.append(f"| {model} B={B} | **per step, fastest vs heuristic** | | | | | | saves {saved:.2f} ms | | |")
         print(lines[-1], flush=True)

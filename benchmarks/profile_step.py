@@ -23,16 +23,21 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--loss-chunk", type=int, default=None,
+                   help="GPT loss_chunk (default: the Trainer's, 8192; 0: the whole batch at once)")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
 
+    from llmc import ops
     from llmc.model import GPT, GPTConfig
     from llmc.optim import AdamW, grad_norm_squared
+    from llmc.trainer import DEFAULT_LOSS_CHUNK
 
     torch.set_num_threads(1)  # as the Trainer does on a GPU (see llmc.trainer)
     cfg = GPTConfig.from_preset(args.model)
     B, T = args.batch, args.seq_len
-    model = GPT(cfg, device="cuda")
+    chunk = DEFAULT_LOSS_CHUNK if args.loss_chunk is None else args.loss_chunk
+    model = GPT(cfg, device="cuda", loss_chunk=chunk or None)
     opt = AdamW(model, lr=6e-4, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
 
@@ -64,13 +69,15 @@ def main(argv=None):
     kernels = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
     kernels.sort(key=lambda e: e.device_time_total, reverse=True)
     gpu_ms = sum(e.device_time_total for e in kernels) / 1e3 / args.steps
-    lines = [f"llmc {args.model} B={B} T={T} ({torch.cuda.get_device_name()}): without the profiler {plain_ms:.1f} "
+    lines = [f"llmc {args.model} B={B} T={T} loss_chunk={chunk} ({torch.cuda.get_device_name()}): without the profiler {plain_ms:.1f} "
              f"ms/step, of which the host needs {host_ms:.1f} ms to enqueue it (medians of 10). Profiled: wall "
              f"{wall_ms:.1f} ms/step, GPU kernels {gpu_ms:.1f} ms/step, GPU idle {wall_ms - gpu_ms:.1f} ms/step", "",
              "| kernel | calls/step | ms/step | % of wall |", "|---|---:|---:|---:|"]
     for e in kernels[:args.top]:
         ms = e.device_time_total / 1e3 / args.steps
         lines.append(f"| {e.key[:90]} | {e.count / args.steps:.0f} | {ms:.2f} | {100 * ms / wall_ms:.1f} |")
+    lines += ["", "cuBLASLt plans (ops.matmul_tuning_log(): cuBLASLt's column-major m, n, k; epilogue; the algorithm "
+              "autotuning kept):", ""] + [f"- {line}" for line in ops.matmul_tuning_log()]
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -113,40 +113,39 @@ def test_matmul_backward_is_deterministic(device, dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("N,K,M", [(65536, 768, 2304), (8192, 1600, 6400), (1023, 3072, 768), (5, 40, 24)])
-def test_matmul_bias_grad_epilogue_and_kernels_agree(monkeypatch, N, K, M):
-    """dbias from the dweight GEMM's BGRADB epilogue (the default where cuBLASLt has it) and from the separate
-    reduction kernels (LLMC_MATMUL_BGRAD=kernel): both match the fp32 sum after two accumulating calls, and the
-    other gradients are bit-identical between the two paths."""
+@pytest.mark.parametrize("N,K,M", [(8192, 768, 3072), (8192, 3072, 768), (4096, 1600, 4800), (7, 40, 24)])
+def test_matmul_autotuning_changes_no_bits(monkeypatch, N, K, M):
+    """Every output of forward (GELU epilogue + pre_gelu) and backward (dgelu written over pre_gelu, dweight and
+    dbias +=) is bit-identical with the autotuned algorithms and with the heuristic's first choice."""
     dtype, device = torch.bfloat16, "cuda"
-    x, w, _ = _layer(N, K, M, False, dtype, device)
-    douts = [randn((N, M), dtype, device) for _ in range(2)]
+    x, w, b = _layer(N, K, M, True, dtype, device)
+    dout, pre_in = randn((N, M), dtype, device), randn((N, K), dtype, device, std=2.0)
     start_dweight, start_dbias = randn((M, K), dtype, device, std=0.1), randn((M,), dtype, device, std=0.1)
-    expected = start_dbias.float().cpu() + sum(d.float().cpu().sum(0) for d in douts)
     results = {}
-    for path in ("epilogue", "kernel"):
-        if path == "kernel":
-            monkeypatch.setenv("LLMC_MATMUL_BGRAD", "kernel")
-        else:
-            monkeypatch.delenv("LLMC_MATMUL_BGRAD", raising=False)
-        dweight, dbias = start_dweight.clone(), start_dbias.clone()
-        for dout in douts:
-            dinp = ops.matmul_backward(dout, x, w, dweight, dbias)
-        assert_close(dbias, expected, dtype, f"dbias by the {path} path")
-        results[path] = (dinp, dweight)
-    for name, a, b in zip(("dinp", "dweight"), results["epilogue"], results["kernel"]):
-        assert torch.equal(a, b), f"{name} differs between the epilogue and kernel bias-gradient paths"
-    if torch.cuda.get_device_capability() >= (9, 0) and N >= 1024:
-        # the fast path must be the one the other tests exercise on an H100 at GPT-2's shapes
-        monkeypatch.delenv("LLMC_MATMUL_BGRAD", raising=False)
-        assert ops.matmul_bias_grad_path(N, K, M) == "epilogue"
+    for tune in ("1", "0"):
+        monkeypatch.setenv("LLMC_GEMM_AUTOTUNE", tune)
+        pre = torch.empty((N, M), dtype=dtype, device=device)
+        out = ops.matmul_forward(x, w, b, gelu=True, pre_gelu=pre)
+        inp = F.gelu(pre_in.float(), approximate="tanh").to(dtype)
+        dweight, dbias, in_place = start_dweight.clone(), start_dbias.clone(), pre_in.clone()
+        ops.matmul_backward(dout, inp, w, dweight, dbias, dinp=in_place, pre_gelu=in_place)  # over pre_gelu
+        dinp = ops.matmul_backward(dout, inp, w, dweight, dbias, pre_gelu=pre_in)  # dweight, dbias: +=
+        results[tune] = (out, pre, in_place, dinp, dweight, dbias)
+    names = ("out", "pre_gelu", "dinp over pre_gelu", "dinp", "dweight", "dbias")
+    for name, tuned, first in zip(names, results["1"], results["0"]):
+        assert torch.equal(tuned, first), f"{name} differs between autotuned and first-choice algorithms"
+    log = ops.matmul_tuning_log()
+    assert any(line.startswith(f"m={M} n={N} k={K}") for line in log), "the forward GEMM's plan is not in the log"
 
 
-def test_matmul_bias_grad_path_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="multiples of 8"):
-        ops.matmul_bias_grad_path(16, 12, 8)
-    with pytest.raises(ValueError, match="N"):
-        ops.matmul_bias_grad_path(0, 8, 8)
+def test_matmul_tuning_log_is_a_list_of_lines_on_a_gpu_build():
+    if not ops.build_info()["has_cuda"]:
+        pytest.skip("llmc was built without CUDA")
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception):  # no device to hold a cuBLASLt handle: the extension says so
+            ops.matmul_tuning_log()
+    else:
+        assert all(isinstance(line, str) for line in ops.matmul_tuning_log())
 
 
 @pytest.mark.parametrize("device,dtype", devices_and_dtypes())

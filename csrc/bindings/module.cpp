@@ -72,8 +72,8 @@ PYBIND11_MODULE(_llmc, m) {
                     ptr<const floatX>(inp), ptr<const floatX>(weight), ptr<const floatX>(pre_gelu), N, K, M,
                     as_stream(s));
   }, "dinp = (dout @ weight) [* gelu'(pre_gelu)]; dweight += dout^T @ inp; dbias += colsum(dout); bf16");
-  m.def("matmul_backward_fuses_bias_grad", &matmul_backward_fuses_bias_grad,
-        "whether matmul_backward's dbias comes from the dweight GEMM's epilogue at this (N, K, M)");
+  m.def("matmul_tuning_log", &matmul_tuning_log,
+        "one line per cuBLASLt plan made on the current device: shape and the algorithm autotuning chose");
   m.def("matmul_probe", [](int which, int rank, uintptr_t d, uintptr_t x, uintptr_t w, uintptr_t bias,
                            uintptr_t aux, int64_t N, int64_t K, int64_t M, int reps, uintptr_t s) {
     return matmul_probe(which, rank, ptr<floatX>(d), ptr<const floatX>(x), ptr<const floatX>(w), ptr<floatX>(bias),

@@ -51,12 +51,11 @@ void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floa
 void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp,
                      const floatX* weight, const floatX* pre_gelu, int64_t N, int64_t K, int64_t M,
                      cudaStream_t stream);
-// Whether matmul_backward takes dbias from the dweight GEMM's epilogue at this shape (with 256-byte aligned
-// pointers and LLMC_MATMUL_BGRAD unset) rather than from its separate reduction kernels.
-bool matmul_backward_fuses_bias_grad(int64_t N, int64_t K, int64_t M);
+// One line per GEMM plan made on the current device so far: its shape and the algorithm autotuning chose.
+std::vector<std::string> matmul_tuning_log();
 // Benchmarks only (benchmarks/probe_gemm_algos.py): run one of the GEMMs above with the `rank`-th algorithm the
-// heuristic offers (0: the one matmul_* use). which: 0 forward (+bias when not null), 1 forward GELU_AUX_BIAS,
-// 2 dinp, 3 dinp with DGELU, 4 dweight (+=), 5 dweight with the BGRADB epilogue into bias. Forward: x (N,K) inp,
+// heuristic offers (0: its first choice, what matmul_* use with LLMC_GEMM_AUTOTUNE=0). which: 0 forward (+bias
+// when not null), 1 forward GELU_AUX_BIAS, 2 dinp, 3 dinp with DGELU, 4 dweight (+=). Forward: x (N,K) inp,
 // w (M,K), d (N,M); dinp: x (N,M) dout, w (M,K), d (N,K); dweight: x (N,K) inp, w (N,M) dout, d (M,K). reps > 0:
 // 3 warm-up runs, then the mean ms of `reps` (events on stream); reps <= 0: one run, no timing. Returns (how many
 // algorithms the heuristic offers, ms, the algorithm's configuration) with ms = 0 and "" when rank >= offered.

@@ -3,11 +3,9 @@
 // when asked, pre_gelu (N,M) receives pre (the input of the GELU, kept for backward). Backward reads dout (N,M),
 // inp, weight and optionally pre_gelu (N,K): dinp (N,K) is overwritten, with gelu'(pre_gelu) applied in the
 // epilogue when pre_gelu is given (dinp may then be pre_gelu itself); dweight and dbias are accumulated (+=).
-// bf16 operands, fp32 accumulation. The bias gradient comes from the dweight GEMM's BGRADB epilogue (cuBLASLt sums
-// dout's rows, the GEMM's k, as it streams them for dweight; no separate pass over dout): it writes a bf16 vector
-// into a scratch that a small kernel adds to dbias. LLMC_MATMUL_BGRAD=kernel (read at each call), or a shape
-// cuBLASLt has no such algorithm for, takes the kernels below instead: a two-pass fp32 reduction in an order fixed
-// by (N, M). Split-K "in place" reductions are excluded, so either way a backward gives the same bits every run.
+// bf16 operands, fp32 accumulation. dbias is reduced by the kernels below in an order fixed by (N, M) alone, and
+// split-K "in place" reductions are excluded, so a backward gives the same bits every run. (cuBLASLt's BGRADB
+// epilogue was measured as the alternative: on an H100 it runs a separate reduction kernel, slower than these.)
 //
 // Layout. torch tensors are row-major, cuBLASLt is column-major. A row-major R x C matrix is, in the same memory
 // with the same leading dimension C, the column-major C x R matrix: its transpose. So every product is computed
@@ -19,10 +17,17 @@
 // output, as a linear layer wants; the GELU aux matrix (pre_gelu) has D's shape and leading dimension m.
 //
 // One handle and one workspace per device, made on first use and kept for the life of the process, as are the
-// plans (descriptors + the algorithm cublasLtMatmulAlgoGetHeuristic picked) cached per shape, transposes,
-// epilogue and pointer alignments. Between the kernels of one backward call the workspace also holds the bias
-// gradient's partial sums. Everything is ordered by the caller's stream, so calls on one device from different
-// streams must not run concurrently.
+// plans (descriptors + an algorithm) cached per shape, transposes, epilogue and pointer alignments. Between the
+// kernels of one backward call the workspace also holds the bias gradient's partial sums. Everything is ordered by
+// the caller's stream, so calls on one device from different streams must not run concurrently.
+//
+// Algorithm choice. cublasLtMatmulAlgoGetHeuristic ranks its algorithms by a model; on an H100 its first choice
+// was up to 20% slower than another it offers for several of GPT-2's GEMMs (benchmarks/probe_gemm_algos.py).
+// So the first call of a plan times every offered algorithm on the call's own inputs (3 runs each) and keeps the
+// fastest whose output has exactly the bits of the heuristic's first choice (compared by a hash of every output
+// element): the choice changes speed only, never results, whichever run or process makes it. Outputs that are
+// also inputs (dweight's +=, dinp written over pre_gelu) are tuned in a scratch filled with a fixed pattern, when
+// it fits kTuneScratchBytes; otherwise, and with LLMC_GEMM_AUTOTUNE=0, the heuristic's first choice is used.
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -86,14 +91,12 @@ __global__ void bias_grad_partial_kernel(float* partials, const floatX* dout, in
   }
 }
 
-// dbias[c] += partials[0][c] + partials[1][c] + ... in row order, in fp32 (partials: fp32 row sums of the kernel
-// above, or the one bf16 row of the GEMM epilogue).
-template <class Partial>
-__global__ void bias_grad_accumulate_kernel(floatX* dbias, const Partial* partials, int rows, int M) {
+// dbias[c] += partials[0][c] + partials[1][c] + ... in row order.
+__global__ void bias_grad_accumulate_kernel(floatX* dbias, const float* partials, int rows, int M) {
   const int col = blockIdx.x * blockDim.x + threadIdx.x;
   if (col >= M) return;
   float s = 0.0f;
-  for (int r = 0; r < rows; r++) s += (float)partials[(int64_t)r * M + col];
+  for (int r = 0; r < rows; r++) s += partials[(int64_t)r * M + col];
   dbias[col] = (floatX)((float)dbias[col] + s);
 }
 
@@ -101,9 +104,34 @@ __global__ void bias_grad_accumulate_kernel(floatX* dbias, const Partial* partia
 // cuBLASLt state: per device a handle, a workspace and the plan cache
 // ---------------------------------------------------------------------------------------------------------
 constexpr size_t kWorkspaceBytes = 32u << 20;  // plenty for Hopper's split-K / stream-K partials
-// After cuBLASLt's workspace, in the same allocation: the bf16 bias gradient the BGRADB epilogue writes (the GEMM
-// may use its whole workspace while it writes this). Wider layers take the separate kernels.
-constexpr int64_t kBgradScratchElems = 128 * 1024;
+
+// ---------------------------------------------------------------------------------------------------------
+// kernels for tuning: a fixed pseudo-random fill, and an order-independent hash of a buffer's bits
+// ---------------------------------------------------------------------------------------------------------
+__device__ inline uint64_t mix64(uint64_t x) {  // splitmix64's finaliser
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// p[i] = a value in [-2, 2) that depends on i only.
+__global__ void fill_pattern_kernel(floatX* p, int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    p[i] = (floatX)((float)(mix64((uint64_t)i) >> 40) * (4.0f / 16777216.0f) - 2.0f);
+  }
+}
+
+// *hash += sum over i of mix64(i, bits of p[i]) mod 2^64: integer sums in any order give the same total.
+__global__ void hash_kernel(unsigned long long* hash, const floatX* p, int64_t n) {
+  uint64_t h = 0;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    h += mix64(((uint64_t)i << 16) ^ (uint64_t)__bfloat16_as_ushort(p[i]));
+  }
+  for (int offset = 16; offset > 0; offset /= 2) h += __shfl_down_sync(0xffffffffu, h, offset);
+  if (threadIdx.x % WARP_SIZE == 0) atomicAdd(hash, (unsigned long long)h);
+}
 
 template <class Handle, cublasStatus_t (*destroy)(Handle)>
 struct LtDestroy {
@@ -124,7 +152,7 @@ struct Gemm {
   floatX* d;
   bool accumulate;              // beta = 1 (D += ...), else beta = 0
   cublasLtEpilogue_t epilogue;
-  const void* bias;             // when the epilogue adds a bias, or where BGRADB writes the bias gradient
+  const void* bias;             // when the epilogue adds a bias
   const void* aux;              // pre_gelu: written by GELU_AUX*, read by DGELU
 };
 
@@ -137,11 +165,18 @@ uint32_t pointer_alignment(const void* p) {
 }
 
 // The heuristic's choice depends on the pointers only through their alignment, so plans are keyed by it.
+// LLMC_GEMM_AUTOTUNE=0 (read when a plan is made): the heuristic's first choice, untimed.
+bool autotune_enabled() {
+  const char* v = std::getenv("LLMC_GEMM_AUTOTUNE");
+  return v == nullptr || std::string(v) != "0";
+}
+
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int, uint32_t, uint32_t, uint32_t, uint32_t,
-                           uint32_t>;
+                           uint32_t, bool>;
 PlanKey plan_key(const Gemm& g) {
   return PlanKey(g.m, g.n, g.k, g.trans_a, g.trans_b, g.accumulate, (int)g.epilogue, pointer_alignment(g.a),
-                 pointer_alignment(g.b), pointer_alignment(g.d), pointer_alignment(g.bias), pointer_alignment(g.aux));
+                 pointer_alignment(g.b), pointer_alignment(g.d), pointer_alignment(g.bias), pointer_alignment(g.aux),
+                 autotune_enabled());
 }
 
 struct Plan {
@@ -154,6 +189,8 @@ struct DeviceState {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;  // nullptr: no algorithm for that key
+  unsigned long long* hash = nullptr;               // tuning's output hash (device)
+  std::vector<std::string> tuning_log;              // one line per plan made
 };
 
 template <class T>
@@ -172,8 +209,7 @@ OwnedLayout bf16_layout(int64_t rows, int64_t cols, int64_t ld) {
 }
 
 bool epilogue_has_bias(cublasLtEpilogue_t e) {
-  return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS ||
-         e == CUBLASLT_EPILOGUE_BGRADB;
+  return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
 }
 bool epilogue_has_aux(cublasLtEpilogue_t e) {
   return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU;
@@ -241,7 +277,7 @@ DeviceState& device_state() {
   DeviceState& s = (*states)[dev];
   if (s.handle == nullptr) {
     void* workspace = nullptr;
-    CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes + kBgradScratchElems * sizeof(floatX)));
+    CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
     cublasLtHandle_t handle = nullptr;
     const cublasStatus_t status = cublasLtCreate(&handle);
     if (status != CUBLAS_STATUS_SUCCESS) cudaFree(workspace);
@@ -252,27 +288,128 @@ DeviceState& device_state() {
   return s;
 }
 
-const Plan* find_plan(DeviceState& s, const Gemm& g) {
-  const PlanKey key = plan_key(g);
-  auto it = s.plans.find(key);
-  if (it == s.plans.end()) it = s.plans.emplace(key, make_plan(s.handle, g)).first;
-  return it->second.get();
+std::string describe_gemm(const Gemm& g) {
+  return "m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " epilogue=" +
+         std::to_string((int)g.epilogue) + (g.accumulate ? " +=" : "");
 }
 
-void run_gemm(DeviceState& s, const Gemm& g, cudaStream_t stream, const Plan* found = nullptr) {
-  const Plan* maybe = found ? found : find_plan(s, g);
-  if (maybe == nullptr) {
-    throw std::runtime_error("cuBLASLt found no algorithm for m=" + std::to_string(g.m) + " n=" +
-                             std::to_string(g.n) + " k=" + std::to_string(g.k) + " epilogue=" +
-                             std::to_string((int)g.epilogue));
-  }
-  const Plan& plan = *maybe;
+void enqueue_gemm(DeviceState& s, const Gemm& g, const Plan& plan, cudaStream_t stream) {
   // The plan's descriptor is reused: only the pointers change between calls (read when the call is enqueued).
   if (epilogue_has_bias(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
   if (epilogue_has_aux(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
   const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
   CUBLAS_CHECK(cublasLtMatmul(s.handle, plan.op.get(), &alpha, g.a, plan.a.get(), g.b, plan.b.get(), &beta, g.d,
                               plan.d.get(), g.d, plan.d.get(), &plan.algo, s.workspace, kWorkspaceBytes, stream));
+}
+
+constexpr int kTuneAsk = 16;                     // algorithms asked of the heuristic
+constexpr int kTuneRuns = 3;                     // timed runs per algorithm (the fastest counts)
+constexpr size_t kTuneScratchBytes = 512u << 20; // largest output tuned in a scratch (d12's fcproj dinp: 403 MB)
+
+// A buffer for tuning that frees itself.
+struct DeviceBuffer {
+  void* p = nullptr;
+  ~DeviceBuffer() {
+    if (p) cudaFree(p);
+  }
+};
+
+// The plan whose algorithm is the fastest of those giving the heuristic first choice's bits (see the top of the
+// file); `first` when there is nothing to choose from, or no scratch could be had.
+std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_ptr<Plan> first, int offered,
+                                cudaStream_t stream) {
+  Gemm g = call;  // what the tuning runs: the call, or its output moved to the scratch
+  const int64_t elems = g.m * g.n;
+  const bool in_scratch = g.accumulate || (g.epilogue == CUBLASLT_EPILOGUE_DGELU && g.d == g.aux);
+  DeviceBuffer scratch;
+  if (in_scratch) {
+    const size_t bytes = (size_t)elems * sizeof(floatX);
+    if (bytes > kTuneScratchBytes || cudaMalloc(&scratch.p, bytes) != cudaSuccess) {
+      cudaGetLastError();  // clear a failed allocation: tuning is optional
+      s.tuning_log.push_back(describe_gemm(g) + ": heuristic's first choice (no scratch to tune in)");
+      return first;
+    }
+    g.d = static_cast<floatX*>(scratch.p);
+    if (g.epilogue == CUBLASLT_EPILOGUE_DGELU) g.aux = g.d;
+  }
+  if (s.hash == nullptr) CUDA_CHECK(cudaMalloc(&s.hash, sizeof(unsigned long long)));
+  const bool writes_aux = g.epilogue == CUBLASLT_EPILOGUE_GELU_AUX || g.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+  const int grid = current_device_sm_count() * 4, block = 256;
+  auto refill = [&] {
+    if (in_scratch) fill_pattern_kernel<<<grid, block, 0, stream>>>(g.d, elems);
+  };
+  auto output_hash = [&](const Plan& plan) {
+    refill();
+    enqueue_gemm(s, g, plan, stream);
+    CUDA_CHECK(cudaMemsetAsync(s.hash, 0, sizeof(unsigned long long), stream));
+    hash_kernel<<<grid, block, 0, stream>>>(s.hash, g.d, elems);
+    if (writes_aux) hash_kernel<<<grid, block, 0, stream>>>(s.hash, static_cast<const floatX*>(g.aux), elems);
+    CUDA_CHECK(cudaGetLastError());
+    unsigned long long h = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&h, s.hash, sizeof(h), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    return h;
+  };
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  auto fastest_ms = [&](const Plan& plan) {
+    float best = 0.0f;
+    for (int i = 0; i < kTuneRuns; i++) {
+      refill();
+      CUDA_CHECK(cudaEventRecord(start, stream));
+      enqueue_gemm(s, g, plan, stream);
+      CUDA_CHECK(cudaEventRecord(stop, stream));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0.0f;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (i == 0 || ms < best) best = ms;
+    }
+    return best;
+  };
+  const unsigned long long reference = output_hash(*first);
+  const float first_ms = fastest_ms(*first);
+  float best_ms = first_ms;
+  int best_rank = 0, same = 1;
+  std::unique_ptr<Plan> best = std::move(first);
+  for (int rank = 1; rank < offered; rank++) {
+    // Planned for the call's own pointers' alignment (the scratch, freshly allocated, is aligned for any plan).
+    std::unique_ptr<Plan> candidate = make_plan(s.handle, call, rank, kTuneAsk);
+    if (!candidate || output_hash(*candidate) != reference) continue;
+    same++;
+    const float ms = fastest_ms(*candidate);
+    if (ms < 0.99f * best_ms) {  // a clear win only: timing noise should not flip the choice
+      best_ms = ms;
+      best_rank = rank;
+      best = std::move(candidate);
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  char line[160];
+  snprintf(line, sizeof(line), ": rank %d of %d (%d with the same bits), %.4f ms vs the first choice's %.4f ms",
+           best_rank, offered, same, best_ms, first_ms);
+  s.tuning_log.push_back(describe_gemm(g) + line);
+  return best;
+}
+
+const Plan* find_plan(DeviceState& s, const Gemm& g, cudaStream_t stream, bool tune = true) {
+  const PlanKey key = plan_key(g);
+  auto it = s.plans.find(key);
+  if (it == s.plans.end()) {
+    int offered = 0;
+    const bool autotune = tune && autotune_enabled();
+    std::unique_ptr<Plan> plan = make_plan(s.handle, g, 0, autotune ? kTuneAsk : 1, &offered);
+    if (plan && autotune && offered > 1) plan = tune_plan(s, g, std::move(plan), offered, stream);
+    it = s.plans.emplace(key, std::move(plan)).first;
+  }
+  return it->second.get();
+}
+
+void run_gemm(DeviceState& s, const Gemm& g, cudaStream_t stream) {
+  const Plan* plan = find_plan(s, g, stream);
+  if (plan == nullptr) throw std::runtime_error("cuBLASLt found no algorithm for " + describe_gemm(g));
+  enqueue_gemm(s, g, *plan, stream);
 }
 
 void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
@@ -286,33 +423,15 @@ void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t 
       scratch, dout, N, (int)M);
   CUDA_CHECK(cudaGetLastError());
   const int block = 256;
-  bias_grad_accumulate_kernel<float><<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, scratch,
-                                                                                             (int)row_blocks, (int)M);
+  bias_grad_accumulate_kernel<<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, scratch,
+                                                                                      (int)row_blocks, (int)M);
   CUDA_CHECK(cudaGetLastError());
-}
-
-// LLMC_MATMUL_BGRAD=kernel: the bias gradient by the separate kernels even where the epilogue could do it.
-bool bias_grad_kernels_requested() {
-  const char* v = std::getenv("LLMC_MATMUL_BGRAD");
-  return v != nullptr && std::string(v) == "kernel";
 }
 
 // dweight^T (K,M) += inp^T (K,N) . dout (N,M), as the top of the file lays it out.
 Gemm dweight_gemm(floatX* dweight, const floatX* dout, const floatX* inp, int64_t N, int64_t K, int64_t M) {
   return Gemm{K, M, N, /*trans_a=*/false, /*trans_b=*/true, inp, dout, dweight, /*accumulate=*/true,
               CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr};
-}
-
-floatX* bias_grad_scratch(DeviceState& s) {
-  return reinterpret_cast<floatX*>(static_cast<char*>(s.workspace) + kWorkspaceBytes);
-}
-
-// The plan of `dw` with the BGRADB epilogue writing into `bgrad`, or nullptr where the kernels must do it.
-const Plan* fused_bias_grad_plan(DeviceState& s, Gemm dw, floatX* bgrad) {
-  if (dw.n > kBgradScratchElems || bias_grad_kernels_requested()) return nullptr;
-  dw.epilogue = CUBLASLT_EPILOGUE_BGRADB;
-  dw.bias = bgrad;
-  return find_plan(s, dw);
 }
 
 void require_gemm_dims(int64_t N, int64_t K, int64_t M, const char* who) {
@@ -353,34 +472,16 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
   if (N == 0) return;
   std::lock_guard<std::mutex> lock(state_mutex);
   DeviceState& s = device_state();
-  Gemm dw = dweight_gemm(dweight, dout, inp, N, K, M);
-  floatX* bgrad = bias_grad_scratch(s);
-  const Plan* fused = dbias ? fused_bias_grad_plan(s, dw, bgrad) : nullptr;
-  if (fused) {
-    dw.epilogue = CUBLASLT_EPILOGUE_BGRADB;
-    dw.bias = bgrad;
-  }
-  if (dbias && !fused) bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), stream);
-  run_gemm(s, dw, stream, fused);
-  if (fused) {
-    const int block = 256;
-    bias_grad_accumulate_kernel<floatX><<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, bgrad, 1,
-                                                                                              (int)M);
-    CUDA_CHECK(cudaGetLastError());
-  }
+  if (dbias) bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), stream);
+  run_gemm(s, dweight_gemm(dweight, dout, inp, N, K, M), stream);
   run_gemm(s, Gemm{K, N, M, /*trans_a=*/false, /*trans_b=*/false, weight, dout, dinp, /*accumulate=*/false,
                    pre_gelu ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, nullptr, pre_gelu},
            stream);
 }
 
-bool matmul_backward_fuses_bias_grad(int64_t N, int64_t K, int64_t M) {
-  require_gemm_dims(N, K, M, "matmul_backward_fuses_bias_grad");
+std::vector<std::string> matmul_tuning_log() {
   std::lock_guard<std::mutex> lock(state_mutex);
-  DeviceState& s = device_state();
-  // Plans depend on pointers only through their alignment: stand-ins aligned like fresh allocations.
-  const auto* aligned = reinterpret_cast<floatX*>(static_cast<char*>(s.workspace));
-  return fused_bias_grad_plan(s, dweight_gemm(const_cast<floatX*>(aligned), aligned, aligned, N, K, M),
-                              bias_grad_scratch(s)) != nullptr;
+  return device_state().tuning_log;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -390,9 +491,11 @@ namespace {
 
 std::string describe_algo(const cublasLtMatmulHeuristicResult_t& r) {
   auto attr = [&](cublasLtMatmulAlgoConfigAttributes_t a) {
-    uint64_t v = 0;  // every attribute read here is an integer of at most 64 bits
-    size_t written = 0;
-    if (cublasLtMatmulAlgoConfigGetAttribute(&r.algo, a, &v, sizeof(v), &written) != CUBLAS_STATUS_SUCCESS)
+    uint64_t v = 0;  // every attribute read here is an unsigned integer of at most 64 bits (little-endian)
+    size_t size = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(&r.algo, a, nullptr, 0, &size);  // asks for the attribute's size
+    if (size == 0 || size > sizeof(v) ||
+        cublasLtMatmulAlgoConfigGetAttribute(&r.algo, a, &v, size, &size) != CUBLAS_STATUS_SUCCESS)
       return std::string("?");
     return std::to_string(v);
   };
@@ -409,15 +512,13 @@ std::tuple<int, double, std::string> matmul_probe(int which, int rank, floatX* d
                                                   floatX* bias, floatX* aux, int64_t N, int64_t K, int64_t M,
                                                   int reps, cudaStream_t stream) {
   require_gemm_dims(N, K, M, "matmul_probe");
-  LLMC_REQUIRE(which >= 0 && which <= 5, "matmul_probe: which must be 0..5");
-  const cublasLtEpilogue_t epilogues[6] = {
-      bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
-      CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_DGELU, CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_BGRADB};
-  Gemm g = which <= 1   ? Gemm{M, N, K, true, false, w, x, d, false, epilogues[which], bias, aux}
-           : which <= 3 ? Gemm{K, N, M, false, false, w, x, d, false, epilogues[which], nullptr, aux}
-                        : dweight_gemm(d, w, x, N, K, M);
-  g.epilogue = epilogues[which];
-  if (which == 5) g.bias = bias;
+  LLMC_REQUIRE(which >= 0 && which <= 4, "matmul_probe: which must be 0..4");
+  const cublasLtEpilogue_t epilogues[4] = {bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT,
+                                           CUBLASLT_EPILOGUE_GELU_AUX_BIAS, CUBLASLT_EPILOGUE_DEFAULT,
+                                           CUBLASLT_EPILOGUE_DGELU};
+  const Gemm g = which <= 1   ? Gemm{M, N, K, true, false, w, x, d, false, epilogues[which], bias, aux}
+                 : which <= 3 ? Gemm{K, N, M, false, false, w, x, d, false, epilogues[which], nullptr, aux}
+                              : dweight_gemm(d, w, x, N, K, M);
   std::lock_guard<std::mutex> lock(state_mutex);
   DeviceState& s = device_state();
   constexpr int kAsk = 32;
@@ -426,15 +527,15 @@ std::tuple<int, double, std::string> matmul_probe(int which, int rank, floatX* d
   std::unique_ptr<Plan> plan = make_plan(s.handle, g, rank, std::max(kAsk, rank + 1), &offered, &chosen);
   if (!plan) return {offered, 0.0, ""};
   if (reps <= 0) {
-    run_gemm(s, g, stream, plan.get());
+    enqueue_gemm(s, g, *plan, stream);
     return {offered, 0.0, describe_algo(chosen)};
   }
-  for (int i = 0; i < 3; i++) run_gemm(s, g, stream, plan.get());
+  for (int i = 0; i < 3; i++) enqueue_gemm(s, g, *plan, stream);
   cudaEvent_t start, stop;
   CUDA_CHECK(cudaEventCreate(&start));
   CUDA_CHECK(cudaEventCreate(&stop));
   CUDA_CHECK(cudaEventRecord(start, stream));
-  for (int i = 0; i < reps; i++) run_gemm(s, g, stream, plan.get());
+  for (int i = 0; i < reps; i++) enqueue_gemm(s, g, *plan, stream);
   CUDA_CHECK(cudaEventRecord(stop, stream));
   CUDA_CHECK(cudaEventSynchronize(stop));
   float ms = 0.0f;

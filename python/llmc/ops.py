@@ -560,15 +560,14 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
     return dinp
 
 
-def matmul_bias_grad_path(N: int, K: int, M: int) -> str:
-    """How matmul_backward computes dbias on this GPU for dout (N, M) and weight (M, K): "epilogue" (the dweight
-    GEMM's cuBLASLt BGRADB epilogue sums dout's rows as it reads them) or "kernel" (a separate reduction over
-    dout; also what LLMC_MATMUL_BGRAD=kernel selects). Both are deterministic; they round differently."""
-    for v, name in ((N, "N"), (K, "K"), (M, "M")):
-        _check_int(v, name, 1)
-    if K % 8 or M % 8:
-        raise ValueError(f"K and M must be multiples of 8, got K={K}, M={M}")
-    return "epilogue" if _ext().matmul_backward_fuses_bias_grad(N, K, M) else "kernel"
+def matmul_tuning_log() -> list:
+    """One line per cuBLASLt plan made on the current CUDA device so far: the GEMM's shape (cuBLASLt's
+    column-major m, n, k), its epilogue, and which of the heuristic's algorithms autotuning kept with its time
+    against the heuristic's first choice. A plan is tuned the first time its shape runs: every algorithm the
+    heuristic offers is timed on that call's inputs, and only those whose output has the first choice's exact
+    bits may be chosen, so tuning changes speed, never results. LLMC_GEMM_AUTOTUNE=0 (read when a plan is made)
+    keeps the heuristic's first choice."""
+    return list(_ext().matmul_tuning_log())
 
 
 # ---------------------------------------------------------------------------------------------------------
