@@ -1,7 +1,15 @@
 """Timing and reporting shared by the benchmark scripts.
 
-Timing: CUDA events around each call, after warm-up, median of >= 50 runs; inputs rotate through enough
-copies to exceed the L2 cache, so every call reads from HBM. Results append to a CSV with the columns
+Timing (time_cuda): after warm-up, the calls over all rotated input sets (at least MIN_CALLS_PER_REPLAY of them)
+are captured into one CUDA graph; CUDA events around each replay, median over >= 50 replays, divided by the calls
+per replay. That is the device time of the op's kernels, back to back, for every provider alike (llmc, torch
+eager, torch.compile): the Python wrapper's host work (validation, allocation, launch) is not in it. A provider
+whose calls cannot be captured (a host sync, a non-capturable optimizer step) is timed per call instead, with a
+printed note, and its rows say so ("<provider> (per call)"). The per-call loop puts events around ONE Python call
+each time, so for kernels of tens of microseconds it also measures the host: `--per-call` adds that figure as a
+second row per provider, to keep the host overhead visible.
+Inputs rotate through enough copies to exceed the L2 cache, so every call reads from HBM. Results append to a CSV
+with the columns
     op,shape,provider,ms,gbps,tflops,gpu,date,commit
 (empty where a figure does not apply).
 """
@@ -45,20 +53,93 @@ def copies_for(bytes_per_call: int) -> int:
     return max(1, min(64, -(-L2_FLUSH_BYTES // max(1, bytes_per_call))))
 
 
-def time_cuda(fn: Callable[[int], None], n_inputs: int, warmup: int = 10, iters: int = 50) -> float:
-    """Median milliseconds of fn(i), where i cycles through n_inputs input sets."""
-    for i in range(warmup):
-        fn(i % n_inputs)
-    torch.cuda.synchronize()
+MIN_CALLS_PER_REPLAY = 20  # a replay long enough that the graph launch itself is noise
+_options = {"per_call": False}  # set by parse_args (--per-call)
+
+
+class Timing(float):
+    """Milliseconds per call, with how they were measured: method "graph" or "per call"; per_call_ms is the
+    per-call loop's figure as well, when --per-call asked for it (Recorder.add writes it as a second row)."""
+
+    def __new__(cls, ms: float, method: str, per_call_ms: Optional[float] = None):
+        t = super().__new__(cls, ms)
+        t.method, t.per_call_ms = method, per_call_ms
+        return t
+
+
+def _median_event_ms(run: Callable[[int], None], iters: int) -> float:
     times = []
     for i in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn(i % n_inputs)
+        run(i)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def time_per_call(fn: Callable[[int], None], n_inputs: int, warmup: int = 10, iters: int = 50) -> float:
+    """Median milliseconds of one Python call fn(i), i cycling through n_inputs input sets (host time included
+    whenever the host takes longer than the kernels)."""
+    for i in range(warmup):
+        fn(i % n_inputs)
+    torch.cuda.synchronize()
+    return _median_event_ms(lambda i: fn(i % n_inputs), iters)
+
+
+def time_graph(fn: Callable[[int], None], n_inputs: int, warmup: int = 10, iters: int = 50) -> float:
+    """Median milliseconds per call of fn, from replays of one CUDA graph holding calls over all n_inputs sets.
+
+    Warm-up runs on a side stream, as torch's CUDA graph docs require (lazy initialisation, compilation,
+    cuBLAS workspaces, autograd state). Raises whatever the capture raises when fn cannot be captured."""
+    calls = n_inputs * -(-MIN_CALLS_PER_REPLAY // n_inputs)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(max(warmup, 1)):
+            fn(i % n_inputs)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    # capture_begin/end by hand rather than torch.cuda.graph: when a call fails inside the capture, the stream
+    # context is still left and later work runs on the usual stream
+    with torch.cuda.stream(side):
+        graph.capture_begin()
+        try:
+            for i in range(calls):
+                fn(i % n_inputs)
+        except Exception:
+            try:
+                graph.capture_end()  # ends the broken capture; its own error only restates the one raised below
+            except RuntimeError:
+                pass
+            raise
+        graph.capture_end()
+    try:
+        graph.replay()  # the first replay uploads the graph
+        torch.cuda.synchronize()
+        return _median_event_ms(lambda i: graph.replay(), iters) / calls
+    finally:
+        graph.reset()  # frees the graph and the memory its captured calls allocated
+
+
+def time_cuda(fn: Callable[[int], None], n_inputs: int, warmup: int = 10, iters: int = 50,
+              graph: bool = True) -> Timing:
+    """Milliseconds per call of fn(i), where i cycles through n_inputs input sets: device time from CUDA graph
+    replays (time_graph); per call (time_per_call) with graph=False, or, with a printed note, when the capture
+    fails. See the module docstring."""
+    if graph:
+        try:
+            ms = time_graph(fn, n_inputs, warmup, iters)
+        except Exception as e:  # any capture failure: the provider is timed per call instead
+            first_line = (str(e).strip().splitlines() or [""])[0][:160]
+            print(f"note: CUDA graph capture failed ({type(e).__name__}: {first_line}); timing per call",
+                  flush=True)
+            torch.cuda.synchronize()
+        else:
+            per_call = time_per_call(fn, n_inputs, 0, iters) if _options["per_call"] else None
+            return Timing(ms, "graph", per_call)
+    return Timing(time_per_call(fn, n_inputs, warmup, iters), "per call")
 
 
 class Recorder:
@@ -72,6 +153,14 @@ class Recorder:
 
     def add(self, op: str, shape: str, provider: str, ms: float, bytes_moved: Optional[int] = None,
             flops: Optional[float] = None) -> None:
+        """One row; a Timing measured per call gets " (per call)" after the provider, and one that carries a
+        per-call figure as well (--per-call) adds that as a second row."""
+        if isinstance(ms, Timing) and ms.per_call_ms is not None:
+            self.add(op, shape, provider, float(ms), bytes_moved, flops)
+            self.add(op, shape, provider, Timing(ms.per_call_ms, "per call"), bytes_moved, flops)
+            return
+        if isinstance(ms, Timing) and ms.method == "per call":
+            provider += " (per call)"
         gbps = f"{bytes_moved / ms / 1e6:.1f}" if bytes_moved else ""
         tflops = f"{flops / ms / 1e9:.1f}" if flops else ""
         row = dict(op=op, shape=shape, provider=provider, ms=f"{ms:.4f}", gbps=gbps, tflops=tflops,
@@ -110,7 +199,12 @@ def parse_args(description: str, argv: Optional[Sequence[str]] = None) -> argpar
     p.add_argument("--csv", default=KERNEL_CSV, help="CSV to append rows to")
     p.add_argument("--shapes", default="124M,1.5B", help="comma-separated: 124M, 1.5B")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
-    return p.parse_args(argv)
+    p.add_argument("--per-call", action="store_true",
+                   help="also time every provider per Python call (host overhead included): "
+                        "'<provider> (per call)' rows")
+    args = p.parse_args(argv)
+    _options["per_call"] = args.per_call
+    return args
 
 
 def require_cuda() -> None:

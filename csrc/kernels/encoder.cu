@@ -21,24 +21,44 @@ constexpr int kSegment = WARP_SIZE;                     // sorted positions per 
 constexpr int kChannelsPerWarp = WARP_SIZE * x128::size;  // 256 channels, 8 per lane
 constexpr int kWarpsPerBlock = 8;
 constexpr int kRowBatch = 8;                            // dout rows loaded before they are summed
+constexpr int kPackBatch = 8;  // forward: packs per lane loaded before any is stored (C <= 2048 in one batch)
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// Pack index for a batched load: past the row's end, re-read its last pack (a cache hit) instead of
+// branching, so that the batch's loads are all in flight together.
+__device__ inline int clamp_pack(int j, int C8) { return j < C8 ? j : C8 - 1; }
+
+// One warp per position (b, t): the token id is read once, and the row's wte and wpe packs are in flight together.
 __global__ void encoder_forward_kernel(floatX* __restrict__ out, const int* __restrict__ idx,
-                                       const floatX* __restrict__ wte, const floatX* __restrict__ wpe,
-                                       int total_packs, int T, int C) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= total_packs) return;
+                                       const floatX* __restrict__ wte, const floatX* __restrict__ wpe, int N, int T,
+                                       int C) {
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int bt = blockIdx.x * kWarpsPerBlock + threadIdx.x / WARP_SIZE;
+  if (bt >= N) return;  // the whole warp leaves together
   const int C8 = C / x128::size;
-  const int bt = i / C8;
-  const int c = (i - bt * C8) * x128::size;
-  const int t = bt % T;
-  // wte and wpe rows are read again by other positions with the same token / time step: keep them cached.
-  const x128 e = load128(wte + (int64_t)idx[bt] * C + c);
-  const x128 p = load128(wpe + (int64_t)t * C + c);
-  x128 y;
+  const floatX* e_row = wte + (int64_t)idx[bt] * C;
+  const floatX* p_row = wpe + (int64_t)(bt % T) * C;
+  floatX* o_row = out + (int64_t)bt * C;
+  for (int j0 = lane; j0 < C8; j0 += WARP_SIZE * kPackBatch) {
+    // wte and wpe rows are read again by other positions with the same token / time step: keep them cached.
+    x128 e[kPackBatch], p[kPackBatch];
 #pragma unroll
-  for (int k = 0; k < x128::size; k++) y[k] = (floatX)((float)e[k] + (float)p[k]);
-  store128(out + (int64_t)bt * C + c, y);
+    for (int u = 0; u < kPackBatch; u++) {
+      const int j = clamp_pack(j0 + u * WARP_SIZE, C8);
+      e[u] = load128(e_row + j * x128::size);
+      p[u] = load128(p_row + j * x128::size);
+    }
+#pragma unroll
+    for (int u = 0; u < kPackBatch; u++) {
+      const int j = j0 + u * WARP_SIZE;
+      if (j < C8) {
+        x128 y;
+#pragma unroll
+        for (int k = 0; k < x128::size; k++) y[k] = (floatX)((float)e[u][k] + (float)p[u][k]);
+        store128(o_row + j * x128::size, y);
+      }
+    }
+  }
 }
 
 __device__ inline void add_into_bf16(floatX* dst, const float* acc) {
@@ -105,21 +125,29 @@ __global__ void wte_backward_segments_kernel(floatX* __restrict__ dwte, float* _
   const int prev_id = p0 > 0 ? sorted_ids[p0 - 1] : -1;
   const int next_id = p0 + n_here < N ? sorted_ids[p0 + n_here] : -1;
   const int64_t carry_off = (int64_t)seg * C + c;
+  // Whether this lane's position ends a run that began in this segment (the run then goes straight into its
+  // dwte row, which must be read): the run of the segment's first id began here unless it continues from the
+  // previous segment.
+  const int following_mine = lane + 1 < n_here ? __shfl_down_sync(kFullMask, my_id, 1) : next_id;
+  const int first_id = __shfl_sync(kFullMask, my_id, 0);
+  const bool my_needs_row = lane < n_here && following_mine != my_id && (my_id != first_id || prev_id != my_id);
 
   float acc[x128::size] = {0.0f};
   bool first_run = true;
   for (int q0 = 0; q0 < n_here; q0 += kRowBatch) {
-    // The batch's dout rows, and the dwte rows of their ids: a run that ends inside the segment adds into
-    // its dwte row, which no other warp of this kernel touches, so that row can be read ahead of time.
-    // Lanes past C and positions past the segment load a valid element they ignore: no branches, so the
-    // batch's loads are all in flight together.
+    // The batch's dout rows, and the dwte rows of the runs that end in the batch: a run that ends inside the
+    // segment adds into its dwte row, which no other warp of this kernel touches, so that row can be read
+    // ahead of time. Lanes past C, positions past the segment and positions whose dwte row is not needed load
+    // a valid element they ignore (dwte's first: a cache hit): no branches, so the batch's loads are all in
+    // flight together.
     x128 g[kRowBatch], old[kRowBatch];
 #pragma unroll
     for (int k = 0; k < kRowBatch; k++) {
       const int row = __shfl_sync(kFullMask, my_row, (q0 + k) % WARP_SIZE);
-      const int id = max(__shfl_sync(kFullMask, my_id, (q0 + k) % WARP_SIZE), 0);
+      const int id = __shfl_sync(kFullMask, my_id, (q0 + k) % WARP_SIZE);
+      const bool needs_row = __shfl_sync(kFullMask, my_needs_row, (q0 + k) % WARP_SIZE);
       g[k] = load128cs(dout + (int64_t)row * C + (active ? c : 0));
-      old[k] = load128(dwte + (int64_t)id * C + (active ? c : 0));
+      old[k] = load128(dwte + (needs_row && active ? (int64_t)id * C + c : 0));
     }
 #pragma unroll
     for (int k = 0; k < kRowBatch; k++) {
@@ -187,9 +215,9 @@ void encoder_forward(floatX* out, const int* idx, const floatX* wte, const float
   const int64_t total_packs = (int64_t)B * T * (C / x128::size);
   LLMC_REQUIRE(total_packs < INT32_MAX, "encoder_forward: B*T*C/8 must be below 2^31");
   if (total_packs == 0) return;
-  const int block = 256;
-  encoder_forward_kernel<<<(int)ceil_div<int64_t>(total_packs, block), block, 0, stream>>>(
-      out, idx, wte, wpe, (int)total_packs, T, C);
+  const int N = B * T;
+  encoder_forward_kernel<<<ceil_div(N, kWarpsPerBlock), kWarpsPerBlock * WARP_SIZE, 0, stream>>>(out, idx, wte, wpe,
+                                                                                               N, T, C);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -8,10 +8,18 @@
 // into fp32 partials in a fixed order, and a second kernel adds the partials, in block order, into the
 // parameter gradients. No float atomics.
 //
-// One warp per row. The warp stages its row in shared memory (any C that is a multiple of 8 fits, up to
-// the shared memory of one block: C = 8192 at least), so the row is read from HBM exactly once, and the
-// variance is the exact two-pass one. The backward blocks work in rounds of one row per warp: after a
-// round the block's threads sum the staged rows column by column into the block's dweight/dbias partials.
+// One warp per row. Rows of up to kMaxRegPacks * 32 packs (C <= 2048: every GPT-2 width) live in the
+// registers of their warp: all of a row's loads are in flight at once and the variance is the exact two-pass
+// one over the registers. The forward gives each warp one row (a grid of N / warps blocks, so the tail is one
+// row's latency) and touches no shared memory. The backward's warps each sum dweight/dbias over the rows
+// they own (a fixed, resident grid) in fp32, in their own slice of shared memory; the block then adds its
+// warps' slices in warp order into its partials.
+// Wider rows are staged in shared memory instead (any C that is a multiple of 8 fits, up to the shared
+// memory of one block: C = 8192 at least), so the row is still read from HBM exactly once; the backward's
+// blocks then work in rounds of one row per warp, and after a round the block's threads sum the staged rows
+// column by column into the block's partials. Both paths compute the same per-element math (helpers below).
+#include <type_traits>
+
 #include "common.cuh"
 #include "kernels.h"
 
@@ -20,20 +28,241 @@ namespace {
 constexpr int kMaxWarpsPerBlock = 8;
 constexpr int kBatch = 4;  // 128-bit loads per lane (per input) issued before any is used
 
+constexpr int kMaxRegPacks = 8;  // packs per lane of a register-resident row: C <= 8 * 32 * 8 = 2048
+constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resident kernels
+// Blocks per SM the backward is compiled for: 3 (12 warps, at most 168 registers) while that needs no spills,
+// 2 (255 registers) for the widest rows, whose fp32 temporaries would otherwise spill.
+constexpr int reg_backward_blocks_per_sm(int packs) { return packs <= 5 ? 3 : 2; }
+
+// Per-element math shared by both paths, in one place so that they round identically.
+__device__ inline x128 add_packs(const x128& a, const x128& b) {
+  x128 r;
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) r[k] = (floatX)((float)a[k] + (float)b[k]);
+  return r;
+}
+
+__device__ inline void add_pack_sum(float& sum, const x128& x) {
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) sum += (float)x[k];
+}
+
+__device__ inline void add_pack_sq_dev(float& var, const x128& x, float m) {
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) {
+    const float d = (float)x[k] - m;
+    var += d * d;
+  }
+}
+
+__device__ inline x128 normalize_pack(const x128& x, const x128& w, const x128& b, float m, float s) {
+  x128 y;
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) y[k] = (floatX)(((float)x[k] - m) * s * (float)w[k] + (float)b[k]);
+  return y;
+}
+
+// Row sums of dn = dout * weight and of dn * xhat, for the input gradient.
+__device__ inline void add_pack_dn_sums(float& sum_dn, float& sum_dn_xhat, const x128& g, const x128& x,
+                                        const x128& w, float m, float s) {
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) {
+    const float dn = (float)g[k] * (float)w[k];
+    sum_dn += dn;
+    sum_dn_xhat += dn * (((float)x[k] - m) * s);
+  }
+}
+
+__device__ inline x128 dinp_pack(const x128& g, const x128& x, const x128& w, const x128& old, float m, float s,
+                                 float mean_dn, float mean_dn_xhat) {
+  x128 d;
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) {
+    const float xhat = ((float)x[k] - m) * s;
+    const float dn = (float)g[k] * (float)w[k];
+    d[k] = (floatX)((float)old[k] + s * (dn - mean_dn - xhat * mean_dn_xhat));
+  }
+  return d;
+}
+
+// dweight and dbias sums of one pack's 8 columns.
+__device__ inline void add_pack_param_grads(float* dw, float* db, const x128& g, const x128& x, float m, float s) {
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) {
+    dw[k] += (float)g[k] * (((float)x[k] - m) * s);
+    db[k] += (float)g[k];
+  }
+}
+
 // Pack index for a batched load: past the row's end, re-read its last pack (a cache hit) instead of
 // branching, so that the batch's loads are all in flight together.
 __device__ inline int clamp_pack(int j, int C8) { return j < C8 ? j : C8 - 1; }
 
 // ---------------------------------------------------------------------------------------------------------
-// kernels
+// kernels: rows held in registers (C <= 32 * kMaxRegPacks * 8)
+// ---------------------------------------------------------------------------------------------------------
+// Lane l holds packs l, l + 32, ..., l + 32 (kPacks - 1) of its row; packs past C8 are not touched.
+template <bool kResidual, int kPacks>
+__global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
+    layernorm_forward_regs_kernel(floatX* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+                                  floatX* __restrict__ residual, const floatX* __restrict__ inp1,
+                                  const floatX* __restrict__ inp2, const floatX* __restrict__ weight,
+                                  const floatX* __restrict__ bias, int N, int C, float eps) {
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int row = blockIdx.x * kRegWarps + threadIdx.x / WARP_SIZE;
+  if (row >= N) return;  // the whole warp leaves together
+  const int C8 = C / x128::size;
+  const int64_t off = (int64_t)row * C;
+  x128 x[kPacks], y[kResidual ? kPacks : 1];
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    const int j = lane + u * WARP_SIZE;
+    if (j < C8) {
+      x[u] = load128cs(inp1 + off + j * x128::size);
+      if constexpr (kResidual) y[u] = load128cs(inp2 + off + j * x128::size);
+    }
+  }
+  float sum = 0.0f;
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    const int j = lane + u * WARP_SIZE;
+    if (j < C8) {
+      if constexpr (kResidual) {
+        x[u] = add_packs(x[u], y[u]);
+        store128(residual + off + j * x128::size, x[u]);
+      }
+      add_pack_sum(sum, x[u]);
+    }
+  }
+  const float m = warp_reduce_sum(sum) / C;
+  float var = 0.0f;
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    if (lane + u * WARP_SIZE < C8) add_pack_sq_dev(var, x[u], m);
+  }
+  const float s = rsqrtf(warp_reduce_sum(var) / C + eps);
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    const int j = lane + u * WARP_SIZE;
+    if (j < C8) {
+      const x128 w = load128(weight + j * x128::size), b = load128(bias + j * x128::size);
+      store128(out + off + j * x128::size, normalize_pack(x[u], w, b, m, s));
+    }
+  }
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = s;
+  }
+}
+
+// Warp g of the grid (g = blockIdx.x * kRegWarps + warp) owns rows g, g + G, g + 2G, ... (G warps in all) and
+// sums their dweight/dbias columns in fp32, in row order, in its own slice of shared memory: four planes of C8
+// f128 (dweight elements 0-3 and 4-7 of each pack, then dbias's), so that a warp's 16-byte accesses to
+// consecutive packs hit distinct banks. The block then adds its warps' slices in warp order and writes
+// its partials [dweight | dbias] to partials[blockIdx.x * 2C ...]. dinp may be dout or inp: each lane reads
+// its packs before writing them.
+template <int kPacks>
+__global__ void __launch_bounds__(kRegWarps * WARP_SIZE, reg_backward_blocks_per_sm(kPacks))
+    layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
+                                   const floatX* inp, const floatX* __restrict__ weight,
+                                   const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C,
+                                   bool accumulate) {
+  extern __shared__ int4 smem[];
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int C8 = C / x128::size;
+  constexpr int kHalf = f128::size;  // 4 of a pack's 8 columns per plane
+  f128* sums = reinterpret_cast<f128*>(smem) + warp * 4 * C8;
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    const int j = lane + u * WARP_SIZE;
+    if (j < C8) {
+#pragma unroll
+      for (int plane = 0; plane < 4; plane++) sums[plane * C8 + j] = f128::zeros();
+    }
+  }
+
+  for (int row = blockIdx.x * kRegWarps + warp; row < N; row += gridDim.x * kRegWarps) {
+    const int64_t off = (int64_t)row * C;
+    const float m = mean[row], s = rstd[row];
+    x128 g[kPacks], x[kPacks], old[kPacks];
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      const int j = lane + u * WARP_SIZE;
+      if (j < C8) {
+        g[u] = load128cs(dout + off + j * x128::size);
+        x[u] = load128cs(inp + off + j * x128::size);
+      }
+    }
+    float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      const int j = lane + u * WARP_SIZE;
+      if (j < C8) add_pack_dn_sums(sum_dn, sum_dn_xhat, g[u], x[u], load128(weight + j * x128::size), m, s);
+    }
+    const float mean_dn = warp_reduce_sum(sum_dn) / C;
+    const float mean_dn_xhat = warp_reduce_sum(sum_dn_xhat) / C;
+    // read here rather than with dout and inp: the registers the row sums no longer need
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      const int j = lane + u * WARP_SIZE;
+      old[u] = accumulate && j < C8 ? load128(dinp + off + j * x128::size) : x128::zeros();
+    }
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      const int j = lane + u * WARP_SIZE;
+      if (j < C8) {
+        const x128 w = load128(weight + j * x128::size);
+        store128(dinp + off + j * x128::size, dinp_pack(g[u], x[u], w, old[u], m, s, mean_dn, mean_dn_xhat));
+        float dw[x128::size], db[x128::size];
+        const f128 dw_lo = sums[j], dw_hi = sums[C8 + j], db_lo = sums[2 * C8 + j], db_hi = sums[3 * C8 + j];
+#pragma unroll
+        for (int k = 0; k < kHalf; k++) {
+          dw[k] = dw_lo[k];
+          dw[kHalf + k] = dw_hi[k];
+          db[k] = db_lo[k];
+          db[kHalf + k] = db_hi[k];
+        }
+        add_pack_param_grads(dw, db, g[u], x[u], m, s);
+        f128 out_dw_lo, out_dw_hi, out_db_lo, out_db_hi;
+#pragma unroll
+        for (int k = 0; k < kHalf; k++) {
+          out_dw_lo[k] = dw[k];
+          out_dw_hi[k] = dw[kHalf + k];
+          out_db_lo[k] = db[k];
+          out_db_hi[k] = db[kHalf + k];
+        }
+        sums[j] = out_dw_lo;
+        sums[C8 + j] = out_dw_hi;
+        sums[2 * C8 + j] = out_db_lo;
+        sums[3 * C8 + j] = out_db_hi;
+      }
+    }
+  }
+  __syncthreads();
+
+  // Column i of [dweight | dbias]: plane (i / C) * 2 + (column % 8) / 4 of each warp's slice, warp 0 first.
+  const float* all = reinterpret_cast<const float*>(smem);
+  for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
+    const int col = i < C ? i : i - C;
+    const int plane = (i < C ? 0 : 2) + (col % x128::size) / kHalf;
+    const int at = (plane * C8 + col / x128::size) * kHalf + col % kHalf;
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kRegWarps; w++) v += all[w * 4 * C8 * kHalf + at];
+    partials[(int64_t)blockIdx.x * 2 * C + i] = v;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// kernels: rows staged in shared memory (any C)
 // ---------------------------------------------------------------------------------------------------------
 // Shared memory: weight and bias (C8 packs each), then one staged row per warp (C8 packs).
 template <bool kResidual>
-__global__ void layernorm_forward_kernel(floatX* __restrict__ out, float* __restrict__ mean,
-                                         float* __restrict__ rstd, floatX* __restrict__ residual,
-                                         const floatX* __restrict__ inp1, const floatX* __restrict__ inp2,
-                                         const floatX* __restrict__ weight, const floatX* __restrict__ bias,
-                                         int N, int C, float eps) {
+__global__ void layernorm_forward_smem_kernel(floatX* __restrict__ out, float* __restrict__ mean,
+                                              float* __restrict__ rstd, floatX* __restrict__ residual,
+                                              const floatX* __restrict__ inp1, const floatX* __restrict__ inp2,
+                                              const floatX* __restrict__ weight, const floatX* __restrict__ bias,
+                                              int N, int C, float eps) {
   extern __shared__ int4 smem[];
   const int C8 = C / x128::size;
   const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
@@ -64,34 +293,21 @@ __global__ void layernorm_forward_kernel(floatX* __restrict__ out, float* __rest
         if (j >= C8) break;
         x128 x = a[u];
         if constexpr (kResidual) {
-#pragma unroll
-          for (int k = 0; k < x128::size; k++) x[k] = (floatX)((float)a[u][k] + (float)b[u][k]);
+          x = add_packs(a[u], b[u]);
           store128(residual + off + j * x128::size, x);
         }
         row_s[j] = x;
-#pragma unroll
-        for (int k = 0; k < x128::size; k++) sum += (float)x[k];
+        add_pack_sum(sum, x);
       }
     }
     const float m = warp_reduce_sum(sum) / C;
 
     float var = 0.0f;
-    for (int j = lane; j < C8; j += WARP_SIZE) {
-      const x128 x = row_s[j];
-#pragma unroll
-      for (int k = 0; k < x128::size; k++) {
-        const float d = (float)x[k] - m;
-        var += d * d;
-      }
-    }
+    for (int j = lane; j < C8; j += WARP_SIZE) add_pack_sq_dev(var, row_s[j], m);
     const float s = rsqrtf(warp_reduce_sum(var) / C + eps);
 
     for (int j = lane; j < C8; j += WARP_SIZE) {
-      const x128 x = row_s[j], w = w_s[j], b = b_s[j];
-      x128 y;
-#pragma unroll
-      for (int k = 0; k < x128::size; k++) y[k] = (floatX)(((float)x[k] - m) * s * (float)w[k] + (float)b[k]);
-      store128(out + off + j * x128::size, y);
+      store128(out + off + j * x128::size, normalize_pack(row_s[j], w_s[j], b_s[j], m, s));
     }
     if (lane == 0) {
       mean[row] = m;
@@ -103,10 +319,10 @@ __global__ void layernorm_forward_kernel(floatX* __restrict__ out, float* __rest
 // Shared memory: weight (C8 packs); staged dout and inp rows (warps * C8 packs each); the block's fp32
 // partials [dweight | dbias] (2C floats); mean and rstd of the staged rows (2 * warps floats).
 // Writes the block's partials to partials[blockIdx.x * 2C ...].
-__global__ void layernorm_backward_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
-                                          const floatX* inp, const floatX* __restrict__ weight,
-                                          const float* __restrict__ mean, const float* __restrict__ rstd, int N,
-                                          int C, bool accumulate) {
+__global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
+                                               const floatX* inp, const floatX* __restrict__ weight,
+                                               const float* __restrict__ mean, const float* __restrict__ rstd,
+                                               int N, int C, bool accumulate) {
   extern __shared__ int4 smem[];
   const int C8 = C / x128::size;
   const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
@@ -142,30 +358,17 @@ __global__ void layernorm_backward_kernel(floatX* dinp, float* __restrict__ part
         for (int u = 0; u < kBatch; u++) {
           const int j = j0 + u * WARP_SIZE;
           if (j >= C8) break;
-          const x128 w = w_s[j];
           g_row[j] = g[u];
           x_row[j] = x[u];
-#pragma unroll
-          for (int k = 0; k < x128::size; k++) {
-            const float dn = (float)g[u][k] * (float)w[k];
-            sum_dn += dn;
-            sum_dn_xhat += dn * (((float)x[u][k] - m) * s);
-          }
+          add_pack_dn_sums(sum_dn, sum_dn_xhat, g[u], x[u], w_s[j], m, s);
         }
       }
       const float mean_dn = warp_reduce_sum(sum_dn) / C;
       const float mean_dn_xhat = warp_reduce_sum(sum_dn_xhat) / C;
       // The row is staged, so dinp may be dout or inp itself: each lane reads its packs before writing them.
       for (int j = lane; j < C8; j += WARP_SIZE) {
-        const x128 g = g_row[j], x = x_row[j], w = w_s[j];
         const x128 old = accumulate ? load128(dinp + off + j * x128::size) : x128::zeros();
-        x128 d;
-#pragma unroll
-        for (int k = 0; k < x128::size; k++) {
-          const float xhat = ((float)x[k] - m) * s;
-          const float dn = (float)g[k] * (float)w[k];
-          d[k] = (floatX)((float)old[k] + s * (dn - mean_dn - xhat * mean_dn_xhat));
-        }
+        const x128 d = dinp_pack(g_row[j], x_row[j], w_s[j], old, m, s, mean_dn, mean_dn_xhat);
         store128(dinp + off + j * x128::size, d);
       }
       if (lane == 0) {
@@ -184,13 +387,7 @@ __global__ void layernorm_backward_kernel(floatX* dinp, float* __restrict__ part
         db[k] = acc[C + p * x128::size + k];
       }
       for (int w = 0; w < nrows; w++) {
-        const x128 g = g_s[w * C8 + p], x = x_s[w * C8 + p];
-        const float m = mean_s[w], s = rstd_s[w];
-#pragma unroll
-        for (int k = 0; k < x128::size; k++) {
-          dw[k] += (float)g[k] * (((float)x[k] - m) * s);
-          db[k] += (float)g[k];
-        }
+        add_pack_param_grads(dw, db, g_s[w * C8 + p], x_s[w * C8 + p], mean_s[w], rstd_s[w]);
       }
 #pragma unroll
       for (int k = 0; k < x128::size; k++) {
@@ -242,15 +439,44 @@ int max_smem_per_block() {
   return bytes;
 }
 
+// Packs per lane of a register-resident row of C channels; 0 when the row is too wide and is staged in
+// shared memory instead.
+int reg_packs(int C) {
+  const int packs = ceil_div(C / x128::size, WARP_SIZE);
+  return packs <= kMaxRegPacks ? packs : 0;
+}
+
+// fn(std::integral_constant<int, P>{}) with P = packs, for 1 <= packs <= kMaxRegPacks.
+template <int P = 1, class Fn>
+void dispatch_packs(int packs, Fn&& fn) {
+  if constexpr (P <= kMaxRegPacks) {
+    if (packs == P) {
+      fn(std::integral_constant<int, P>{});
+    } else {
+      dispatch_packs<P + 1>(packs, fn);
+    }
+  }
+}
+
 struct LaunchConfig {
   int warps;
   int blocks;
   size_t smem;
 };
 
-// As many warps per block as fit (up to 8), as many blocks as are resident at once (grid-stride beyond).
+// As many blocks as are resident at once, or as the rows need if fewer (grid-stride beyond).
+template <class Kernel>
+LaunchConfig resident_launch(Kernel kernel, int warps, size_t smem, int N) {
+  int per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * WARP_SIZE, smem));
+  const int resident = current_device_sm_count() * (per_sm > 0 ? per_sm : 1);
+  const int needed = ceil_div(N, warps);
+  return {warps, needed < resident ? needed : resident, smem};
+}
+
+// Shared-memory kernels: as many warps per block as fit (up to 8), a resident grid.
 template <class Kernel, class SmemFn>
-LaunchConfig plan_launch(Kernel kernel, SmemFn smem_bytes, int N, int C, const char* what) {
+LaunchConfig plan_smem_launch(Kernel kernel, SmemFn smem_bytes, int N, int C, const char* what) {
   const int limit = max_smem_per_block();
   int warps = kMaxWarpsPerBlock;
   while (warps > 1 && smem_bytes(C, warps) > (size_t)limit) warps /= 2;
@@ -260,11 +486,7 @@ LaunchConfig plan_launch(Kernel kernel, SmemFn smem_bytes, int N, int C, const c
   if (smem > 48 * 1024) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   }
-  int per_sm = 0;
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * WARP_SIZE, smem));
-  const int resident = current_device_sm_count() * (per_sm > 0 ? per_sm : 1);
-  const int needed = ceil_div(N, warps);
-  return {warps, needed < resident ? needed : resident, smem};
+  return resident_launch(kernel, warps, smem, N);
 }
 
 template <bool kResidual>
@@ -273,15 +495,39 @@ void launch_forward(floatX* out, float* mean, float* rstd, floatX* residual, con
                     cudaStream_t stream, const char* what) {
   LLMC_REQUIRE(C % x128::size == 0 && C > 0, std::string(what) + ": C must be a positive multiple of 8");
   if (N == 0) return;
-  auto kernel = layernorm_forward_kernel<kResidual>;
-  const LaunchConfig cfg = plan_launch(kernel, forward_smem_bytes, N, C, what);
-  kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(out, mean, rstd, residual, inp1, inp2, weight,
-                                                                   bias, N, C, eps);
+  const int packs = reg_packs(C);
+  if (packs > 0) {
+    dispatch_packs(packs, [&](auto p) {
+      layernorm_forward_regs_kernel<kResidual, decltype(p)::value>
+          <<<ceil_div(N, kRegWarps), kRegWarps * WARP_SIZE, 0, stream>>>(out, mean, rstd, residual, inp1, inp2,
+                                                                         weight, bias, N, C, eps);
+    });
+  } else {
+    auto kernel = layernorm_forward_smem_kernel<kResidual>;
+    const LaunchConfig cfg = plan_smem_launch(kernel, forward_smem_bytes, N, C, what);
+    kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(out, mean, rstd, residual, inp1, inp2, weight,
+                                                                     bias, N, C, eps);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 
+// The grid, and so the number of partials (layernorm_backward_scratch_floats), depends on N and C only.
 LaunchConfig backward_config(int N, int C) {
-  return plan_launch(layernorm_backward_kernel, backward_smem_bytes, N, C, "layernorm_backward");
+  const int packs = reg_packs(C);
+  if (packs == 0) {
+    return plan_smem_launch(layernorm_backward_smem_kernel, backward_smem_bytes, N, C, "layernorm_backward");
+  }
+  const size_t smem = (size_t)kRegWarps * 2 * C * sizeof(float);
+  LaunchConfig cfg{};
+  dispatch_packs(packs, [&](auto p) {
+    constexpr int P = decltype(p)::value;
+    if (smem > 48 * 1024) {
+      CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_regs_kernel<P>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem));
+    }
+    cfg = resident_launch(layernorm_backward_regs_kernel<P>, kRegWarps, smem, N);
+  });
+  return cfg;
 }
 
 }  // namespace
@@ -314,8 +560,16 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
   LLMC_REQUIRE(C % x128::size == 0 && C > 0, "layernorm_backward: C must be a positive multiple of 8");
   if (N == 0) return;
   const LaunchConfig cfg = backward_config(N, C);
-  layernorm_backward_kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(
-      dinp, scratch, dout, inp, weight, mean, rstd, N, C, accumulate);
+  const int packs = reg_packs(C);
+  if (packs > 0) {
+    dispatch_packs(packs, [&](auto p) {
+      layernorm_backward_regs_kernel<decltype(p)::value><<<cfg.blocks, kRegWarps * WARP_SIZE, cfg.smem, stream>>>(
+          dinp, scratch, dout, inp, weight, mean, rstd, N, C, accumulate);
+    });
+  } else {
+    layernorm_backward_smem_kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(
+        dinp, scratch, dout, inp, weight, mean, rstd, N, C, accumulate);
+  }
   CUDA_CHECK(cudaGetLastError());
   const dim3 block(WARP_SIZE, kReduceRows);
   layernorm_param_grad_reduce_kernel<<<ceil_div(2 * C, WARP_SIZE), block, 0, stream>>>(dweight, dbias, scratch,
