@@ -128,7 +128,8 @@ __global__ void wte_backward_segments_kernel(floatX* __restrict__ dwte, float* _
   // Whether this lane's position ends a run that began in this segment (the run then goes straight into its
   // dwte row, which must be read): the run of the segment's first id began here unless it continues from the
   // previous segment.
-  const int following_mine = lane + 1 < n_here ? __shfl_down_sync(kFullMask, my_id, 1) : next_id;
+  const int id_below = __shfl_down_sync(kFullMask, my_id, 1);  // every lane shuffles: no divergent shuffle
+  const int following_mine = lane + 1 < n_here ? id_below : next_id;
   const int first_id = __shfl_sync(kFullMask, my_id, 0);
   const bool my_needs_row = lane < n_here && following_mine != my_id && (my_id != first_id || prev_id != my_id);
 
