@@ -279,8 +279,8 @@ print("RETURNED", flush=True)
 
 @pytest.mark.parametrize("world_size", [gpus(2)])
 def test_a_hung_rank_on_nccl_ends_the_job_within_the_timeout(world_size):
-    """NCCL: the watchdog notices the collective that waits past the 5 s timeout and ends rank 0's process with
-    an error that says so (torch's default TORCH_NCCL_ASYNC_ERROR_HANDLING tears the process down)."""
+    """NCCL: rank 0's wait for the all-reduce gives up after the 5 s timeout and ends its process with a message
+    that says so (llmc.distributed.wait_for_device; torch 2.11's NCCL watchdog alone did not end it in 45 s)."""
     port = free_port()
     procs = [subprocess.Popen([sys.executable, "-c", HANG_SCRIPT], env={**os.environ, **dist_env(r, world_size, port)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world_size)]
@@ -295,6 +295,25 @@ def test_a_hung_rank_on_nccl_ends_the_job_within_the_timeout(world_size):
     assert procs[0].returncode != 0 and "RETURNED" not in out, out[-3000:]
     assert "timeout" in out.lower() or "timed out" in out.lower(), out[-3000:]
     assert seconds < 40, f"rank 0 ended only after {seconds:.0f} s (timeout 5 s)"
+
+
+STUCK_GPU_SCRIPT = """
+import torch
+import llmc.distributed as d
+d._wait_timeout_s = 1.0  # as init_distributed sets it for an NCCL job
+torch.cuda._sleep(10 ** 11)  # a kernel that spins far longer than the timeout, like a collective nobody joins
+d.wait_for_device(torch.device("cuda"), "step 7")
+print("RETURNED", flush=True)
+"""
+
+
+@requires_cuda
+def test_a_wait_for_a_stuck_gpu_ends_the_process_with_a_message():
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", STUCK_GPU_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "RETURNED" not in proc.stdout, proc.stdout + proc.stderr
+    assert "timed out: step 7 did not finish within 1 s" in proc.stderr, proc.stderr
+    assert time.monotonic() - t0 < 30
 
 
 def test_a_stale_gradient_hook_is_cleared():

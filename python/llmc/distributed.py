@@ -3,8 +3,11 @@ processes (gloo) in tests.
 
 `init_distributed()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and creates
 the process group once, with a collective timeout so that a rank that died or hangs ends the job with an error
-instead of a hang. Without WORLD_SIZE (or with WORLD_SIZE=1) it is a no-op and everything below degrades to the
-single-process behaviour, so the Trainer runs one code path.
+instead of a hang. On GPUs the host's waits for the device (`wait_for_device`: the step's loss read, the
+all-reduced floats) poll with that timeout too: torch's NCCL watchdog was seen not to end a rank stuck in an
+all-reduce within 45 s of a 5 s timeout (torch 2.11, two H200s), so llmc ends such a process itself. Without
+WORLD_SIZE (or with WORLD_SIZE=1) it is a no-op and everything below degrades to the single-process behaviour,
+so the Trainer runs one code path.
 
 `GradientSync` reduces the model's flat gradient buffer in the last micro-step of an accumulation. The ranks'
 gradients are SUMMED: the Trainer scales the loss gradient by 1/(grad_accum * world_size) in forward, so the sum
@@ -30,12 +33,16 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from typing import Optional
 
 DEFAULT_TIMEOUT_S = 600.0
 SHARD_ALIGN = 8  # elements: 16 bytes of bf16
 BUCKET_ELEMENTS = 2**24  # gradients per overlapped bucket (32 MiB of bf16), whole layers, at least one
+TIMEOUT_EXIT_CODE = 3  # a process ended by wait_for_device's timeout
+_wait_timeout_s: Optional[float] = None  # set by init_distributed for NCCL process groups
 LAYER_KINDS = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw",
                "fcprojb")  # the per-layer tensors (model.PARAM_NAMES between wpe and lnfw)
 
@@ -107,7 +114,37 @@ def init_distributed(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> 
     if device_type == "cuda":
         kwargs["device_id"] = torch.device("cuda", info.local_rank)  # NCCL communicator created eagerly, once
     dist.init_process_group(**kwargs)
+    if device_type == "cuda":
+        global _wait_timeout_s
+        _wait_timeout_s = float(timeout_s)
     return info
+
+
+def wait_for_device(device, what: str) -> None:
+    """Wait until the work queued so far on `device`'s current stream is done (nothing on the CPU). In an NCCL
+    job the host polls, and when the work is not done within the process group's timeout it prints why and
+    ends this process with TIMEOUT_EXIT_CODE (a collective another rank never joins cannot be cancelled from
+    Python, and exiting normally would wait for it); torchrun then ends the other ranks."""
+    import torch
+
+    if device.type != "cuda":
+        return
+    if _wait_timeout_s is None:
+        torch.cuda.synchronize(device)
+        return
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(device))
+    start = time.monotonic()
+    while not done.query():
+        if time.monotonic() - start > _wait_timeout_s:
+            sys.stdout.flush()
+            sys.stderr.write(f"llmc: rank {dist_info_from_env().rank}: timed out: {what} did not finish within "
+                             f"{_wait_timeout_s:g} s (the collective timeout, --dist-timeout); another rank is stuck "
+                             f"or gone. Ending this process (exit code {TIMEOUT_EXIT_CODE}) so that torchrun ends "
+                             f"the job.\n")
+            sys.stderr.flush()
+            os._exit(TIMEOUT_EXIT_CODE)
+        time.sleep(0.0002)  # the wait ends at most ~0.2 ms late: negligible against a step
 
 
 def cleanup() -> None:
@@ -149,6 +186,7 @@ def all_reduce_mean(value: float, device) -> float:
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
     dist.all_reduce(t)
+    wait_for_device(t.device, "an all-reduce")
     return t.item() / dist.get_world_size()
 
 
@@ -161,6 +199,7 @@ def all_reduce_sum(values: list[int], device) -> list[int]:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
     dist.all_reduce(t)
+    wait_for_device(t.device, "an all-reduce")
     return [int(round(x)) for x in t.tolist()]
 
 

@@ -539,7 +539,7 @@ class Trainer:
                                    warmup=c.warmup_iterations, total=num_steps, final_fraction=c.final_lr_fraction)
                 checked = loss_detector.threshold or norm_detector.threshold
                 if checked:  # the z-scores decide whether to update: they need the values now
-                    loss, norm = _read_loss_and_norm(loss_t, norm_sq)
+                    loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
                     zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
                 skipped = bool(checked) and (loss_detector.is_outlier(zloss) or norm_detector.is_outlier(znorm))
                 if skipped:
@@ -550,7 +550,7 @@ class Trainer:
                     sync.gather_params()
                 model.zero_grad()
                 if not checked:
-                    loss, norm = _read_loss_and_norm(loss_t, norm_sq)
+                    loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
                     zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -585,10 +585,14 @@ class Trainer:
             return None
 
 
-def _read_loss_and_norm(loss, norm_squared) -> tuple[float, float]:
-    """The step's mean loss and global gradient norm as floats: the host waits for the GPU here (one sync)."""
+def _read_loss_and_norm(loss, norm_squared, what: str) -> tuple[float, float]:
+    """The step's mean loss and global gradient norm as floats: the host waits for the GPU here (one sync; in an
+    NCCL job with the collective timeout, see distributed.wait_for_device)."""
     import torch
 
+    from .distributed import wait_for_device
+
+    wait_for_device(loss.device, what)
     loss_value, norm_sq = torch.stack([loss.reshape(()), norm_squared.reshape(()).double()]).tolist()
     return loss_value, math.sqrt(norm_sq)
 
