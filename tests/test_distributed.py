@@ -280,7 +280,9 @@ print("RETURNED", flush=True)
 @pytest.mark.parametrize("world_size", [gpus(2)])
 def test_a_hung_rank_on_nccl_ends_the_job_within_the_timeout(world_size):
     """NCCL: rank 0's wait for the all-reduce gives up after the 5 s timeout and ends its process with a message
-    that says so (llmc.distributed.wait_for_device; torch 2.11's NCCL watchdog alone did not end it in 45 s)."""
+    that says so (llmc.distributed.wait_for_device; torch 2.11's NCCL watchdog alone did not end it in 45 s).
+    FAILED on two H200s at 277d7b1 (rank 0 still running after 45 s, before the wait could time out); the first
+    collective in init_distributed was added after that run and has not been run on GPUs yet."""
     port = free_port()
     procs = [subprocess.Popen([sys.executable, "-c", HANG_SCRIPT], env={**os.environ, **dist_env(r, world_size, port)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world_size)]

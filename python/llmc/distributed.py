@@ -117,6 +117,12 @@ def init_distributed(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> 
     if device_type == "cuda":
         global _wait_timeout_s
         _wait_timeout_s = float(timeout_s)
+        # One collective now, while every rank is here, so that NCCL's communicator exists before a rank can be
+        # missing: the connection setup itself blocks the host with no timeout (a likely reason why a rank that
+        # never joined the first all-reduce was not ended in 45 s; see the module docstring).
+        first = torch.zeros(1, device=torch.device("cuda", info.local_rank))
+        dist.all_reduce(first)
+        wait_for_device(first.device, "the first collective (NCCL setup)")
     return info
 
 
