@@ -179,7 +179,7 @@ def append_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
+        w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")  # as the committed CSVs (not csv's \r\n)
         if new:
             w.writeheader()
         w.writerows(rows)
