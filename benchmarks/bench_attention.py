@@ -39,9 +39,9 @@ def bench_torch(rec, label, provider, sdp_backend, qkvs, douts, flops):
         views = [heads(qkv) for qkv in qkvs]
         rec.add("attention_forward", label, provider,
                 time_cuda(lambda i: F.scaled_dot_product_attention(*views[i], is_causal=True), k), flops=flops)
-        # One recorded forward per input; autograd.grad then runs just the attention backward each time. autograd
-        # cannot run inside a CUDA graph capture, so every backward row (llmc's too) is timed per call: at ~1 ms a
-        # call the host's share is small, and the comparison stays like for like.
+        # One recorded forward per input; autograd.grad then runs just the attention backward each time. That call
+        # (on a forward recorded outside the capture) failed to capture on torch 2.11, so every backward row
+        # (llmc's too) is timed per call: at ~1 ms a call the host's share is small, and it stays like for like.
         graphs = []
         for qkv in qkvs:
             qkv_views = heads(qkv.detach().requires_grad_())

@@ -84,7 +84,7 @@ def main():
             rows, count = N, cfg.n_layer
             if name == "lm_head":  # the Trainer's default loss_chunk: the output layer runs 8192 rows at a time
                 rows = min(N, DEFAULT_LOSS_CHUNK)
-                count = N // rows
+                count = -(-N // rows)  # the last chunk may be shorter: counted as a whole one
             for kind in kinds:
                 buf = buffers(kind, rows, K, M, gen, has_bias)
                 written = ["d"] + (["aux"] if kind == FWD_GELU else [])

@@ -69,7 +69,8 @@ def main(argv=None):
     kernels = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
     kernels.sort(key=lambda e: e.device_time_total, reverse=True)
     gpu_ms = sum(e.device_time_total for e in kernels) / 1e3 / args.steps
-    lines = [f"llmc {args.model} B={B} T={T} loss_chunk={chunk} ({torch.cuda.get_device_name()}): without the profiler {plain_ms:.1f} "
+    lines = [f"llmc {args.model} B={B} T={T} loss_chunk={chunk} ({torch.cuda.get_device_name()}): without the "
+             f"profiler {plain_ms:.1f} "
              f"ms/step, of which the host needs {host_ms:.1f} ms to enqueue it (medians of 10). Profiled: wall "
              f"{wall_ms:.1f} ms/step, GPU kernels {gpu_ms:.1f} ms/step, GPU idle {wall_ms - gpu_ms:.1f} ms/step", "",
              "| kernel | calls/step | ms/step | % of wall |", "|---|---:|---:|---:|"]

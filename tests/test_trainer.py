@@ -147,7 +147,10 @@ def test_loss_chunk_trains_like_the_whole_batch(shards, tmp_path, device):
         Trainer(tiny_config(), tiny_run(shards, tmp_path, loss_chunk=-1))
     with pytest.raises(ValueError, match=r"GPT\(\.\.\., loss_chunk=24\)"):
         Trainer(GPT(tiny_config(), device="cpu"), tiny_run(shards, tmp_path / "x", loss_chunk=24)).fit()
-    # loss_chunk=None (the default): a model the Trainer builds gets DEFAULT_LOSS_CHUNK, a given GPT keeps its own
+
+
+def test_default_loss_chunk_applies_to_models_the_trainer_builds(shards, tmp_path):
+    """loss_chunk=None (the default): a model the Trainer builds gets DEFAULT_LOSS_CHUNK, a given GPT its own."""
     for source, expected in ((tiny_config(), DEFAULT_LOSS_CHUNK), (GPT(tiny_config(), device="cpu", loss_chunk=16), 16),
                              (GPT(tiny_config(), device="cpu"), None)):
         trainer = Trainer(source, tiny_run(shards, tmp_path / f"d{expected}", num_iterations=1, checkpoint_every=0,

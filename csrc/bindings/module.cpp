@@ -73,7 +73,7 @@ PYBIND11_MODULE(_llmc, m) {
                     as_stream(s));
   }, "dinp = (dout @ weight) [* gelu'(pre_gelu)]; dweight += dout^T @ inp; dbias += colsum(dout); bf16");
   m.def("matmul_tuning_log", &matmul_tuning_log,
-        "one line per cuBLASLt plan made on the current device: shape and the algorithm autotuning chose");
+        "one line per cuBLASLt plan autotuning looked at on the current device: shape and the algorithm kept");
   m.def("matmul_probe", [](int which, int rank, uintptr_t d, uintptr_t x, uintptr_t w, uintptr_t bias,
                            uintptr_t aux, int64_t N, int64_t K, int64_t M, int reps, uintptr_t s) {
     return matmul_probe(which, rank, ptr<floatX>(d), ptr<const floatX>(x), ptr<const floatX>(w), ptr<floatX>(bias),

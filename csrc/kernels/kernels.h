@@ -51,7 +51,7 @@ void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floa
 void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp,
                      const floatX* weight, const floatX* pre_gelu, int64_t N, int64_t K, int64_t M,
                      cudaStream_t stream);
-// One line per GEMM plan made on the current device so far: its shape and the algorithm autotuning chose.
+// One line per GEMM plan autotuning looked at on the current device so far: its shape and the algorithm kept.
 std::vector<std::string> matmul_tuning_log();
 // Benchmarks only (benchmarks/probe_gemm_algos.py): run one of the GEMMs above with the `rank`-th algorithm the
 // heuristic offers (0: its first choice, what matmul_* use with LLMC_GEMM_AUTOTUNE=0). which: 0 forward (+bias

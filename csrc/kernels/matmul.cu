@@ -23,11 +23,15 @@
 //
 // Algorithm choice. cublasLtMatmulAlgoGetHeuristic ranks its algorithms by a model; on an H100 its first choice
 // was up to 20% slower than another it offers for several of GPT-2's GEMMs (benchmarks/probe_gemm_algos.py).
-// So the first call of a plan times every offered algorithm on the call's own inputs (3 runs each) and keeps the
-// fastest whose output has exactly the bits of the heuristic's first choice (compared by a hash of every output
-// element): the choice changes speed only, never results, whichever run or process makes it. Outputs that are
-// also inputs (dweight's +=, dinp written over pre_gelu) are tuned in a scratch filled with a fixed pattern, when
-// it fits kTuneScratchBytes; otherwise, and with LLMC_GEMM_AUTOTUNE=0, the heuristic's first choice is used.
+// So the first call of a plan that overwrites its output (forward, dinp) times every offered algorithm on the
+// call's own inputs (3 runs each) and keeps the fastest whose output has exactly the bits of the heuristic's first
+// choice (compared by a hash of every output element). The probe found every algorithm offered for those GEMMs
+// bit-identical, as expected of kernels that split only the output, not k; accumulating GEMMs (dweight +=, where
+// cuBLASLt splits k and other algorithms round differently) always take the first choice, since a pattern-filled
+// scratch could hide their differences. So the choice changes speed only, not results, in any run or process.
+// dinp written over pre_gelu is tuned in a scratch (pre_gelu filled with a fixed pattern) when it fits
+// kTuneScratchBytes. No tuning during CUDA graph capture (it synchronizes), nor with LLMC_GEMM_AUTOTUNE=0 (read
+// at each call: it is part of the plan key).
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -165,18 +169,19 @@ uint32_t pointer_alignment(const void* p) {
 }
 
 // The heuristic's choice depends on the pointers only through their alignment, so plans are keyed by it.
-// LLMC_GEMM_AUTOTUNE=0 (read when a plan is made): the heuristic's first choice, untimed.
+// LLMC_GEMM_AUTOTUNE=0: the heuristic's first choice, untimed (see the top of the file).
 bool autotune_enabled() {
   const char* v = std::getenv("LLMC_GEMM_AUTOTUNE");
   return v == nullptr || std::string(v) != "0";
 }
 
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int, uint32_t, uint32_t, uint32_t, uint32_t,
-                           uint32_t, bool>;
+                           uint32_t, bool, bool>;
 PlanKey plan_key(const Gemm& g) {
+  const bool in_place = g.aux != nullptr && g.aux == g.d;  // dinp over pre_gelu: tuned as such, separately
   return PlanKey(g.m, g.n, g.k, g.trans_a, g.trans_b, g.accumulate, (int)g.epilogue, pointer_alignment(g.a),
                  pointer_alignment(g.b), pointer_alignment(g.d), pointer_alignment(g.bias), pointer_alignment(g.aux),
-                 autotune_enabled());
+                 autotune_enabled(), in_place);
 }
 
 struct Plan {
@@ -293,34 +298,52 @@ std::string describe_gemm(const Gemm& g) {
          std::to_string((int)g.epilogue) + (g.accumulate ? " +=" : "");
 }
 
-void enqueue_gemm(DeviceState& s, const Gemm& g, const Plan& plan, cudaStream_t stream) {
+cublasStatus_t try_enqueue_gemm(DeviceState& s, const Gemm& g, const Plan& plan, cudaStream_t stream) {
   // The plan's descriptor is reused: only the pointers change between calls (read when the call is enqueued).
   if (epilogue_has_bias(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
   if (epilogue_has_aux(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
   const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(s.handle, plan.op.get(), &alpha, g.a, plan.a.get(), g.b, plan.b.get(), &beta, g.d,
-                              plan.d.get(), g.d, plan.d.get(), &plan.algo, s.workspace, kWorkspaceBytes, stream));
+  return cublasLtMatmul(s.handle, plan.op.get(), &alpha, g.a, plan.a.get(), g.b, plan.b.get(), &beta, g.d,
+                        plan.d.get(), g.d, plan.d.get(), &plan.algo, s.workspace, kWorkspaceBytes, stream);
+}
+
+void enqueue_gemm(DeviceState& s, const Gemm& g, const Plan& plan, cudaStream_t stream) {
+  CUBLAS_CHECK(try_enqueue_gemm(s, g, plan, stream));
 }
 
 constexpr int kTuneAsk = 16;                     // algorithms asked of the heuristic
 constexpr int kTuneRuns = 3;                     // timed runs per algorithm (the fastest counts)
-constexpr size_t kTuneScratchBytes = 512u << 20; // largest output tuned in a scratch (d12's fcproj dinp: 403 MB)
+constexpr size_t kTuneScratchBytes = 512u << 20; // largest dinp-over-pre_gelu tuned in a scratch
 
-// A buffer for tuning that frees itself.
+// A buffer and two events for tuning that free themselves.
 struct DeviceBuffer {
   void* p = nullptr;
   ~DeviceBuffer() {
     if (p) cudaFree(p);
   }
 };
+struct EventPair {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  EventPair() {
+    CUDA_CHECK(cudaEventCreate(&start));
+    if (cudaEventCreate(&stop) != cudaSuccess) {
+      cudaEventDestroy(start);
+      throw std::runtime_error("matmul autotuning: cudaEventCreate failed");
+    }
+  }
+  ~EventPair() {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+};
 
 // The plan whose algorithm is the fastest of those giving the heuristic first choice's bits (see the top of the
-// file); `first` when there is nothing to choose from, or no scratch could be had.
+// file); `first` when there is nothing to choose from, or no scratch could be had. Not for accumulating GEMMs.
 std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_ptr<Plan> first, int offered,
                                 cudaStream_t stream) {
   Gemm g = call;  // what the tuning runs: the call, or its output moved to the scratch
   const int64_t elems = g.m * g.n;
-  const bool in_scratch = g.accumulate || (g.epilogue == CUBLASLT_EPILOGUE_DGELU && g.d == g.aux);
+  const bool in_scratch = g.epilogue == CUBLASLT_EPILOGUE_DGELU && g.d == g.aux;
   DeviceBuffer scratch;
   if (in_scratch) {
     const size_t bytes = (size_t)elems * sizeof(floatX);
@@ -336,38 +359,43 @@ std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_pt
   const bool writes_aux = g.epilogue == CUBLASLT_EPILOGUE_GELU_AUX || g.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
   const int grid = current_device_sm_count() * 4, block = 256;
   auto refill = [&] {
-    if (in_scratch) fill_pattern_kernel<<<grid, block, 0, stream>>>(g.d, elems);
+    if (in_scratch) {
+      fill_pattern_kernel<<<grid, block, 0, stream>>>(g.d, elems);
+      CUDA_CHECK(cudaGetLastError());
+    }
   };
-  auto output_hash = [&](const Plan& plan) {
+  // The hash of the outputs of one run of `plan`, or false when cuBLASLt refuses to run it.
+  auto output_hash = [&](const Plan& plan, unsigned long long* h) {
     refill();
-    enqueue_gemm(s, g, plan, stream);
+    if (try_enqueue_gemm(s, g, plan, stream) != CUBLAS_STATUS_SUCCESS) return false;
     CUDA_CHECK(cudaMemsetAsync(s.hash, 0, sizeof(unsigned long long), stream));
     hash_kernel<<<grid, block, 0, stream>>>(s.hash, g.d, elems);
     if (writes_aux) hash_kernel<<<grid, block, 0, stream>>>(s.hash, static_cast<const floatX*>(g.aux), elems);
     CUDA_CHECK(cudaGetLastError());
-    unsigned long long h = 0;
-    CUDA_CHECK(cudaMemcpyAsync(&h, s.hash, sizeof(h), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaMemcpyAsync(h, s.hash, sizeof(*h), cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    return h;
+    return true;
   };
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  auto fastest_ms = [&](const Plan& plan) {
+  EventPair events;
+  auto fastest_ms = [&](const Plan& plan) {  // after output_hash ran it once
     float best = 0.0f;
     for (int i = 0; i < kTuneRuns; i++) {
       refill();
-      CUDA_CHECK(cudaEventRecord(start, stream));
+      CUDA_CHECK(cudaEventRecord(events.start, stream));
       enqueue_gemm(s, g, plan, stream);
-      CUDA_CHECK(cudaEventRecord(stop, stream));
-      CUDA_CHECK(cudaEventSynchronize(stop));
+      CUDA_CHECK(cudaEventRecord(events.stop, stream));
+      CUDA_CHECK(cudaEventSynchronize(events.stop));
       float ms = 0.0f;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      CUDA_CHECK(cudaEventElapsedTime(&ms, events.start, events.stop));
       if (i == 0 || ms < best) best = ms;
     }
     return best;
   };
-  const unsigned long long reference = output_hash(*first);
+  unsigned long long reference = 0, h = 0;
+  if (!output_hash(*first, &reference)) {
+    s.tuning_log.push_back(describe_gemm(g) + ": not tuned (cuBLASLt did not run its first choice)");
+    return first;  // the call itself will fail with cuBLASLt's error
+  }
   const float first_ms = fastest_ms(*first);
   float best_ms = first_ms;
   int best_rank = 0, same = 1;
@@ -375,7 +403,7 @@ std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_pt
   for (int rank = 1; rank < offered; rank++) {
     // Planned for the call's own pointers' alignment (the scratch, freshly allocated, is aligned for any plan).
     std::unique_ptr<Plan> candidate = make_plan(s.handle, call, rank, kTuneAsk);
-    if (!candidate || output_hash(*candidate) != reference) continue;
+    if (!candidate || !output_hash(*candidate, &h) || h != reference) continue;
     same++;
     const float ms = fastest_ms(*candidate);
     if (ms < 0.99f * best_ms) {  // a clear win only: timing noise should not flip the choice
@@ -384,8 +412,6 @@ std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_pt
       best = std::move(candidate);
     }
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   char line[160];
   snprintf(line, sizeof(line), ": rank %d of %d (%d with the same bits), %.4f ms vs the first choice's %.4f ms",
            best_rank, offered, same, best_ms, first_ms);
@@ -393,12 +419,18 @@ std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_pt
   return best;
 }
 
-const Plan* find_plan(DeviceState& s, const Gemm& g, cudaStream_t stream, bool tune = true) {
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+const Plan* find_plan(DeviceState& s, const Gemm& g, cudaStream_t stream) {
   const PlanKey key = plan_key(g);
   auto it = s.plans.find(key);
   if (it == s.plans.end()) {
     int offered = 0;
-    const bool autotune = tune && autotune_enabled();
+    const bool autotune = !g.accumulate && autotune_enabled() && !capturing(stream);
     std::unique_ptr<Plan> plan = make_plan(s.handle, g, 0, autotune ? kTuneAsk : 1, &offered);
     if (plan && autotune && offered > 1) plan = tune_plan(s, g, std::move(plan), offered, stream);
     it = s.plans.emplace(key, std::move(plan)).first;
@@ -513,6 +545,9 @@ std::tuple<int, double, std::string> matmul_probe(int which, int rank, floatX* d
                                                   int reps, cudaStream_t stream) {
   require_gemm_dims(N, K, M, "matmul_probe");
   LLMC_REQUIRE(which >= 0 && which <= 4, "matmul_probe: which must be 0..4");
+  LLMC_REQUIRE(rank >= 0, "matmul_probe: rank must be >= 0");
+  LLMC_REQUIRE((which != 1 || (bias && aux)) && (which != 3 || aux),
+               "matmul_probe: which=1 needs bias and aux, which=3 needs aux");
   const cublasLtEpilogue_t epilogues[4] = {bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT,
                                            CUBLASLT_EPILOGUE_GELU_AUX_BIAS, CUBLASLT_EPILOGUE_DEFAULT,
                                            CUBLASLT_EPILOGUE_DGELU};

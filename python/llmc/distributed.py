@@ -117,9 +117,11 @@ def init_distributed(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> 
     if device_type == "cuda":
         global _wait_timeout_s
         _wait_timeout_s = float(timeout_s)
-        # One collective now, while every rank is here, so that NCCL's communicator exists before a rank can be
-        # missing: the connection setup itself blocks the host with no timeout (a likely reason why a rank that
-        # never joined the first all-reduce was not ended in 45 s; see the module docstring).
+        # One collective now, while every rank is here. device_id already makes NCCL create its communicator in
+        # init_process_group, but NCCL may still connect peers lazily at a collective's first use
+        # (NCCL_RUNTIME_CONNECT), and that blocks the host with no timeout: a guess at why a rank that never
+        # joined the first all-reduce was not ended in 45 s (module docstring). This connects the all-reduce
+        # path while everybody is present; not yet run on GPUs, and other collectives may still connect later.
         first = torch.zeros(1, device=torch.device("cuda", info.local_rank))
         dist.all_reduce(first)
         wait_for_device(first.device, "the first collective (NCCL setup)")
@@ -127,10 +129,12 @@ def init_distributed(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> 
 
 
 def wait_for_device(device, what: str) -> None:
-    """Wait until the work queued so far on `device`'s current stream is done (nothing on the CPU). In an NCCL
-    job the host polls, and when the work is not done within the process group's timeout it prints why and
-    ends this process with TIMEOUT_EXIT_CODE (a collective another rank never joins cannot be cancelled from
-    Python, and exiting normally would wait for it); torchrun then ends the other ranks."""
+    """Wait for the GPU (nothing on the CPU). Outside an NCCL job: torch.cuda.synchronize(device). In an NCCL job
+    the host polls an event recorded on `device`'s current stream, and when the work queued before it (all of
+    it since the host last waited: up to a step, or an evaluation) is not done within the process group's
+    timeout, it prints why and ends this process with TIMEOUT_EXIT_CODE (a collective another rank never joins
+    cannot be cancelled from Python, and exiting normally would wait for it); torchrun then ends the other
+    ranks. So --dist-timeout must exceed a step's time, as its 600 s default does."""
     import torch
 
     if device.type != "cuda":
@@ -157,6 +161,8 @@ def cleanup() -> None:
     """Leave the process group (if any)."""
     import torch.distributed as dist
 
+    global _wait_timeout_s
+    _wait_timeout_s = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -368,7 +374,9 @@ class GradientSync:
 
     def grad_norm(self) -> float:
         """Global L2 norm of the reduced gradients (one host sync)."""
-        return math.sqrt(self.grad_norm_squared().item())
+        norm_squared = self.grad_norm_squared()
+        wait_for_device(norm_squared.device, "the gradient norm")
+        return math.sqrt(norm_squared.item())
 
     def mean_over_ranks(self, value):
         """Mean of a one-element device tensor over the ranks, as a new tensor, without a host sync."""

@@ -561,12 +561,13 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
 
 
 def matmul_tuning_log() -> list:
-    """One line per cuBLASLt plan made on the current CUDA device so far: the GEMM's shape (cuBLASLt's
-    column-major m, n, k), its epilogue, and which of the heuristic's algorithms autotuning kept with its time
-    against the heuristic's first choice. A plan is tuned the first time its shape runs: every algorithm the
-    heuristic offers is timed on that call's inputs, and only those whose output has the first choice's exact
-    bits may be chosen, so tuning changes speed, never results. LLMC_GEMM_AUTOTUNE=0 (read when a plan is made)
-    keeps the heuristic's first choice."""
+    """One line per cuBLASLt plan autotuning looked at on the current CUDA device so far: the GEMM's shape
+    (cuBLASLt's column-major m, n, k), its epilogue, and which of the heuristic's algorithms was kept, with its
+    time against the heuristic's first choice. A forward or dinp GEMM is tuned the first time its shape runs:
+    every algorithm the heuristic offers is timed on that call's inputs, and only those whose output has the
+    first choice's exact bits may be chosen, so tuning changes speed, not results. Accumulating GEMMs (dweight
+    +=) keep the first choice and are not listed; so is everything with LLMC_GEMM_AUTOTUNE=0 or while a CUDA
+    graph is being captured."""
     return list(_ext().matmul_tuning_log())
 
 

@@ -386,7 +386,7 @@ class Trainer:
 
         from .checkpoint import CheckpointManager
         from .data import DataLoader
-        from .distributed import GradientSync, all_reduce_mean, all_reduce_sum, barrier, print0
+        from .distributed import GradientSync, all_reduce_mean, all_reduce_sum, barrier, print0, wait_for_device
         from .eval import HellaSwagResult, hellaswag_eval, val_loss
         from .optim import AdamW
         from .prepare import builtin_corpus
@@ -552,8 +552,7 @@ class Trainer:
                 if not checked:
                     loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
                     zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                wait_for_device(device, f"step {step + 1}")  # the update and its collectives, when -sl/-sg read earlier
                 seconds = time.perf_counter() - t0
 
                 record = {"step": step, "loss": loss, "norm": norm, "lr": lr, "ms": 1000 * seconds,
