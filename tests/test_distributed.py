@@ -309,6 +309,13 @@ print("RETURNED", flush=True)
 """
 
 
+def test_waiting_for_the_cpu_returns_at_once(monkeypatch):
+    import llmc.distributed as d
+
+    monkeypatch.setattr(d, "_wait_timeout_s", 1e-9)  # even with an NCCL job's timeout set: nothing to wait for
+    assert d.wait_for_device(torch.device("cpu"), "step 1") is None
+
+
 @requires_cuda
 def test_a_wait_for_a_stuck_gpu_ends_the_process_with_a_message():
     t0 = time.monotonic()

@@ -31,7 +31,8 @@
 // scratch could hide their differences. So the choice changes speed only, not results, in any run or process.
 // dinp written over pre_gelu is tuned in a scratch (pre_gelu filled with a fixed pattern) when it fits
 // kTuneScratchBytes. No tuning during CUDA graph capture (it synchronizes), nor with LLMC_GEMM_AUTOTUNE=0 (read
-// at each call: it is part of the plan key).
+// at each call: it is part of the plan key). Tuning holds the plan lock while it synchronizes its stream: matmuls
+// of other threads wait for it (once per shape).
 #include <cublasLt.h>
 
 #include <algorithm>
