@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -173,7 +174,7 @@ uint32_t pointer_alignment(const void* p) {
 // LLMC_GEMM_AUTOTUNE=0: the heuristic's first choice, untimed (see the top of the file).
 bool autotune_enabled() {
   const char* v = std::getenv("LLMC_GEMM_AUTOTUNE");
-  return v == nullptr || std::string(v) != "0";
+  return v == nullptr || std::strcmp(v, "0") != 0;  // runs on every call (plan_key): no allocation
 }
 
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int, uint32_t, uint32_t, uint32_t, uint32_t,
@@ -567,16 +568,12 @@ std::tuple<int, double, std::string> matmul_probe(int which, int rank, floatX* d
     return {offered, 0.0, describe_algo(chosen)};
   }
   for (int i = 0; i < 3; i++) enqueue_gemm(s, g, *plan, stream);
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  CUDA_CHECK(cudaEventRecord(start, stream));
+  EventPair events;
+  CUDA_CHECK(cudaEventRecord(events.start, stream));
   for (int i = 0; i < reps; i++) enqueue_gemm(s, g, *plan, stream);
-  CUDA_CHECK(cudaEventRecord(stop, stream));
-  CUDA_CHECK(cudaEventSynchronize(stop));
+  CUDA_CHECK(cudaEventRecord(events.stop, stream));
+  CUDA_CHECK(cudaEventSynchronize(events.stop));
   float ms = 0.0f;
-  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
+  CUDA_CHECK(cudaEventElapsedTime(&ms, events.start, events.stop));
   return {offered, (double)ms / reps, describe_algo(chosen)};
 }

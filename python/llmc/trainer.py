@@ -552,7 +552,8 @@ class Trainer:
                 if not checked:
                     loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
                     zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
-                wait_for_device(device, f"step {step + 1}")  # the update and its collectives, when -sl/-sg read earlier
+                if checked:  # the loss was read before the update: wait for the update and its collectives too
+                    wait_for_device(device, f"step {step + 1}")
                 seconds = time.perf_counter() - t0
 
                 record = {"step": step, "loss": loss, "norm": norm, "lr": lr, "ms": 1000 * seconds,
