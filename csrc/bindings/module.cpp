@@ -72,6 +72,32 @@ PYBIND11_MODULE(_llmc, m) {
                     ptr<const floatX>(inp), ptr<const floatX>(weight), ptr<const floatX>(pre_gelu), N, K, M,
                     as_stream(s));
   }, "dinp = (dout @ weight) [* gelu'(pre_gelu)]; dweight += dout^T @ inp; dbias += colsum(dout); bf16");
+  m.def("matmul_fp8", [](uintptr_t out, uintptr_t aux, uintptr_t x, uintptr_t w, bool x_e5m2, bool w_e5m2,
+                         uintptr_t x_scale_inv, uintptr_t w_scale_inv, uintptr_t bias, int64_t N, int64_t K, int64_t M,
+                         int epilogue, bool fast_accum, uintptr_t s) {
+    matmul_fp8(ptr<floatX>(out), ptr<floatX>(aux), ptr<const void>(x), ptr<const void>(w), x_e5m2, w_e5m2,
+               ptr<const float>(x_scale_inv), ptr<const float>(w_scale_inv), ptr<const floatX>(bias), N, K, M,
+               epilogue, fast_accum, as_stream(s));
+  }, "out (N,M) = x (N,K) @ w (M,K)^T (FP8) * scales [+ bias], epilogue 0 none, 1 GELU (aux = pre), 2 dGELU");
+
+  // ---- fp8.cu ----
+  m.def("fp8_amax", [](uintptr_t amax, uintptr_t x, int64_t n, uintptr_t s) {
+    fp8_amax(ptr<float>(amax), ptr<const floatX>(x), n, as_stream(s));
+  }, "*amax = max |x| (bf16 x, fp32 amax)");
+  m.def("fp8_cast", [](uintptr_t out, uintptr_t x, int64_t n, bool e5m2, uintptr_t amax_ref, uintptr_t scale_inv,
+                       uintptr_t amax_out, uintptr_t s) {
+    fp8_cast(ptr<void>(out), ptr<const floatX>(x), n, e5m2, ptr<const float>(amax_ref), ptr<float>(scale_inv),
+             ptr<float>(amax_out), as_stream(s));
+  }, "out = fp8(x * fp8_max / *amax_ref), saturating; *scale_inv = the inverse scale; *amax_out raised to max |x|");
+  m.def("fp8_cast_transpose", [](uintptr_t out, uintptr_t x, int rows, int cols, bool e5m2, uintptr_t amax_ref,
+                                 uintptr_t scale_inv, uintptr_t amax_out, uintptr_t s) {
+    fp8_cast_transpose(ptr<void>(out), ptr<const floatX>(x), rows, cols, e5m2, ptr<const float>(amax_ref),
+                       ptr<float>(scale_inv), ptr<float>(amax_out), as_stream(s));
+  }, "fp8_cast of x (rows, cols) written transposed (cols, rows)");
+  m.def("fp8_update_scales", [](uintptr_t amax_ref, uintptr_t history, uintptr_t amax, int slots, int len, int pos,
+                                uintptr_t s) {
+    fp8_update_scales(ptr<float>(amax_ref), ptr<float>(history), ptr<float>(amax), slots, len, pos, as_stream(s));
+  }, "per slot: history[pos] = amax, amax = 0, amax_ref = max of history");
   m.def("matmul_tuning_log", &matmul_tuning_log,
         "one line per cuBLASLt plan autotuning looked at on the current device: shape and the algorithm kept");
   m.def("matmul_probe", [](int which, int rank, uintptr_t d, uintptr_t x, uintptr_t w, uintptr_t bias,

@@ -51,6 +51,13 @@ void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floa
 void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp,
                      const floatX* weight, const floatX* pre_gelu, int64_t N, int64_t K, int64_t M,
                      cudaStream_t stream);
+// FP8 (sm_89+): out (N,M) = (x (N,K) @ w (M,K)^T) * x_scale_inv * w_scale_inv [+ bias (M)], x and w FP8 (e4m3, or
+// e5m2 for at most one of them), the scales device scalars, fp32 accumulation (fast_accum: Hopper's faster
+// accumulation), bf16 out. epilogue 0: none (bias optional); 1: GELU, out = gelu(.) and aux (N,M) = the value
+// before it; 2: dGELU, out = (.) * gelu'(aux), aux other than out, no bias. K, M multiples of 16.
+void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e5m2, bool w_e5m2,
+                const float* x_scale_inv, const float* w_scale_inv, const floatX* bias, int64_t N, int64_t K,
+                int64_t M, int epilogue, bool fast_accum, cudaStream_t stream);
 // One line per GEMM plan autotuning looked at on the current device so far: its shape and the algorithm kept.
 std::vector<std::string> matmul_tuning_log();
 // Benchmarks only (benchmarks/probe_gemm_algos.py): run one of the GEMMs above with the `rank`-th algorithm the
@@ -106,3 +113,19 @@ void adamw_update(floatX* params, const floatX* grads, float* m, float* v, float
 constexpr int kGlobalNormPartials = 1024;
 // out[0] = sum(inp[i]^2) in fp32, deterministic; inp may start at any element offset.
 void global_norm_squared(float* out, const floatX* inp, int64_t n, float* scratch, cudaStream_t stream);
+
+// ---- fp8.cu ----
+// FP8 casts with per-tensor scales (see fp8.cu): q = saturate(x * s), s = fp8_max / *amax_ref (1 when it is 0);
+// 1/s goes to *scale_inv; amax_out (may be null) is raised to max |x| (atomic max, order-independent).
+// *amax = max |x| (set, not raised).
+void fp8_amax(float* amax, const floatX* x, int64_t n, cudaStream_t stream);
+// n a multiple of 16, out and x 16-byte aligned.
+void fp8_cast(void* out, const floatX* x, int64_t n, bool e5m2, const float* amax_ref, float* scale_inv,
+              float* amax_out, cudaStream_t stream);
+// out (cols, rows) = the cast of x (rows, cols), transposed.
+void fp8_cast_transpose(void* out, const floatX* x, int rows, int cols, bool e5m2, const float* amax_ref,
+                        float* scale_inv, float* amax_out, cudaStream_t stream);
+// For each of `slots` tensors: history[i][pos] = amax[i], amax[i] = 0, amax_ref[i] = max of history[i] (len
+// history_len).
+void fp8_update_scales(float* amax_ref, float* history, float* amax, int slots, int history_len, int pos,
+                       cudaStream_t stream);

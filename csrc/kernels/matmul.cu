@@ -153,13 +153,18 @@ using OwnedPreference = LtOwned<cublasLtMatmulPreference_t, cublasLtMatmulPrefer
 struct Gemm {
   int64_t m, n, k;
   bool trans_a, trans_b;
-  const floatX* a;
-  const floatX* b;
+  const void* a;
+  const void* b;
   floatX* d;
   bool accumulate;              // beta = 1 (D += ...), else beta = 0
   cublasLtEpilogue_t epilogue;
   const void* bias;             // when the epilogue adds a bias
   const void* aux;              // pre_gelu: written by GELU_AUX*, read by DGELU
+  // FP8 operands (matmul_fp8): their types and the device scalars that undo their scaling; bf16 otherwise
+  cudaDataType_t a_type = CUDA_R_16BF, b_type = CUDA_R_16BF;
+  const float* a_scale = nullptr;
+  const float* b_scale = nullptr;
+  bool fast_accum = false;      // FP8 only: Hopper's faster, less precise accumulation
 };
 
 // Largest power of two (up to 256, cuBLASLt's default assumption) dividing the address.
@@ -178,12 +183,12 @@ bool autotune_enabled() {
 }
 
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int, uint32_t, uint32_t, uint32_t, uint32_t,
-                           uint32_t, bool, bool>;
+                           uint32_t, bool, bool, int, int, bool>;
 PlanKey plan_key(const Gemm& g) {
   const bool in_place = g.aux != nullptr && g.aux == g.d;  // dinp over pre_gelu: tuned as such, separately
   return PlanKey(g.m, g.n, g.k, g.trans_a, g.trans_b, g.accumulate, (int)g.epilogue, pointer_alignment(g.a),
                  pointer_alignment(g.b), pointer_alignment(g.d), pointer_alignment(g.bias), pointer_alignment(g.aux),
-                 autotune_enabled(), in_place);
+                 autotune_enabled(), in_place, (int)g.a_type, (int)g.b_type, g.fast_accum);
 }
 
 struct Plan {
@@ -209,9 +214,9 @@ void set_preference(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAtt
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
 }
 
-OwnedLayout bf16_layout(int64_t rows, int64_t cols, int64_t ld) {
+OwnedLayout matrix_layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld) {
   cublasLtMatrixLayout_t layout;
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, CUDA_R_16BF, rows, cols, ld));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, type, rows, cols, ld));
   return OwnedLayout(layout);
 }
 
@@ -242,10 +247,13 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const Gemm& g, int rank
     set_desc(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, g.m);  // aux has D's shape; default type: D's (bf16)
     set_desc(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
   }
+  if (g.a_scale) set_desc(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, g.a_scale);
+  if (g.b_scale) set_desc(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, g.b_scale);
+  if (g.fast_accum) set_desc(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, (int8_t)1);
   // Stored (before op) shapes: op N -> m x k (A) / k x n (B); op T -> k x m / n x k. Leading dim = stored rows.
-  plan.a = g.trans_a ? bf16_layout(g.k, g.m, g.k) : bf16_layout(g.m, g.k, g.m);
-  plan.b = g.trans_b ? bf16_layout(g.n, g.k, g.n) : bf16_layout(g.k, g.n, g.k);
-  plan.d = bf16_layout(g.m, g.n, g.m);
+  plan.a = g.trans_a ? matrix_layout(g.a_type, g.k, g.m, g.k) : matrix_layout(g.a_type, g.m, g.k, g.m);
+  plan.b = g.trans_b ? matrix_layout(g.b_type, g.n, g.k, g.n) : matrix_layout(g.b_type, g.k, g.n, g.k);
+  plan.d = matrix_layout(CUDA_R_16BF, g.m, g.n, g.m);
 
   cublasLtMatmulPreference_t raw_pref;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&raw_pref));
@@ -304,6 +312,8 @@ cublasStatus_t try_enqueue_gemm(DeviceState& s, const Gemm& g, const Plan& plan,
   // The plan's descriptor is reused: only the pointers change between calls (read when the call is enqueued).
   if (epilogue_has_bias(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
   if (epilogue_has_aux(g.epilogue)) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
+  if (g.a_scale) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, g.a_scale);
+  if (g.b_scale) set_desc(plan.op.get(), CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, g.b_scale);
   const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
   return cublasLtMatmul(s.handle, plan.op.get(), &alpha, g.a, plan.a.get(), g.b, plan.b.get(), &beta, g.d,
                         plan.d.get(), g.d, plan.d.get(), &plan.algo, s.workspace, kWorkspaceBytes, stream);
@@ -508,9 +518,47 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
   DeviceState& s = device_state();
   if (dbias) bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), stream);
   run_gemm(s, dweight_gemm(dweight, dout, inp, N, K, M), stream);
+  if (dinp == nullptr) return;  // the caller computes dinp itself (matmul_fp8)
   run_gemm(s, Gemm{K, N, M, /*trans_a=*/false, /*trans_b=*/false, weight, dout, dinp, /*accumulate=*/false,
                    pre_gelu ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, nullptr, pre_gelu},
            stream);
+}
+
+void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e5m2, bool w_e5m2,
+                const float* x_scale_inv, const float* w_scale_inv, const floatX* bias, int64_t N, int64_t K,
+                int64_t M, int epilogue, bool fast_accum, cudaStream_t stream) {
+  require_gemm_dims(N, K, M, "matmul_fp8");
+  LLMC_REQUIRE(K % 16 == 0 && M % 16 == 0, "matmul_fp8: K and M must be multiples of 16 (16-byte FP8 rows)");
+  LLMC_REQUIRE(!(x_e5m2 && w_e5m2), "matmul_fp8: at most one operand may be e5m2");
+  LLMC_REQUIRE(epilogue >= 0 && epilogue <= 2, "matmul_fp8: epilogue must be 0 (none/bias), 1 (GELU) or 2 (dGELU)");
+  LLMC_REQUIRE(epilogue == 0 || aux != nullptr, "matmul_fp8: the GELU epilogues need aux (pre_gelu)");
+  LLMC_REQUIRE(epilogue != 2 || (bias == nullptr && aux != out), "matmul_fp8: dGELU takes no bias and an aux "
+               "other than out");
+  if (N == 0) return;
+  cublasLtEpilogue_t e = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  if (epilogue == 1) e = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+  if (epilogue == 2) e = CUBLASLT_EPILOGUE_DGELU;
+  // out^T (M,N) = w (M,K) . x^T (K,N), as the forward at the top of the file: A = w op T, B = x op N, which is
+  // the one layout ("TN") cuBLASLt runs FP8 in.
+  Gemm g{M, N, K, /*trans_a=*/true, /*trans_b=*/false, w, x, out, /*accumulate=*/false, e, bias, aux};
+  g.a_type = w_e5m2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
+  g.b_type = x_e5m2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
+  g.a_scale = w_scale_inv;
+  g.b_scale = x_scale_inv;
+  g.fast_accum = fast_accum;
+  std::lock_guard<std::mutex> lock(state_mutex);
+  DeviceState& s = device_state();
+  const Plan* plan = find_plan(s, g, stream);
+  if (plan != nullptr) {
+    enqueue_gemm(s, g, *plan, stream);
+    return;
+  }
+  LLMC_REQUIRE(epilogue == 2, "matmul_fp8: cuBLASLt found no algorithm for " + describe_gemm(g));
+  // No FP8 kernel with the dGELU epilogue: the plain product, then the GELU backward in place.
+  g.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  g.aux = nullptr;
+  run_gemm(s, g, stream);
+  gelu_backward(out, out, aux, N * M, stream);
 }
 
 std::vector<std::string> matmul_tuning_log() {

@@ -230,7 +230,7 @@ class GPT:
     """GPT-2 on llmc ops. See the module docstring for the memory layout and the conventions."""
 
     def __init__(self, config: GPTConfig, device="cuda", recompute: int = 0, seed: int = 42,
-                 deterministic: bool = True, loss_chunk: Optional[int] = None):
+                 deterministic: bool = True, loss_chunk: Optional[int] = None, fp8: bool = False):
         """deterministic: bit-reproducible backward (cuDNN's ordered attention backward, which needs more
         workspace and time); False lets cuDNN sum dQ with atomics.
         loss_chunk: run the output layer and the loss over this many positions (rows of B*T) at a time, so the
@@ -240,7 +240,8 @@ class GPT:
         always); under torch.no_grad() it only computes the loss. On a GPU the chunks' wte gradients are summed
         in bf16 (one rounding per chunk, as per micro-step of accumulation), so use chunks of thousands of
         positions (e.g. 8192), not tens. Rounded up to a multiple of 8 positions (each chunk's targets and
-        losses must start 16-byte aligned). None: the whole batch at once."""
+        losses must start 16-byte aligned). None: the whole batch at once.
+        fp8: run the MLP's matmuls in FP8 on an H100-class GPU (opt-in, changes the numerics; see _Fp8)."""
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         if isinstance(recompute, bool) or recompute not in (0, 1, 2):
@@ -255,6 +256,13 @@ class GPT:
         self._chunk_rows = None if loss_chunk is None else -(-loss_chunk // 8) * 8
         self.deterministic = bool(deterministic)
         self.device = _resolve_device(device)
+        if not isinstance(fp8, bool):
+            raise TypeError(f"fp8 must be a bool, got {type(fp8).__name__}")
+        if fp8 and not (self.device.type == "cuda" and ops.fp8_supported(self.device)):
+            where = "the CPU" if self.device.type != "cuda" else torch.cuda.get_device_name(self.device)
+            raise ValueError(f"fp8=True needs a CUDA GPU of compute capability 8.9 or more (H100-class) and llmc built "
+                             f"with CUDA; {where} has none. Use fp8=False (bf16)")
+        self.fp8 = fp8
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.param_sizes = config.param_sizes()
         self.param_decay = [name in DECAYED_PARAMS for name in PARAM_NAMES]
@@ -273,6 +281,7 @@ class GPT:
         self.grad_ready_hook: Optional[Callable[[int], None]] = None
         self._staging: Optional[torch.Tensor] = None  # pinned host buffer for token uploads (_upload)
         self._staging_done = None  # CUDA event: the last upload from _staging finished
+        self._fp8 = _Fp8(config, self.device) if fp8 else None
         self._init_weights(seed)
 
     def __repr__(self) -> str:
@@ -356,6 +365,9 @@ class GPT:
             ("residual3", L, (N, C), x), ("proj", 1, (N, C), x),
             ("lnf", 1, (N, C), x), ("lnf_mean", 1, (N,), f), ("lnf_rstd", 1, (N,), f),
             ("losses", 1, (N,), f), ("logits", 1, (min(N, self._chunk_rows or N), c.padded_vocab_size), x),
+            # fp8: the FP8 copy of one matmul input at a time (up to (N, 4C)) and of one weight (4C x C)
+            ("fp8_x", 1 if self.fp8 else 0, (N * 4 * C,), torch.uint8),
+            ("fp8_w", 1 if self.fp8 else 0, (4 * C * C,), torch.uint8),
         ]
 
     def _grad_scratch_specs(self, B: int, T: int):
@@ -520,6 +532,8 @@ class GPT:
         c, p = self.config, self.param_tensors
         L, NH, HS = c.n_layer, c.n_head, c.head_size
         encoded = a["encoded"][0]
+        if self.fp8:
+            self._fp8.next_step()
         ops.encoder_forward(a["inputs"][0], p["wte"], p["wpe"], out=encoded.view(B, T, c.n_embd), validate=False)
         ops.layernorm_forward(encoded, p["ln1w"][0], p["ln1b"][0], out=self._layer_ln(a, "ln1", 0),
                               mean=a["ln1_mean"][0], rstd=a["ln1_rstd"][0], eps=LN_EPS)
@@ -533,8 +547,14 @@ class GPT:
             ops.matmul_forward(atty, p["attprojw"][l], p["attprojb"][l], out=proj)
             ops.fused_residual_layernorm_forward(residual, proj, p["ln2w"][l], p["ln2b"][l], residual=a["residual2"][l],
                                                  out=ln2, mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
-            ops.matmul_forward(ln2, p["fcw"][l], p["fcb"][l], out=fch_gelu, gelu=True, pre_gelu=a["fch"][l])
-            ops.matmul_forward(fch_gelu, p["fcprojw"][l], p["fcprojb"][l], out=proj)
+            if self.fp8:
+                self._fp8.linear(a, ln2, p["fcw"][l], p["fcb"][l], fch_gelu, 4 * l, pre_gelu=a["fch"][l])
+            else:
+                ops.matmul_forward(ln2, p["fcw"][l], p["fcb"][l], out=fch_gelu, gelu=True, pre_gelu=a["fch"][l])
+            if self.fp8 and self._fp8.narrow:
+                self._fp8.linear(a, fch_gelu, p["fcprojw"][l], p["fcprojb"][l], proj, 4 * l + 1)
+            else:
+                ops.matmul_forward(fch_gelu, p["fcprojw"][l], p["fcprojb"][l], out=proj)
             if l + 1 < L:  # the next layer's first layernorm, fused with this layer's last residual add
                 weight, bias, ln = p["ln1w"][l + 1], p["ln1b"][l + 1], self._layer_ln(a, "ln1", l + 1)
                 mean, rstd = a["ln1_mean"][l + 1], a["ln1_rstd"][l + 1]
@@ -569,12 +589,21 @@ class GPT:
                 ln1, ln2, fch_gelu = self._layer_ln(a, "ln1", l), self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
                 if self.recompute >= 1:
                     ops.gelu_forward(a["fch"][l], out=fch_gelu)
-                ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], g["fcprojb"][l], dinp=dbt4c,
-                                    pre_gelu=a["fch"][l])
+                if self.fp8:
+                    ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], g["fcprojb"][l],
+                                        compute_dinp=False)
+                    self._fp8.linear_dinp(a, dres, p["fcprojw"][l], dbt4c, 4 * l + 2, pre_gelu=a["fch"][l])
+                else:
+                    ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], g["fcprojb"][l],
+                                        dinp=dbt4c, pre_gelu=a["fch"][l])
                 if self.recompute >= 2:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
-                ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], dinp=dbtc)
+                if self.fp8 and self._fp8.narrow:
+                    ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], compute_dinp=False)
+                    self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], dbtc, 4 * l + 3)
+                else:
+                    ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], dinp=dbtc)
                 ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
                                        g["ln2w"][l], g["ln2b"][l], dinp=dres, accumulate=True)
                 ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], g["attprojb"][l],
@@ -676,6 +705,70 @@ class GPT:
         """llm.c's estimate for one training token (forward + backward): 6*N + 6*L*C*T, N = all parameters."""
         self._check_shape(1, T)
         return 6 * self.num_params + 6 * self.config.n_layer * self.config.n_embd * T
+
+
+class _Fp8:
+    """The FP8 matmuls of GPT(fp8=True): what they cast, how they scale, and the scratch they use.
+
+    Which matmuls: the MLP's. fc's forward and fcproj's input gradient always (their output is 4C wide, so the
+    FP8 GEMM's saving outgrows the cast of their (N, C) input); fcproj's forward and fc's input gradient only when
+    C >= 1024 ("narrow": a 4C-wide input to cast for a C-wide output; at C=768 the cast costs about what FP8
+    saves, measured with torch._scaled_mm on an H100). Weight gradients and everything else stay bf16, so the
+    optimizer, the checkpoints and the bf16 copies of every activation are unchanged.
+
+    Formats: activations and weights e4m3, gradients e5m2, one scale per tensor (ops.fp8_cast). Weights are cast
+    for each use with their exact amax (current scaling: they are small). Activations and gradients are big, so
+    they are cast in one pass with a scale from the largest amax of their last HISTORY casts (delayed scaling,
+    the history advanced once per forward), and the cast records their amax for the next; the first cast of each
+    uses its exact amax. Values beyond the history's amax saturate at the format's max. Forward GEMMs use
+    Hopper's fast accumulation, gradient GEMMs the precise one. Every cast and GEMM is deterministic."""
+
+    HISTORY = 16
+
+    def __init__(self, config: "GPTConfig", device: torch.device):
+        slots = 4 * config.n_layer  # per layer: fc input, fcproj input, fcproj's dout, fc's dout
+        f = dict(dtype=torch.float32, device=device)
+        self.amax, self.amax_ref = torch.zeros(slots, **f), torch.zeros(slots, **f)
+        self.history = torch.zeros(slots, self.HISTORY, **f)
+        self.x_scale_inv, self.w_scale_inv, self.w_amax = (torch.zeros(1, **f) for _ in range(3))
+        self.seen = [False] * slots  # which slots were cast before
+        self.forwards = 0
+        self.narrow = config.n_embd >= 1024
+
+    def next_step(self) -> None:
+        """Fold the last forward's (and backward's) amaxes into the history (start of every forward)."""
+        if self.forwards:
+            ops.fp8_update_scales(self.amax_ref, self.history, self.amax, (self.forwards - 1) % self.HISTORY)
+        self.forwards += 1
+
+    def _cast(self, a, x: torch.Tensor, slot: int, dtype: torch.dtype):
+        amax = self.amax[slot:slot + 1]
+        q = a["fp8_x"][0][:x.numel()].view(dtype).view(x.shape)
+        if not self.seen[slot]:  # first cast: the exact amax, which also starts the history
+            ops.fp8_amax(x, out=amax)
+            self.seen[slot] = True
+            return ops.fp8_cast(x, amax, dtype, out=q, scale_inv=self.x_scale_inv)
+        return ops.fp8_cast(x, self.amax_ref[slot:slot + 1], dtype, out=q, scale_inv=self.x_scale_inv,
+                            amax_out=amax)
+
+    def _weight(self, a, w: torch.Tensor, transpose: bool):
+        ops.fp8_amax(w, out=self.w_amax)
+        shape = (w.shape[1], w.shape[0]) if transpose else tuple(w.shape)
+        q = a["fp8_w"][0][:w.numel()].view(ops.FP8_E4M3).view(shape)
+        return ops.fp8_cast(w, self.w_amax, ops.FP8_E4M3, out=q, scale_inv=self.w_scale_inv, transpose=transpose)
+
+    def linear(self, a, x, w, bias, out, slot: int, pre_gelu=None) -> None:
+        """out = x @ w.T + bias (then GELU, keeping pre_gelu, when pre_gelu is given), in FP8."""
+        x8, xs = self._cast(a, x, slot, ops.FP8_E4M3)
+        w8, ws = self._weight(a, w, transpose=False)
+        ops.matmul_fp8(x8, w8, xs, ws, bias, out=out, gelu=pre_gelu is not None, pre_gelu=pre_gelu,
+                       fast_accum=True)
+
+    def linear_dinp(self, a, dout, w, dinp, slot: int, pre_gelu=None) -> None:
+        """dinp = dout @ w (times gelu'(pre_gelu) when given), in FP8 (dout e5m2)."""
+        d8, ds = self._cast(a, dout, slot, ops.FP8_E5M2)
+        wt8, ws = self._weight(a, w, transpose=True)
+        ops.matmul_fp8(d8, wt8, ds, ws, out=dinp, dgelu_of=pre_gelu)
 
 
 def _round_up(n: int, multiple: int) -> int:

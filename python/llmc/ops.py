@@ -521,14 +521,17 @@ def matmul_forward(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, dweight: torch.Tensor,
                     dbias: Optional[torch.Tensor] = None, dinp: Optional[torch.Tensor] = None,
-                    pre_gelu: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    pre_gelu: Optional[torch.Tensor] = None, *, compute_dinp: bool = True) -> Optional[torch.Tensor]:
     """Backward of matmul_forward. Returns dinp = dout @ weight (N, K), overwritten; accumulates
     dweight (M, K) += dout.T @ inp and, when given, dbias (M) += dout summed over rows (deterministically).
 
     With pre_gelu (shaped like inp) given, inp was gelu(pre_gelu) and dinp = (dout @ weight) * gelu'(pre_gelu),
     the gradient with respect to pre_gelu (fused into the cuBLASLt epilogue on CUDA); dinp may then be pre_gelu
-    itself.
+    itself. compute_dinp=False: only dweight and dbias (returns None; the caller computes dinp otherwise, e.g.
+    with matmul_fp8).
     """
+    if not compute_dinp and (dinp is not None or pre_gelu is not None):
+        raise ValueError("compute_dinp=False takes neither dinp nor pre_gelu")
     for t, name in ((dout, "dout"), (inp, "inp"), (weight, "weight"), (dweight, "dweight")):
         _check_float(t, name)
     for t, name in ((dbias, "dbias"), (pre_gelu, "pre_gelu")):
@@ -544,19 +547,21 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
         _check_shape(dbias, "dbias", (M,))
     if pre_gelu is not None:
         _check_shape(pre_gelu, "pre_gelu", inp.shape)
-    dinp = _output(dinp, "dinp", inp.shape, dtype, device)
+    if compute_dinp:
+        dinp = _output(dinp, "dinp", inp.shape, dtype, device)
     in_place = pre_gelu is not None and dinp.numel() > 0 and dinp.data_ptr() == pre_gelu.data_ptr()
     _check_writes_disjoint(dict(dinp=dinp, dweight=dweight, dbias=dbias),
                            dict(dout=dout, inp=inp, weight=weight, pre_gelu=None if in_place else pre_gelu))
     if device.type == "cuda":
-        _ext().matmul_backward(dinp.data_ptr(), dweight.data_ptr(), _ptr(dbias), dout.data_ptr(), inp.data_ptr(),
+        _ext().matmul_backward(_ptr(dinp), dweight.data_ptr(), _ptr(dbias), dout.data_ptr(), inp.data_ptr(),
                                weight.data_ptr(), _ptr(pre_gelu), N, K, M, _stream(device))
     else:
         d_inp, d_weight, d_bias = reference.matmul_backward(dout, inp, weight, pre_gelu)
         dweight.add_(d_weight)
         if dbias is not None:
             dbias.add_(d_bias)
-        dinp.copy_(d_inp)
+        if dinp is not None:
+            dinp.copy_(d_inp)
     return dinp
 
 
@@ -569,6 +574,171 @@ def matmul_tuning_log() -> list:
     +=) keep the first choice and are not listed; so is everything with LLMC_GEMM_AUTOTUNE=0 or while a CUDA
     graph is being captured."""
     return list(_ext().matmul_tuning_log())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FP8 (opt-in matmuls on H100-class GPUs; the CPU runs the same math in torch for tests)
+# ---------------------------------------------------------------------------------------------------------
+FP8_E4M3 = torch.float8_e4m3fn  # activations and weights
+FP8_E5M2 = torch.float8_e5m2    # gradients
+FP8_MAX = {FP8_E4M3: 448.0, FP8_E5M2: 57344.0}
+
+
+def fp8_supported(device=None) -> bool:
+    """Whether FP8 matmuls can run: a CUDA build and a GPU of compute capability 8.9 or more (Ada, Hopper)."""
+    if not cuda_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _check_scalar_fp32(t, name: str, device: torch.device) -> torch.Tensor:
+    _check_fp32(t, name)
+    if t.numel() != 1:
+        raise ValueError(f"{name} must hold one element, got shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+    return t
+
+
+def _check_fp8(t, name: str) -> torch.Tensor:
+    _check_tensor(t, name)
+    if t.dtype not in FP8_MAX:
+        raise TypeError(f"{name} must be torch.float8_e4m3fn or torch.float8_e5m2, got {t.dtype}")
+    _check_layout(t, name)
+    return t
+
+
+def fp8_amax(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """max |x| as a one-element fp32 tensor (written into out when given)."""
+    _check_float(x, "x")
+    device = x.device
+    out = _output(out, "out", (1,), torch.float32, device)
+    if device.type == "cuda":
+        _check_multiple_of(x.numel(), 8, "x.numel()")
+        _ext().fp8_amax(out.data_ptr(), x.data_ptr(), x.numel(), _stream(device))
+    else:
+        out.copy_(reference.fp8_amax(x).reshape(1))
+    return out
+
+
+def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E4M3, *,
+             out: Optional[torch.Tensor] = None, scale_inv: Optional[torch.Tensor] = None,
+             amax_out: Optional[torch.Tensor] = None, transpose: bool = False) -> tuple:
+    """Scale x (bf16; 2-D when transpose) into FP8 for matmul_fp8: q = saturate(x * s) with s = fp8_max /
+    amax_ref (s = 1 when amax_ref is 0), the largest |x| the scale is made for (fp8_amax(x) for an exact fit;
+    larger values saturate at +-fp8_max). Returns (q, scale_inv), scale_inv = 1/s (one fp32 element) for
+    matmul_fp8. amax_out, when given, is raised to max |x| (so the next cast can scale by it). transpose=True
+    writes q as x.T (rows and columns swapped). dtype: FP8_E4M3 (activations, weights) or FP8_E5M2 (gradients)."""
+    _check_float(x, "x")
+    if dtype not in FP8_MAX:
+        raise TypeError(f"dtype must be torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}")
+    device = x.device
+    _check_scalar_fp32(amax_ref, "amax_ref", device)
+    if amax_out is not None:
+        _check_scalar_fp32(amax_out, "amax_out", device)
+    if transpose and x.dim() != 2:
+        raise ValueError(f"transpose=True takes a 2-D x, got shape {tuple(x.shape)}")
+    shape = (x.shape[1], x.shape[0]) if transpose else tuple(x.shape)
+    out = _output(out, "out", shape, dtype, device)
+    scale_inv = _output(scale_inv, "scale_inv", (1,), torch.float32, device)
+    if device.type == "cuda":
+        ext, stream, e5m2 = _ext(), _stream(device), dtype == FP8_E5M2
+        if transpose:
+            if x.numel():
+                ext.fp8_cast_transpose(out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], e5m2,
+                                       amax_ref.data_ptr(), scale_inv.data_ptr(), _ptr(amax_out), stream)
+        else:
+            _check_multiple_of(x.numel(), 16, "x.numel()")
+            ext.fp8_cast(out.data_ptr(), x.data_ptr(), x.numel(), e5m2, amax_ref.data_ptr(), scale_inv.data_ptr(),
+                         _ptr(amax_out), stream)
+    else:
+        q, inv = reference.fp8_cast(x.t() if transpose else x, amax_ref, dtype, FP8_MAX[dtype])
+        out.copy_(q)
+        scale_inv.copy_(inv.reshape(1))
+        if amax_out is not None:
+            torch.maximum(amax_out, reference.fp8_amax(x).reshape(1), out=amax_out)
+    return out, scale_inv
+
+
+def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_scale_inv: torch.Tensor,
+               bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None, gelu: bool = False,
+               pre_gelu: Optional[torch.Tensor] = None, dgelu_of: Optional[torch.Tensor] = None,
+               fast_accum: bool = False) -> torch.Tensor:
+    """out (N, M) = (x (N, K) @ w (M, K).T) * x_scale_inv * w_scale_inv [+ bias (M)] in bf16, from FP8 x and w
+    (fp8_cast's outputs; at most one of them e5m2), fp32 accumulation (fast_accum: Hopper's faster, coarser
+    one). gelu=True: out = gelu(.) and pre_gelu (required, (N, M) bf16) receives the value before it.
+    dgelu_of=pre (N, M): out = (.) * gelu'(pre), the backward of a GELU (no bias). K and M multiples of 16."""
+    _check_fp8(x, "x")
+    _check_fp8(w, "w")
+    if x.dtype == FP8_E5M2 and w.dtype == FP8_E5M2:
+        raise TypeError("x and w are both float8_e5m2; FP8 matmuls take at most one e5m2 operand")
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"x (N, K) and w (M, K) must be 2-D with the same K, got {tuple(x.shape)} and "
+                         f"{tuple(w.shape)}")
+    if gelu and dgelu_of is not None:
+        raise ValueError("gelu=True and dgelu_of are exclusive (a forward GELU or a backward one)")
+    if gelu != (pre_gelu is not None):
+        raise ValueError("gelu=True needs pre_gelu (and pre_gelu needs gelu=True)")
+    if dgelu_of is not None and bias is not None:
+        raise ValueError("dgelu_of takes no bias")
+    device = _check_same_device(x=x, w=w, bias=bias, out=out, pre_gelu=pre_gelu, dgelu_of=dgelu_of)
+    N, K = x.shape
+    M = w.shape[0]
+    _check_multiple_of(K, 16, "K (x.shape[1])")
+    _check_multiple_of(M, 16, "M (w.shape[0])")
+    _check_scalar_fp32(x_scale_inv, "x_scale_inv", device)
+    _check_scalar_fp32(w_scale_inv, "w_scale_inv", device)
+    for t, name in ((bias, "bias"), (pre_gelu, "pre_gelu"), (dgelu_of, "dgelu_of")):
+        if t is not None:
+            _check_float(t, name)
+    if bias is not None:
+        _check_shape(bias, "bias", (M,))
+    for t, name in ((pre_gelu, "pre_gelu"), (dgelu_of, "dgelu_of")):
+        if t is not None:
+            _check_shape(t, name, (N, M))
+    dtype = torch.bfloat16 if device.type == "cuda" else (bias.dtype if bias is not None else torch.float32)
+    out = _output(out, "out", (N, M), out.dtype if out is not None and device.type == "cpu" else dtype, device)
+    _check_writes_disjoint(dict(out=out, pre_gelu=pre_gelu), dict(x=x, w=w, bias=bias, dgelu_of=dgelu_of))
+    if device.type == "cuda":
+        if not fp8_supported(device):
+            raise RuntimeError(f"matmul_fp8 needs a GPU of compute capability 8.9 or more (an H100); "
+                               f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
+        epilogue = 1 if gelu else 2 if dgelu_of is not None else 0
+        _ext().matmul_fp8(out.data_ptr(), _ptr(pre_gelu if gelu else dgelu_of), x.data_ptr(), w.data_ptr(),
+                          x.dtype == FP8_E5M2, w.dtype == FP8_E5M2, x_scale_inv.data_ptr(), w_scale_inv.data_ptr(),
+                          _ptr(bias), N, K, M, epilogue, bool(fast_accum), _stream(device))
+    else:
+        pre = reference.matmul_fp8(x, w, x_scale_inv, w_scale_inv, bias)
+        if gelu:
+            pre_gelu.copy_(pre)
+            out.copy_(reference.gelu_forward(pre))
+        elif dgelu_of is not None:
+            out.copy_(reference.gelu_backward(pre, dgelu_of))
+        else:
+            out.copy_(pre)
+    return out
+
+
+def fp8_update_scales(amax_ref: torch.Tensor, history: torch.Tensor, amax: torch.Tensor, pos: int) -> None:
+    """Delayed scaling's bookkeeping for S tensors: history (S, H) column pos = amax (S), then amax = 0 and
+    amax_ref (S) = each row's max over the history: the amax_ref the next fp8_cast of each tensor scales by."""
+    for t, name in ((amax_ref, "amax_ref"), (history, "history"), (amax, "amax")):
+        _check_fp32(t, name)
+    device = _check_same_device(amax_ref=amax_ref, history=history, amax=amax)
+    if history.dim() != 2 or history.shape[0] < 1 or history.shape[1] < 1:
+        raise ValueError(f"history must be (S, H) with S, H >= 1, got {tuple(history.shape)}")
+    S, H = history.shape
+    _check_shape(amax_ref, "amax_ref", (S,))
+    _check_shape(amax, "amax", (S,))
+    pos = _check_int(pos, "pos", 0)
+    if pos >= H:
+        raise ValueError(f"pos = {pos} must be < the history length {H}")
+    if device.type == "cuda":
+        _ext().fp8_update_scales(amax_ref.data_ptr(), history.data_ptr(), amax.data_ptr(), S, H, pos, _stream(device))
+    else:
+        history[:, pos] = amax
+        amax.zero_()
+        torch.amax(history, dim=1, out=amax_ref)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -94,6 +94,29 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
     return dinp, rows.t() @ _f32(inp).reshape(-1, inp.shape[-1]), rows.sum(0)
 
 
+# ---- fp8 ----
+def fp8_amax(x: torch.Tensor) -> torch.Tensor:
+    return _f32(x).abs().max() if x.numel() else torch.zeros((), dtype=torch.float32, device=x.device)
+
+
+def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype, fp8_max: float):
+    """(q, scale_inv): q = saturate(x * s) in dtype, s = fp8_max / amax_ref (1 when amax_ref is 0 or not finite),
+    all in fp32 (as the kernel rounds)."""
+    a = amax_ref.float().reshape(())
+    ok = (a > 0) & torch.isfinite(a)
+    s = torch.where(ok, torch.tensor(fp8_max, dtype=torch.float32, device=a.device) / torch.where(ok, a, 1.0),
+                    torch.ones_like(a))
+    q = (_f32(x) * s).clamp(-fp8_max, fp8_max).to(dtype)
+    return q, 1.0 / s
+
+
+def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_scale_inv: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(x @ w^T) * x_scale_inv * w_scale_inv [+ bias] in fp32 from FP8 x, w."""
+    out = (x.float() @ w.float().t()) * (x_scale_inv.float() * w_scale_inv.float())
+    return out if bias is None else out + _f32(bias)
+
+
 # ---- attention ----
 def _attention_scores(qkv: torch.Tensor):
     """q, k, v (B, NH, T, HS) in fp32 from qkv (B, T, 3, NH, HS), and the scaled causal scores (B, NH, T, T)

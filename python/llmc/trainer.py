@@ -83,6 +83,7 @@ class TrainConfig:
     dist_timeout: float = 600.0          # seconds a collective waits for the other ranks before the job fails
     loss_chunk: Optional[int] = None     # positions per chunk of the output layer + loss (GPT loss_chunk); 0: all
                                          # at once; None: 8192 for a model the Trainer builds, a given GPT's own
+    fp8: bool = False                    # FP8 MLP matmuls on an H100 (GPT fp8=True; opt-in, changes numerics)
 
     @classmethod
     def quickstart(cls, device: str) -> "TrainConfig":
@@ -277,6 +278,8 @@ class Trainer:
             raise ValueError(f"dist_timeout must be a number of seconds > 0, got {c.dist_timeout!r}")
         if c.loss_chunk is not None:
             check_int(c.loss_chunk, "loss_chunk (0: the whole batch at once, None: the default)", 0)
+        if not isinstance(c.fp8, bool):
+            raise TypeError(f"fp8 must be a bool, got {c.fp8!r}")
         if c.skip_update_lossz < 0 or c.skip_update_gradz < 0:
             raise ValueError("skip_update_lossz and skip_update_gradz are z-score thresholds >= 0 (0: off)")
         if c.device not in ("auto", "cuda", "cpu"):
@@ -345,10 +348,13 @@ class Trainer:
                 raise ValueError(f"loss_chunk={chunk} is a property of the model: the GPT passed to the Trainer has "
                                  f"loss_chunk={model.loss_chunk}; build it with GPT(..., loss_chunk={chunk or None}) "
                                  f"or leave TrainConfig.loss_chunk at None")
+            if self.config.fp8 and not model.fp8:
+                raise ValueError("fp8=True is a property of the model: the GPT passed to the Trainer was built with "
+                                 "fp8=False; build it with GPT(..., fp8=True)")
         else:
             chunk = DEFAULT_LOSS_CHUNK if self.config.loss_chunk is None else self.config.loss_chunk
             model = GPT(model_config, device=device, recompute=self.config.recompute, seed=self.config.seed,
-                        loss_chunk=chunk or None)
+                        loss_chunk=chunk or None, fp8=self.config.fp8)
         if params is not None:
             model.load_params_(params)
         return model
