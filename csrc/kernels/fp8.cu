@@ -51,13 +51,15 @@ __device__ inline void block_amax(float* amax, float v) {
   }
 }
 
-__global__ void amax_kernel(float* amax, const floatX* x, int64_t n8) {
+__global__ void amax_kernel(float* amax, const floatX* x, int64_t n) {
+  const int64_t n8 = n / x128::size;
   float m = 0.0f;
   for (int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; p < n8; p += (int64_t)gridDim.x * blockDim.x) {
     const x128 v = load128(x + p * x128::size);
 #pragma unroll
     for (int k = 0; k < x128::size; k++) m = fmaxf(m, fabsf((float)v[k]));
   }
+  if (blockIdx.x == 0 && n8 * x128::size + threadIdx.x < n) m = fmaxf(m, fabsf((float)x[n8 * x128::size + threadIdx.x]));
   block_amax(amax, m);
 }
 
@@ -132,11 +134,10 @@ int grid_for(int64_t work, int block) {
 }  // namespace
 
 void fp8_amax(float* amax, const floatX* x, int64_t n, cudaStream_t stream) {
-  LLMC_REQUIRE(n % 8 == 0, "fp8_amax: n must be a multiple of 8");
   CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), stream));
   if (n == 0) return;
-  const int block = 512;
-  amax_kernel<<<grid_for(n / 8, block), block, 0, stream>>>(amax, x, n / 8);
+  const int block = 512;  // > the 7-element tail block 0 also reads
+  amax_kernel<<<grid_for(std::max<int64_t>(n / 8, 1), block), block, 0, stream>>>(amax, x, n);
   CUDA_CHECK(cudaGetLastError());
 }
 

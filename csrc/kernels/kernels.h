@@ -117,7 +117,7 @@ void global_norm_squared(float* out, const floatX* inp, int64_t n, float* scratc
 // ---- fp8.cu ----
 // FP8 casts with per-tensor scales (see fp8.cu): q = saturate(x * s), s = fp8_max / *amax_ref (1 when it is 0);
 // 1/s goes to *scale_inv; amax_out (may be null) is raised to max |x| (atomic max, order-independent).
-// *amax = max |x| (set, not raised).
+// *amax = max |x| (set, not raised); x 16-byte aligned.
 void fp8_amax(float* amax, const floatX* x, int64_t n, cudaStream_t stream);
 // n a multiple of 16, out and x 16-byte aligned.
 void fp8_cast(void* out, const floatX* x, int64_t n, bool e5m2, const float* amax_ref, float* scale_inv,

@@ -592,7 +592,10 @@ def fp8_supported(device=None) -> bool:
 
 
 def _check_scalar_fp32(t, name: str, device: torch.device) -> torch.Tensor:
-    _check_fp32(t, name)
+    """One fp32 element on `device` (a scale or an amax; any 4-byte aligned slot of a bigger tensor will do)."""
+    _check_tensor(t, name)
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be torch.float32, got {t.dtype}")
     if t.numel() != 1:
         raise ValueError(f"{name} must hold one element, got shape {tuple(t.shape)}")
     if t.device != device:
@@ -612,9 +615,10 @@ def fp8_amax(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tenso
     """max |x| as a one-element fp32 tensor (written into out when given)."""
     _check_float(x, "x")
     device = x.device
-    out = _output(out, "out", (1,), torch.float32, device)
+    if out is None:
+        out = torch.empty(1, dtype=torch.float32, device=device)
+    _check_scalar_fp32(out, "out", device)
     if device.type == "cuda":
-        _check_multiple_of(x.numel(), 8, "x.numel()")
         _ext().fp8_amax(out.data_ptr(), x.data_ptr(), x.numel(), _stream(device))
     else:
         out.copy_(reference.fp8_amax(x).reshape(1))
@@ -640,7 +644,9 @@ def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E
         raise ValueError(f"transpose=True takes a 2-D x, got shape {tuple(x.shape)}")
     shape = (x.shape[1], x.shape[0]) if transpose else tuple(x.shape)
     out = _output(out, "out", shape, dtype, device)
-    scale_inv = _output(scale_inv, "scale_inv", (1,), torch.float32, device)
+    if scale_inv is None:
+        scale_inv = torch.empty(1, dtype=torch.float32, device=device)
+    _check_scalar_fp32(scale_inv, "scale_inv", device)
     if device.type == "cuda":
         ext, stream, e5m2 = _ext(), _stream(device), dtype == FP8_E5M2
         if transpose:
