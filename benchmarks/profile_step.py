@@ -25,6 +25,7 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--loss-chunk", type=int, default=None,
                    help="GPT loss_chunk (default: the Trainer's, 8192; 0: the whole batch at once)")
+    p.add_argument("--fp8", action="store_true", help="GPT(fp8=True): the MLP's matmuls in FP8")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
 
@@ -37,7 +38,7 @@ def main(argv=None):
     cfg = GPTConfig.from_preset(args.model)
     B, T = args.batch, args.seq_len
     chunk = DEFAULT_LOSS_CHUNK if args.loss_chunk is None else args.loss_chunk
-    model = GPT(cfg, device="cuda", loss_chunk=chunk or None)
+    model = GPT(cfg, device="cuda", loss_chunk=chunk or None, fp8=args.fp8)
     opt = AdamW(model, lr=6e-4, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
 
@@ -69,7 +70,8 @@ def main(argv=None):
     kernels = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
     kernels.sort(key=lambda e: e.device_time_total, reverse=True)
     gpu_ms = sum(e.device_time_total for e in kernels) / 1e3 / args.steps
-    lines = [f"llmc {args.model} B={B} T={T} loss_chunk={chunk} ({torch.cuda.get_device_name()}): without the "
+    lines = [f"llmc {args.model} B={B} T={T} loss_chunk={chunk}{' fp8' if args.fp8 else ''} "
+             f"({torch.cuda.get_device_name()}): without the "
              f"profiler {plain_ms:.1f} "
              f"ms/step, of which the host needs {host_ms:.1f} ms to enqueue it (medians of 10). Profiled: wall "
              f"{wall_ms:.1f} ms/step, GPU kernels {gpu_ms:.1f} ms/step, GPU idle {wall_ms - gpu_ms:.1f} ms/step", "",
