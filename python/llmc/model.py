@@ -589,13 +589,9 @@ class GPT:
                 ln1, ln2, fch_gelu = self._layer_ln(a, "ln1", l), self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
                 if self.recompute >= 1:
                     ops.gelu_forward(a["fch"][l], out=fch_gelu)
-                if self.fp8:
-                    ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], g["fcprojb"][l],
-                                        compute_dinp=False)
-                    self._fp8.linear_dinp(a, dres, p["fcprojw"][l], dbt4c, 4 * l + 2, pre_gelu=a["fch"][l])
-                else:
-                    ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], g["fcprojb"][l],
-                                        dinp=dbt4c, pre_gelu=a["fch"][l])
+                # bf16 even with fp8: see _Fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow)
+                ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], g["fcprojb"][l], dinp=dbt4c,
+                                    pre_gelu=a["fch"][l])
                 if self.recompute >= 2:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
@@ -710,11 +706,14 @@ class GPT:
 class _Fp8:
     """The FP8 matmuls of GPT(fp8=True): what they cast, how they scale, and the scratch they use.
 
-    Which matmuls: the MLP's. fc's forward and fcproj's input gradient always (their output is 4C wide, so the
-    FP8 GEMM's saving outgrows the cast of their (N, C) input); fcproj's forward and fc's input gradient only when
-    C >= 1024 ("narrow": a 4C-wide input to cast for a C-wide output; at C=768 the cast costs about what FP8
-    saves, measured with torch._scaled_mm on an H100). Weight gradients and everything else stay bf16, so the
-    optimizer, the checkpoints and the bf16 copies of every activation are unchanged.
+    Which matmuls: the MLP's. fc's forward always (its output is 4C wide, so the FP8 GEMM's saving outgrows the
+    cast of its (N, C) input); fcproj's forward and fc's input gradient only when C >= 1024 ("narrow": a 4C-wide
+    input to cast for a C-wide output; at C=768 the cast costs about what FP8 saves, measured with
+    torch._scaled_mm on an H100). fcproj's input gradient stays bf16: it carries the GELU backward, and cuBLASLt
+    runs FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took 1.3 ms per call at d12
+    (0.56 ms at d48) on an H100, far more than FP8 saves (benchmarks/results/profile_d*_fp8_h100_2a444b1.md).
+    Weight gradients and everything else stay bf16, so the optimizer, the checkpoints and the bf16 copies of
+    every activation are unchanged.
 
     Formats: activations and weights e4m3, gradients e5m2, one scale per tensor (ops.fp8_cast). Weights are cast
     for each use with their exact amax (current scaling: they are small). Activations and gradients are big, so
@@ -726,7 +725,7 @@ class _Fp8:
     HISTORY = 16
 
     def __init__(self, config: "GPTConfig", device: torch.device):
-        slots = 4 * config.n_layer  # per layer: fc input, fcproj input, fcproj's dout, fc's dout
+        slots = 4 * config.n_layer  # per layer: fc input, fcproj input, (unused: fcproj's dout), fc's dout
         f = dict(dtype=torch.float32, device=device)
         self.amax, self.amax_ref = torch.zeros(slots, **f), torch.zeros(slots, **f)
         self.history = torch.zeros(slots, self.HISTORY, **f)
@@ -764,11 +763,11 @@ class _Fp8:
         ops.matmul_fp8(x8, w8, xs, ws, bias, out=out, gelu=pre_gelu is not None, pre_gelu=pre_gelu,
                        fast_accum=True)
 
-    def linear_dinp(self, a, dout, w, dinp, slot: int, pre_gelu=None) -> None:
-        """dinp = dout @ w (times gelu'(pre_gelu) when given), in FP8 (dout e5m2)."""
+    def linear_dinp(self, a, dout, w, dinp, slot: int) -> None:
+        """dinp = dout @ w in FP8 (dout e5m2)."""
         d8, ds = self._cast(a, dout, slot, ops.FP8_E5M2)
         wt8, ws = self._weight(a, w, transpose=True)
-        ops.matmul_fp8(d8, wt8, ds, ws, out=dinp, dgelu_of=pre_gelu)
+        ops.matmul_fp8(d8, wt8, ds, ws, out=dinp)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -673,7 +673,8 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
     """out (N, M) = (x (N, K) @ w (M, K).T) * x_scale_inv * w_scale_inv [+ bias (M)] in bf16, from FP8 x and w
     (fp8_cast's outputs; at most one of them e5m2), fp32 accumulation (fast_accum: Hopper's faster, coarser
     one). gelu=True: out = gelu(.) and pre_gelu (required, (N, M) bf16) receives the value before it.
-    dgelu_of=pre (N, M): out = (.) * gelu'(pre), the backward of a GELU (no bias). K and M multiples of 16."""
+    dgelu_of=pre (N, M): out = (.) * gelu'(pre), the backward of a GELU (no bias); on an H100 cuBLASLt runs it as
+    the GEMM plus a separate, slow epilogue kernel (see llmc.model._Fp8). K and M multiples of 16."""
     _check_fp8(x, "x")
     _check_fp8(w, "w")
     if x.dtype == FP8_E5M2 and w.dtype == FP8_E5M2:
