@@ -720,7 +720,8 @@ class _Fp8:
     they are cast in one pass with a scale from the largest amax of their last HISTORY casts (delayed scaling,
     the history advanced once per forward), and the cast records their amax for the next; the first cast of each
     uses its exact amax. Values beyond the history's amax saturate at the format's max. Forward GEMMs use
-    Hopper's fast accumulation, gradient GEMMs the precise one. Every cast and GEMM is deterministic."""
+    Hopper's fast accumulation, gradient GEMMs the precise one. Every cast and GEMM is deterministic. The amax
+    history is not part of checkpoints: a resumed run starts it again (exact scales at the first casts)."""
 
     HISTORY = 16
 

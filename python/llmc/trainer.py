@@ -490,7 +490,8 @@ class Trainer:
         print0(f"B={B} T={T} world_size={self.world_size} total_batch_size={total_batch} => grad_accum_steps="
                f"{grad_accum}; {num_steps} steps; lr {c.learning_rate:g} {c.lr_schedule} warmup {c.warmup_iterations} "
                f"final fraction {c.final_lr_fraction:g}; weight decay {c.weight_decay:g}; recompute {c.recompute}; "
-               f"zero stage {zero_stage}" + ("" if self.world_size > 1 else " (sharding needs several processes)"))
+               f"zero stage {zero_stage}" + ("" if self.world_size > 1 else " (sharding needs several processes)") +
+               ("; FP8 MLP matmuls" if model.fp8 else ""))
         print0("MFU against " + (f"{peak / 1e12:.1f} TFLOP/s bf16 peak" if peak else "no known peak (not shown)"))
         if resume_step is not None:
             print0(f"resuming from the checkpoint at step {resume_step} in {out_dir}")
