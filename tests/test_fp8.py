@@ -135,6 +135,44 @@ def test_update_scales_keeps_a_history(device):
         assert torch.equal(amax_ref.cpu(), torch.stack(seen[-H:]).amax(0))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_update_scales_keeps_the_history_of_tensors_not_cast(device):
+    """A forward without backward (evaluation) leaves the gradients' amax at 0: their history must stay (a
+    history of zeros would scale them by 1 and flush small gradients to zero in e5m2); inf is not recorded."""
+    amax_ref, history, amax = torch.zeros(3, device=device), torch.zeros(3, 4, device=device), \
+        torch.zeros(3, device=device)
+    amax.copy_(torch.tensor([1e-5, 2.0, 3.0]))
+    ops.fp8_update_scales(amax_ref, history, amax, 0)
+    for step in range(1, 9):
+        amax.copy_(torch.tensor([0.0, float("inf"), 1.0]))
+        ops.fp8_update_scales(amax_ref, history, amax, step % 4)
+    assert amax_ref.cpu().tolist() == [pytest.approx(1e-5), 2.0, 1.0]
+
+
+def test_delayed_scaling_bookkeeping_of_the_model():
+    """llmc.model._Fp8 driven directly (its ops run on the CPU): the first cast of a slot uses the exact amax,
+    the next forward scales by it, and forwards that skip a slot (no backward) keep its scale."""
+    from llmc.model import _Fp8
+    from model_helpers import tiny_config
+
+    fp8 = _Fp8(tiny_config(n_layer=1), torch.device("cpu"))
+    acts = {"fp8_x": [torch.empty(4096, dtype=torch.uint8)], "fp8_w": [torch.empty(4096, dtype=torch.uint8)]}
+    grad = torch.randn(16, 64) * 1e-5
+    fp8.next_step()
+    fp8._cast(acts, torch.randn(16, 64), 0, ops.FP8_E4M3)
+    q, scale_inv = fp8._cast(acts, grad, 3, ops.FP8_E5M2)
+    exact = grad.abs().max().item()
+    assert scale_inv.item() == pytest.approx(exact / 57344.0, rel=1e-6)
+    for _ in range(2 * _Fp8.HISTORY):  # evaluation forwards: slot 0 cast, slot 3 not
+        fp8.next_step()
+        fp8._cast(acts, torch.randn(16, 64), 0, ops.FP8_E4M3)
+    fp8.next_step()
+    assert fp8.amax_ref[3].item() == pytest.approx(exact, rel=1e-6)
+    q, scale_inv = fp8._cast(acts, grad, 3, ops.FP8_E5M2)
+    assert scale_inv.item() == pytest.approx(exact / 57344.0, rel=1e-6)
+    assert (q.float() != 0).float().mean() > 0.99
+
+
 def test_fp8_arguments_are_checked():
     x8 = torch.zeros(8, 32, dtype=ops.FP8_E5M2)
     one = torch.ones(1)
@@ -156,6 +194,11 @@ def test_fp8_arguments_are_checked():
         ops.fp8_cast(torch.ones(16), one, transpose=True)
     with pytest.raises(ValueError, match="pos"):
         ops.fp8_update_scales(torch.zeros(2), torch.zeros(2, 3), torch.zeros(2), 3)
+    amax = torch.ones(1)
+    with pytest.raises(ValueError, match="shares memory"):
+        ops.fp8_cast(torch.ones(16), amax, scale_inv=amax)
+    with pytest.raises(ValueError, match="shares memory"):
+        ops.fp8_cast(torch.ones(16), amax, amax_out=amax)
 
 
 def test_fp8_model_needs_an_fp8_gpu_and_is_checked():
@@ -168,6 +211,9 @@ def test_fp8_model_needs_an_fp8_gpu_and_is_checked():
         GPT(tiny_config(), device="cpu", fp8=True)
     with pytest.raises(TypeError, match="fp8 must be a bool"):
         GPT(tiny_config(), device="cpu", fp8=1)
+    if ops.fp8_supported():
+        with pytest.raises(ValueError, match="multiple of 16"):
+            GPT(tiny_config(n_embd=72, n_head=1), device="cuda", fp8=True)
     with pytest.raises(TypeError, match="fp8 must be a bool"):
         Trainer("d6", TrainConfig(fp8="yes", device="cpu"))
     assert train_config(["--fp8", "1", "-e", "d6"]).fp8 is True
@@ -184,7 +230,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 @requires_fp8
 @pytest.mark.cuda
 @pytest.mark.parametrize("n_embd,n_head", [(256, 4), (1024, 8)], ids=["wide-only", "narrow-too"])
-@pytest.mark.parametrize("recompute", [0, 1])
+@pytest.mark.parametrize("recompute", [0, 1, 2])
 def test_fp8_model_stays_near_the_bf16_model_and_is_deterministic(n_embd, n_head, recompute):
     from llmc.model import GPT
     from model_helpers import random_batch, randomize_params, tiny_config

@@ -199,6 +199,26 @@ def test_resume_from_step_5_reproduces_steps_6_to_10_exactly(shards, tmp_path, d
     assert torch.equal(trainer.model.params.float().cpu(), final)
 
 
+@requires_cuda
+@pytest.mark.cuda
+def test_fp8_resume_reproduces_the_uninterrupted_run_and_the_fp8_flag_is_checked(shards, tmp_path):
+    from llmc.ops import fp8_supported
+
+    if not fp8_supported():
+        pytest.skip("FP8 needs a GPU of compute capability 8.9+ (H100)")
+    # validation every 2 steps: forwards without backward between the steps (they must not disturb the scales)
+    options = dict(total_batch_size=2 * 4 * 16, warmup_iterations=3, weight_decay=0.1, final_lr_fraction=0.1,
+                   device="cuda", fp8=True, val_every=2, val_max_steps=2)
+    full = Trainer(config_for("cuda"), tiny_run(shards, tmp_path / "full", **options)).fit()
+    resumed_dir = copy_checkpoint(tmp_path / "full", 5, tmp_path / "resumed")
+    resumed = Trainer(config_for("cuda"), tiny_run(shards, resumed_dir, resume=True, **options)).fit()
+    assert losses(resumed) == losses(full[5:])
+    assert [r["norm"] for r in resumed] == [r["norm"] for r in full[5:]]
+    bf16_dir = copy_checkpoint(tmp_path / "full", 5, tmp_path / "as_bf16")
+    with pytest.raises(ValueError, match="trained with fp8=True; resume it with --fp8 1"):
+        Trainer(config_for("cuda"), tiny_run(shards, bf16_dir, resume=True, **{**options, "fp8": False})).fit()
+
+
 def test_model_file_start_and_overfit_single_batch(shards, tmp_path):
     start = GPT(tiny_config(), device="cpu", seed=3)
     write_model_file(tmp_path / "start.bin", start, dtype="fp32")

@@ -113,12 +113,15 @@ __global__ void cast_transpose_kernel(uint8_t* out, const floatX* x, int rows, i
   }
 }
 
-// Per slot i: history[i][pos] = amax[i]; amax[i] = 0; amax_ref[i] = max over history[i].
+// Per slot i: history[i][pos] = amax[i] when it is > 0 and finite (a tensor cast since the last update: a forward
+// without backward leaves the gradients' slots at 0, and must not wipe their history); amax[i] = 0;
+// amax_ref[i] = max over history[i].
 __global__ void update_scales_kernel(float* amax_ref, float* history, float* amax, int slots, int len, int pos) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= slots) return;
   float* h = history + (int64_t)i * len;
-  h[pos] = amax[i];
+  const float a = amax[i];
+  if (a > 0.0f && a <= 3.4e38f) h[pos] = a;
   amax[i] = 0.0f;
   float m = 0.0f;
   for (int j = 0; j < len; j++) m = fmaxf(m, h[j]);
@@ -158,6 +161,7 @@ void fp8_cast(void* out, const floatX* x, int64_t n, bool e5m2, const float* ama
 void fp8_cast_transpose(void* out, const floatX* x, int rows, int cols, bool e5m2, const float* amax_ref,
                         float* scale_inv, float* amax_out, cudaStream_t stream) {
   LLMC_REQUIRE(rows > 0 && cols > 0, "fp8_cast_transpose: need rows, cols > 0");
+  LLMC_REQUIRE(ceil_div(rows, kTile) < 65536, "fp8_cast_transpose: at most 65535 * 32 rows");
   const dim3 grid(ceil_div(cols, kTile), ceil_div(rows, kTile)), block(kTile, 8);
   auto* o = static_cast<uint8_t*>(out);
   if (e5m2) {

@@ -125,7 +125,7 @@ void fp8_cast(void* out, const floatX* x, int64_t n, bool e5m2, const float* ama
 // out (cols, rows) = the cast of x (rows, cols), transposed.
 void fp8_cast_transpose(void* out, const floatX* x, int rows, int cols, bool e5m2, const float* amax_ref,
                         float* scale_inv, float* amax_out, cudaStream_t stream);
-// For each of `slots` tensors: history[i][pos] = amax[i], amax[i] = 0, amax_ref[i] = max of history[i] (len
-// history_len).
+// For each of `slots` tensors: history[i][pos] = amax[i] if it is > 0 and finite (else the entry stays), amax[i] =
+// 0, amax_ref[i] = max of history[i] (len history_len).
 void fp8_update_scales(float* amax_ref, float* history, float* amax, int slots, int history_len, int pos,
                        cudaStream_t stream);

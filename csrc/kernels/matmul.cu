@@ -530,6 +530,7 @@ void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e
   require_gemm_dims(N, K, M, "matmul_fp8");
   LLMC_REQUIRE(K % 16 == 0 && M % 16 == 0, "matmul_fp8: K and M must be multiples of 16 (16-byte FP8 rows)");
   LLMC_REQUIRE(!(x_e5m2 && w_e5m2), "matmul_fp8: at most one operand may be e5m2");
+  LLMC_REQUIRE(x_scale_inv != nullptr && w_scale_inv != nullptr, "matmul_fp8: both scales are required");
   LLMC_REQUIRE(epilogue >= 0 && epilogue <= 2, "matmul_fp8: epilogue must be 0 (none/bias), 1 (GELU) or 2 (dGELU)");
   LLMC_REQUIRE(epilogue == 0 || aux != nullptr, "matmul_fp8: the GELU epilogues need aux (pre_gelu)");
   LLMC_REQUIRE(epilogue != 2 || (bias == nullptr && aux != out), "matmul_fp8: dGELU takes no bias and an aux "

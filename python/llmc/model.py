@@ -262,6 +262,9 @@ class GPT:
             where = "the CPU" if self.device.type != "cuda" else torch.cuda.get_device_name(self.device)
             raise ValueError(f"fp8=True needs a CUDA GPU of compute capability 8.9 or more (H100-class) and llmc built "
                              f"with CUDA; {where} has none. Use fp8=False (bf16)")
+        if fp8 and config.n_embd % 16:
+            raise ValueError(f"fp8=True needs n_embd to be a multiple of 16 (FP8 matmul rows are 16-byte aligned), "
+                             f"got {config.n_embd}")
         self.fp8 = fp8
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.param_sizes = config.param_sizes()
@@ -720,8 +723,9 @@ class _Fp8:
     they are cast in one pass with a scale from the largest amax of their last HISTORY casts (delayed scaling,
     the history advanced once per forward), and the cast records their amax for the next; the first cast of each
     uses its exact amax. Values beyond the history's amax saturate at the format's max. Forward GEMMs use
-    Hopper's fast accumulation, gradient GEMMs the precise one. Every cast and GEMM is deterministic. The amax
-    history is not part of checkpoints: a resumed run starts it again (exact scales at the first casts)."""
+    Hopper's fast accumulation, gradient GEMMs the precise one. Every cast and GEMM is deterministic. A forward
+    without backward (evaluation, sampling) leaves the gradients' histories as they were. The Trainer saves this
+    state (state_dict) in its checkpoints, so a resumed FP8 run scales as the uninterrupted one."""
 
     HISTORY = 16
 
@@ -734,6 +738,19 @@ class _Fp8:
         self.seen = [False] * slots  # which slots were cast before
         self.forwards = 0
         self.narrow = config.n_embd >= 1024
+
+    def state_dict(self) -> dict:
+        return {"amax": self.amax.cpu(), "amax_ref": self.amax_ref.cpu(), "history": self.history.cpu(),
+                "seen": list(self.seen), "forwards": self.forwards}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["seen"]) != len(self.seen) or tuple(state["history"].shape) != tuple(self.history.shape):
+            raise ValueError(f"FP8 state for {len(state['seen'])} slots / history {tuple(state['history'].shape)}, "
+                             f"this model has {len(self.seen)} / {tuple(self.history.shape)}")
+        for name in ("amax", "amax_ref", "history"):
+            getattr(self, name).copy_(state[name])
+        self.seen = [bool(v) for v in state["seen"]]
+        self.forwards = int(state["forwards"])
 
     def next_step(self) -> None:
         """Fold the last forward's (and backward's) amaxes into the history (start of every forward)."""

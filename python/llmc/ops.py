@@ -618,6 +618,8 @@ def fp8_amax(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tenso
     if out is None:
         out = torch.empty(1, dtype=torch.float32, device=device)
     _check_scalar_fp32(out, "out", device)
+    _check_same_device(x=x, out=out)
+    _check_writes_disjoint(dict(out=out), dict(x=x))
     if device.type == "cuda":
         _ext().fp8_amax(out.data_ptr(), x.data_ptr(), x.numel(), _stream(device))
     else:
@@ -631,7 +633,8 @@ def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E
     """Scale x (bf16; 2-D when transpose) into FP8 for matmul_fp8: q = saturate(x * s) with s = fp8_max /
     amax_ref (s = 1 when amax_ref is 0), the largest |x| the scale is made for (fp8_amax(x) for an exact fit;
     larger values saturate at +-fp8_max). Returns (q, scale_inv), scale_inv = 1/s (one fp32 element) for
-    matmul_fp8. amax_out, when given, is raised to max |x| (so the next cast can scale by it). transpose=True
+    matmul_fp8. amax_out, when given, is raised to max |x| (so the next cast can scale by it; it must start >= 0,
+    as the maxima are combined on the bits of non-negative floats). transpose=True
     writes q as x.T (rows and columns swapped). dtype: FP8_E4M3 (activations, weights) or FP8_E5M2 (gradients)."""
     _check_float(x, "x")
     if dtype not in FP8_MAX:
@@ -647,12 +650,15 @@ def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E
     if scale_inv is None:
         scale_inv = torch.empty(1, dtype=torch.float32, device=device)
     _check_scalar_fp32(scale_inv, "scale_inv", device)
+    _check_same_device(x=x, amax_ref=amax_ref, out=out, scale_inv=scale_inv, amax_out=amax_out)
+    _check_writes_disjoint(dict(out=out, scale_inv=scale_inv, amax_out=amax_out), dict(x=x, amax_ref=amax_ref))
     if device.type == "cuda":
         ext, stream, e5m2 = _ext(), _stream(device), dtype == FP8_E5M2
-        if transpose:
-            if x.numel():
-                ext.fp8_cast_transpose(out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], e5m2,
-                                       amax_ref.data_ptr(), scale_inv.data_ptr(), _ptr(amax_out), stream)
+        if transpose and not x.numel():  # nothing to cast, but scale_inv is still an output
+            scale_inv.copy_(reference.fp8_cast(x, amax_ref, dtype, FP8_MAX[dtype])[1].reshape(1))
+        elif transpose:
+            ext.fp8_cast_transpose(out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], e5m2, amax_ref.data_ptr(),
+                                   scale_inv.data_ptr(), _ptr(amax_out), stream)
         else:
             _check_multiple_of(x.numel(), 16, "x.numel()")
             ext.fp8_cast(out.data_ptr(), x.data_ptr(), x.numel(), e5m2, amax_ref.data_ptr(), scale_inv.data_ptr(),
@@ -705,7 +711,8 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
             _check_shape(t, name, (N, M))
     dtype = torch.bfloat16 if device.type == "cuda" else (bias.dtype if bias is not None else torch.float32)
     out = _output(out, "out", (N, M), out.dtype if out is not None and device.type == "cpu" else dtype, device)
-    _check_writes_disjoint(dict(out=out, pre_gelu=pre_gelu), dict(x=x, w=w, bias=bias, dgelu_of=dgelu_of))
+    _check_writes_disjoint(dict(out=out, pre_gelu=pre_gelu), dict(x=x, w=w, bias=bias, dgelu_of=dgelu_of,
+                                                                   x_scale_inv=x_scale_inv, w_scale_inv=w_scale_inv))
     if device.type == "cuda":
         if not fp8_supported(device):
             raise RuntimeError(f"matmul_fp8 needs a GPU of compute capability 8.9 or more (an H100); "
@@ -727,8 +734,9 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
 
 
 def fp8_update_scales(amax_ref: torch.Tensor, history: torch.Tensor, amax: torch.Tensor, pos: int) -> None:
-    """Delayed scaling's bookkeeping for S tensors: history (S, H) column pos = amax (S), then amax = 0 and
-    amax_ref (S) = each row's max over the history: the amax_ref the next fp8_cast of each tensor scales by."""
+    """Delayed scaling's bookkeeping for S tensors: history (S, H) column pos = amax (S) where amax is > 0 and
+    finite (a tensor not cast since the last update keeps its history), then amax = 0 and amax_ref (S) = each row's
+    max over the history: the amax_ref the next fp8_cast of each tensor scales by."""
     for t, name in ((amax_ref, "amax_ref"), (history, "history"), (amax, "amax")):
         _check_fp32(t, name)
     device = _check_same_device(amax_ref=amax_ref, history=history, amax=amax)
@@ -743,7 +751,8 @@ def fp8_update_scales(amax_ref: torch.Tensor, history: torch.Tensor, amax: torch
     if device.type == "cuda":
         _ext().fp8_update_scales(amax_ref.data_ptr(), history.data_ptr(), amax.data_ptr(), S, H, pos, _stream(device))
     else:
-        history[:, pos] = amax
+        recorded = (amax > 0) & torch.isfinite(amax)
+        history[:, pos] = torch.where(recorded, amax, history[:, pos])
         amax.zero_()
         torch.amax(history, dim=1, out=amax_ref)
 

@@ -83,7 +83,8 @@ class TrainConfig:
     dist_timeout: float = 600.0          # seconds a collective waits for the other ranks before the job fails
     loss_chunk: Optional[int] = None     # positions per chunk of the output layer + loss (GPT loss_chunk); 0: all
                                          # at once; None: 8192 for a model the Trainer builds, a given GPT's own
-    fp8: bool = False                    # FP8 MLP matmuls on an H100 (GPT fp8=True; opt-in, changes numerics)
+    fp8: bool = False                    # FP8 MLP matmuls on an H100 (GPT fp8=True; opt-in, changes numerics);
+                                         # a GPT passed in keeps its own (True with a bf16 GPT is an error)
 
     @classmethod
     def quickstart(cls, device: str) -> "TrainConfig":
@@ -474,6 +475,12 @@ class Trainer:
         fixed_batch = train_loader.next_batch() if c.overfit_single_batch else None  # -a: the first batch
         step = 0
         if state is not None:
+            saved_fp8 = bool(state.get("train_config", {}).get("fp8", False))
+            if saved_fp8 != model.fp8:
+                raise ValueError(f"the checkpoint at step {resume_step} was trained with fp8={saved_fp8}; resume it "
+                                 f"with --fp8 {int(saved_fp8)} (the FP8 matmuls change the numerics)")
+            if model.fp8 and state.get("fp8") is not None:
+                model._fp8.load_state_dict(state["fp8"])
             optimizer.load_state_dict(state["optimizer"])
             train_loader.load_state_dict(state["train_loader"])
             loss_detector.load_state_dict(state["loss_detector"])
@@ -519,6 +526,7 @@ class Trainer:
                         "step": step, "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
                         "loss_detector": loss_detector.state_dict(), "norm_detector": norm_detector.state_dict(),
                         "rng": rng_state(), "train_config": dataclasses.asdict(c), "world_size": self.world_size,
+                        "fp8": model._fp8.state_dict() if model.fp8 else None,
                         "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None})
                 if last_step:
                     break
