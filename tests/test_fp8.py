@@ -67,6 +67,15 @@ def test_cuda_cast_is_torchs_conversion_bit_for_bit(dtype, shape):
 
 
 @pytest.mark.parametrize("device", FP8_DEVICES)
+@pytest.mark.parametrize("shape", [(1, 16), (12, 3072, 768), (48, 256, 640), (5, 3, 8)])
+def test_amax_rows_is_each_rows_max(device, shape):
+    x = _input(shape, device)
+    x[-1].mul_(8.0)  # rows of different scales
+    out = ops.fp8_amax_rows(x, out=poisoned((shape[0],), torch.float32, device))
+    assert torch.equal(out.cpu(), x.float().abs().reshape(shape[0], -1).amax(1).cpu())
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
 @pytest.mark.parametrize("rows,cols", [(48, 16), (3072, 768), (33, 70)])
 def test_cast_transpose_and_amax_out(device, rows, cols):
     x = _input((rows, cols), device)
@@ -157,16 +166,18 @@ def test_delayed_scaling_bookkeeping_of_the_model():
 
     fp8 = _Fp8(tiny_config(n_layer=1), torch.device("cpu"))
     acts = {"fp8_x": [torch.empty(4096, dtype=torch.uint8)], "fp8_w": [torch.empty(4096, dtype=torch.uint8)]}
+    params = {"fcw": torch.randn(1, 256, 64), "fcprojw": torch.randn(1, 64, 256)}
     grad = torch.randn(16, 64) * 1e-5
-    fp8.next_step()
+    fp8.next_step(params)
+    assert fp8.w_amax["fcw"].item() == params["fcw"].abs().max().item()
     fp8._cast(acts, torch.randn(16, 64), 0, ops.FP8_E4M3)
     q, scale_inv = fp8._cast(acts, grad, 3, ops.FP8_E5M2)
     exact = grad.abs().max().item()
     assert scale_inv.item() == pytest.approx(exact / 57344.0, rel=1e-6)
     for _ in range(2 * _Fp8.HISTORY):  # evaluation forwards: slot 0 cast, slot 3 not
-        fp8.next_step()
+        fp8.next_step(params)
         fp8._cast(acts, torch.randn(16, 64), 0, ops.FP8_E4M3)
-    fp8.next_step()
+    fp8.next_step(params)
     assert fp8.amax_ref[3].item() == pytest.approx(exact, rel=1e-6)
     q, scale_inv = fp8._cast(acts, grad, 3, ops.FP8_E5M2)
     assert scale_inv.item() == pytest.approx(exact / 57344.0, rel=1e-6)

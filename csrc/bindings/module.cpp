@@ -84,6 +84,9 @@ PYBIND11_MODULE(_llmc, m) {
   m.def("fp8_amax", [](uintptr_t amax, uintptr_t x, int64_t n, uintptr_t s) {
     fp8_amax(ptr<float>(amax), ptr<const floatX>(x), n, as_stream(s));
   }, "*amax = max |x| (bf16 x, fp32 amax)");
+  m.def("fp8_amax_rows", [](uintptr_t amax, uintptr_t x, int rows, int64_t n, uintptr_t s) {
+    fp8_amax_rows(ptr<float>(amax), ptr<const floatX>(x), rows, n, as_stream(s));
+  }, "amax[r] = max |x[r, :]| for rows of n elements (bf16 x, fp32 amax)");
   m.def("fp8_cast", [](uintptr_t out, uintptr_t x, int64_t n, bool e5m2, uintptr_t amax_ref, uintptr_t scale_inv,
                        uintptr_t amax_out, uintptr_t s) {
     fp8_cast(ptr<void>(out), ptr<const floatX>(x), n, e5m2, ptr<const float>(amax_ref), ptr<float>(scale_inv),

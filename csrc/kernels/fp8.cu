@@ -63,6 +63,19 @@ __global__ void amax_kernel(float* amax, const floatX* x, int64_t n) {
   block_amax(amax, m);
 }
 
+// amax[r] = max |x[r, :]| for rows of n elements (a multiple of 8): grid.y = rows, grid.x blocks share a row.
+__global__ void amax_rows_kernel(float* amax, const floatX* x, int64_t n) {
+  const floatX* row = x + (int64_t)blockIdx.y * n;
+  float m = 0.0f;
+  for (int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; p < n / x128::size;
+       p += (int64_t)gridDim.x * blockDim.x) {
+    const x128 v = load128(row + p * x128::size);
+#pragma unroll
+    for (int k = 0; k < x128::size; k++) m = fmaxf(m, fabsf((float)v[k]));
+  }
+  block_amax(amax + blockIdx.y, m);
+}
+
 // out[i] = fp8(x[i] * s), 16 elements (two 16-byte loads, one 16-byte store) per thread and iteration.
 template <bool kE5M2>
 __global__ void cast_kernel(uint8_t* out, const floatX* x, int64_t n16, const float* amax_ref, float* scale_inv,
@@ -141,6 +154,17 @@ void fp8_amax(float* amax, const floatX* x, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   const int block = 512;  // > the 7-element tail block 0 also reads
   amax_kernel<<<grid_for(std::max<int64_t>(n / 8, 1), block), block, 0, stream>>>(amax, x, n);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void fp8_amax_rows(float* amax, const floatX* x, int rows, int64_t n, cudaStream_t stream) {
+  LLMC_REQUIRE(rows > 0 && rows < 65536 && n >= 0 && n % 8 == 0,
+               "fp8_amax_rows: need 0 < rows < 65536 and n a multiple of 8");
+  CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float) * rows, stream));
+  if (n == 0) return;
+  const int block = 512;
+  const int per_row = (int)std::max<int64_t>(1, grid_for(n / 8, block) / rows);
+  amax_rows_kernel<<<dim3(per_row, rows), block, 0, stream>>>(amax, x, n);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -119,6 +119,8 @@ void global_norm_squared(float* out, const floatX* inp, int64_t n, float* scratc
 // 1/s goes to *scale_inv; amax_out (may be null) is raised to max |x| (atomic max, order-independent).
 // *amax = max |x| (set, not raised); x 16-byte aligned.
 void fp8_amax(float* amax, const floatX* x, int64_t n, cudaStream_t stream);
+// amax[r] = max |x[r, :]| for `rows` contiguous rows of n elements (n a multiple of 8; set, not raised).
+void fp8_amax_rows(float* amax, const floatX* x, int rows, int64_t n, cudaStream_t stream);
 // n a multiple of 16, out and x 16-byte aligned.
 void fp8_cast(void* out, const floatX* x, int64_t n, bool e5m2, const float* amax_ref, float* scale_inv,
               float* amax_out, cudaStream_t stream);

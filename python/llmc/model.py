@@ -536,7 +536,7 @@ class GPT:
         L, NH, HS = c.n_layer, c.n_head, c.head_size
         encoded = a["encoded"][0]
         if self.fp8:
-            self._fp8.next_step()
+            self._fp8.next_step(p)
         ops.encoder_forward(a["inputs"][0], p["wte"], p["wpe"], out=encoded.view(B, T, c.n_embd), validate=False)
         ops.layernorm_forward(encoded, p["ln1w"][0], p["ln1b"][0], out=self._layer_ln(a, "ln1", 0),
                               mean=a["ln1_mean"][0], rstd=a["ln1_rstd"][0], eps=LN_EPS)
@@ -551,11 +551,13 @@ class GPT:
             ops.fused_residual_layernorm_forward(residual, proj, p["ln2w"][l], p["ln2b"][l], residual=a["residual2"][l],
                                                  out=ln2, mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
             if self.fp8:
-                self._fp8.linear(a, ln2, p["fcw"][l], p["fcb"][l], fch_gelu, 4 * l, pre_gelu=a["fch"][l])
+                self._fp8.linear(a, ln2, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], p["fcb"][l], fch_gelu, 4 * l,
+                                 pre_gelu=a["fch"][l])
             else:
                 ops.matmul_forward(ln2, p["fcw"][l], p["fcb"][l], out=fch_gelu, gelu=True, pre_gelu=a["fch"][l])
             if self.fp8 and self._fp8.narrow:
-                self._fp8.linear(a, fch_gelu, p["fcprojw"][l], p["fcprojb"][l], proj, 4 * l + 1)
+                self._fp8.linear(a, fch_gelu, p["fcprojw"][l], self._fp8.w_amax["fcprojw"][l:l + 1], p["fcprojb"][l],
+                                 proj, 4 * l + 1)
             else:
                 ops.matmul_forward(fch_gelu, p["fcprojw"][l], p["fcprojb"][l], out=proj)
             if l + 1 < L:  # the next layer's first layernorm, fused with this layer's last residual add
@@ -600,7 +602,7 @@ class GPT:
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
                 if self.fp8 and self._fp8.narrow:
                     ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], compute_dinp=False)
-                    self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], dbtc, 4 * l + 3)
+                    self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], dbtc, 4 * l + 3)
                 else:
                     ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], dinp=dbtc)
                 ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
@@ -719,7 +721,8 @@ class _Fp8:
     every activation are unchanged.
 
     Formats: activations and weights e4m3, gradients e5m2, one scale per tensor (ops.fp8_cast). Weights are cast
-    for each use with their exact amax (current scaling: they are small). Activations and gradients are big, so
+    for each use with their exact amax (current scaling: they are small), taken for all layers in one launch per
+    weight family at the start of each forward (the weights do not change until the optimizer's step). Activations and gradients are big, so
     they are cast in one pass with a scale from the largest amax of their last HISTORY casts (delayed scaling,
     the history advanced once per forward), and the cast records their amax for the next; the first cast of each
     uses its exact amax. Values beyond the history's amax saturate at the format's max. Forward GEMMs use
@@ -734,7 +737,8 @@ class _Fp8:
         f = dict(dtype=torch.float32, device=device)
         self.amax, self.amax_ref = torch.zeros(slots, **f), torch.zeros(slots, **f)
         self.history = torch.zeros(slots, self.HISTORY, **f)
-        self.x_scale_inv, self.w_scale_inv, self.w_amax = (torch.zeros(1, **f) for _ in range(3))
+        self.x_scale_inv, self.w_scale_inv = torch.zeros(1, **f), torch.zeros(1, **f)
+        self.w_amax = {"fcw": torch.zeros(config.n_layer, **f), "fcprojw": torch.zeros(config.n_layer, **f)}
         self.seen = [False] * slots  # which slots were cast before
         self.forwards = 0
         self.narrow = config.n_embd >= 1024
@@ -752,11 +756,15 @@ class _Fp8:
         self.seen = [bool(v) for v in state["seen"]]
         self.forwards = int(state["forwards"])
 
-    def next_step(self) -> None:
-        """Fold the last forward's (and backward's) amaxes into the history (start of every forward)."""
+    def next_step(self, params: dict) -> None:
+        """Start of every forward: fold the last forward's (and backward's) amaxes into the history, and take the
+        FP8 weights' amax per layer."""
         if self.forwards:
             ops.fp8_update_scales(self.amax_ref, self.history, self.amax, (self.forwards - 1) % self.HISTORY)
         self.forwards += 1
+        ops.fp8_amax_rows(params["fcw"], out=self.w_amax["fcw"])
+        if self.narrow:
+            ops.fp8_amax_rows(params["fcprojw"], out=self.w_amax["fcprojw"])
 
     def _cast(self, a, x: torch.Tensor, slot: int, dtype: torch.dtype):
         amax = self.amax[slot:slot + 1]
@@ -768,23 +776,23 @@ class _Fp8:
         return ops.fp8_cast(x, self.amax_ref[slot:slot + 1], dtype, out=q, scale_inv=self.x_scale_inv,
                             amax_out=amax)
 
-    def _weight(self, a, w: torch.Tensor, transpose: bool):
-        ops.fp8_amax(w, out=self.w_amax)
+    def _weight(self, a, w: torch.Tensor, amax: torch.Tensor, transpose: bool):
         shape = (w.shape[1], w.shape[0]) if transpose else tuple(w.shape)
         q = a["fp8_w"][0][:w.numel()].view(ops.FP8_E4M3).view(shape)
-        return ops.fp8_cast(w, self.w_amax, ops.FP8_E4M3, out=q, scale_inv=self.w_scale_inv, transpose=transpose)
+        return ops.fp8_cast(w, amax, ops.FP8_E4M3, out=q, scale_inv=self.w_scale_inv, transpose=transpose)
 
-    def linear(self, a, x, w, bias, out, slot: int, pre_gelu=None) -> None:
-        """out = x @ w.T + bias (then GELU, keeping pre_gelu, when pre_gelu is given), in FP8."""
+    def linear(self, a, x, w, w_amax, bias, out, slot: int, pre_gelu=None) -> None:
+        """out = x @ w.T + bias (then GELU, keeping pre_gelu, when pre_gelu is given), in FP8; w_amax: the weight's
+        one-element slot of w_amax."""
         x8, xs = self._cast(a, x, slot, ops.FP8_E4M3)
-        w8, ws = self._weight(a, w, transpose=False)
+        w8, ws = self._weight(a, w, w_amax, transpose=False)
         ops.matmul_fp8(x8, w8, xs, ws, bias, out=out, gelu=pre_gelu is not None, pre_gelu=pre_gelu,
                        fast_accum=True)
 
-    def linear_dinp(self, a, dout, w, dinp, slot: int) -> None:
+    def linear_dinp(self, a, dout, w, w_amax, dinp, slot: int) -> None:
         """dinp = dout @ w in FP8 (dout e5m2)."""
         d8, ds = self._cast(a, dout, slot, ops.FP8_E5M2)
-        wt8, ws = self._weight(a, w, transpose=True)
+        wt8, ws = self._weight(a, w, w_amax, transpose=True)
         ops.matmul_fp8(d8, wt8, ds, ws, out=dinp)
 
 

@@ -627,6 +627,24 @@ def fp8_amax(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tenso
     return out
 
 
+def fp8_amax_rows(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """max |x[r]| for each r < x.shape[0] as an fp32 tensor (x.shape[0],): e.g. one amax per layer of a stacked
+    weight, in one launch."""
+    _check_float(x, "x")
+    if x.dim() < 2 or not 0 < x.shape[0] < 65536:
+        raise ValueError(f"x must have at least 2 dimensions and 1 to 65535 rows, got shape {tuple(x.shape)}")
+    device = x.device
+    R, n = x.shape[0], x[0].numel()
+    out = _output(out, "out", (R,), torch.float32, device)
+    _check_writes_disjoint(dict(out=out), dict(x=x))
+    if device.type == "cuda":
+        _check_multiple_of(n, 8, "the row size x[0].numel()")
+        _ext().fp8_amax_rows(out.data_ptr(), x.data_ptr(), R, n, _stream(device))
+    else:
+        out.copy_(x.reshape(R, -1).float().abs().amax(dim=1) if n else torch.zeros(R))
+    return out
+
+
 def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E4M3, *,
              out: Optional[torch.Tensor] = None, scale_inv: Optional[torch.Tensor] = None,
              amax_out: Optional[torch.Tensor] = None, transpose: bool = False) -> tuple:
