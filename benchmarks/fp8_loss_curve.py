@@ -4,6 +4,11 @@ same schedule) and their validation loss at the end, to see what TrainConfig(fp8
     python fp8_loss_curve.py -i 'data/train_*.bin' -j 'data/val_*.bin' --model d12 --batch 16 --steps 300 \\
         --csv results/fp8_loss_curve.csv
 
+Session 4's data (results/fp8_loss_curve.csv): 5M tokens of CPython 3.11's standard library sources (its .py
+files outside the test folders, 10.9M characters, one document per file, 262,144 validation tokens); the same
+kind of shards come from `llmc prepare --input '/usr/lib/python3.11/**/*.py' --format text --text-unit file
+--name pystd --val-tokens 262144` (that glob also takes the test folders).
+
 Rows: provider,step,train_loss,ms,gpu,date,commit (provider llmc or llmc-fp8; step 0-based; after the last step
 one row per provider with step = "val" and the validation loss in train_loss). Prints a summary: the mean
 training loss over the last 50 steps, the validation loss and the median ms/step of each run.
