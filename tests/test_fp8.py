@@ -227,10 +227,14 @@ def test_fp8_model_needs_an_fp8_gpu_and_is_checked():
             GPT(tiny_config(n_embd=72, n_head=1), device="cuda", fp8=True)
     with pytest.raises(TypeError, match="fp8 must be a bool"):
         Trainer("d6", TrainConfig(fp8="yes", device="cpu"))
+    with pytest.raises(ValueError, match="fp8 needs a CUDA GPU"):
+        Trainer("d6", TrainConfig(fp8=True, device="cpu"))
     assert train_config(["--fp8", "1", "-e", "d6"]).fp8 is True
     assert train_config(["-e", "d6"]).fp8 is False
     with pytest.raises(ValueError, match="property of the model"):
-        Trainer(GPT(tiny_config(), device="cpu"), TrainConfig(fp8=True, device="cpu", num_iterations=1, seq_len=32)).fit()
+        device = "cuda" if ops.cuda_available() else "cpu"  # the run's device "auto": the model's
+        Trainer(GPT(tiny_config(), device=device), TrainConfig(fp8=True, device="auto", num_iterations=1,
+                                                               seq_len=32)).fit()
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -281,6 +281,9 @@ class Trainer:
             check_int(c.loss_chunk, "loss_chunk (0: the whole batch at once, None: the default)", 0)
         if not isinstance(c.fp8, bool):
             raise TypeError(f"fp8 must be a bool, got {c.fp8!r}")
+        if c.fp8 and c.device == "cpu":
+            raise ValueError("fp8 needs a CUDA GPU of compute capability 8.9 or more (H100-class); drop --fp8 to "
+                             "train on the CPU")
         if c.skip_update_lossz < 0 or c.skip_update_gradz < 0:
             raise ValueError("skip_update_lossz and skip_update_gradz are z-score thresholds >= 0 (0: off)")
         if c.device not in ("auto", "cuda", "cpu"):
