@@ -59,7 +59,8 @@ __global__ void amax_kernel(float* amax, const floatX* x, int64_t n) {
 #pragma unroll
     for (int k = 0; k < x128::size; k++) m = fmaxf(m, fabsf((float)v[k]));
   }
-  if (blockIdx.x == 0 && n8 * x128::size + threadIdx.x < n) m = fmaxf(m, fabsf((float)x[n8 * x128::size + threadIdx.x]));
+  const int64_t tail = n8 * x128::size + threadIdx.x;  // the last n % 8 elements, read by block 0
+  if (blockIdx.x == 0 && tail < n) m = fmaxf(m, fabsf((float)x[tail]));
   block_amax(amax, m);
 }
 

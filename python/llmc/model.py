@@ -722,10 +722,10 @@ class _Fp8:
 
     Formats: activations and weights e4m3, gradients e5m2, one scale per tensor (ops.fp8_cast). Weights are cast
     for each use with their exact amax (current scaling: they are small), taken for all layers in one launch per
-    weight family at the start of each forward (the weights do not change until the optimizer's step). Activations and gradients are big, so
-    they are cast in one pass with a scale from the largest amax of their last HISTORY casts (delayed scaling,
-    the history advanced once per forward), and the cast records their amax for the next; the first cast of each
-    uses its exact amax. Values beyond the history's amax saturate at the format's max. Forward GEMMs use
+    weight family at the start of each forward (the weights do not change until the optimizer's step).
+    Activations and gradients are big, so they are cast in one pass with a scale from the largest amax of their
+    last HISTORY casts (delayed scaling, the history advanced once per forward), and the cast records their amax
+    for the next; the first cast of each uses its exact amax. Values beyond the history's amax saturate at the format's max. Forward GEMMs use
     Hopper's fast accumulation, gradient GEMMs the precise one. Every cast and GEMM is deterministic. A forward
     without backward (evaluation, sampling) leaves the gradients' histories as they were. The Trainer saves this
     state (state_dict) in its checkpoints, so a resumed FP8 run scales as the uninterrupted one."""

@@ -8,6 +8,7 @@ arguments; parameter gradients are accumulated (+=), activation gradients overwr
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -584,6 +585,7 @@ FP8_E5M2 = torch.float8_e5m2    # gradients
 FP8_MAX = {FP8_E4M3: 448.0, FP8_E5M2: 57344.0}
 
 
+@functools.lru_cache(maxsize=None)  # asked on every matmul_fp8 call; a device's answer does not change
 def fp8_supported(device=None) -> bool:
     """Whether FP8 matmuls can run: a CUDA build and a GPU of compute capability 8.9 or more (Ada, Hopper)."""
     if not cuda_available():
