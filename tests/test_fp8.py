@@ -76,7 +76,7 @@ def test_amax_rows_is_each_rows_max(device, shape):
 
 
 @pytest.mark.parametrize("device", FP8_DEVICES)
-@pytest.mark.parametrize("rows,cols", [(48, 16), (3072, 768), (33, 70)])
+@pytest.mark.parametrize("rows,cols", [(48, 16), (3072, 768), (80, 136), (1600, 6400), (33, 70)])
 def test_cast_transpose_and_amax_out(device, rows, cols):
     x = _input((rows, cols), device)
     ref = ops.fp8_amax(x)
@@ -92,6 +92,56 @@ def test_cast_transpose_and_amax_out(device, rows, cols):
     else:
         ops.fp8_cast(x, ref, ops.FP8_E4M3, transpose=True, amax_out=high)
     assert high.item() == 1e9  # not lowered
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+@pytest.mark.parametrize("dtype", FP8, ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("shape", [(1, 16), (7, 48), (1023, 3072), (8, 1024, 6400), (5, 264)])
+def test_cast_with_dbias_is_the_cast_plus_matmul_backwards_bias_gradient(device, dtype, shape):
+    x = _input(shape, device, 1.0)
+    M = shape[-1]
+    ref = ops.fp8_amax(x) * 0.5  # some values saturate: the sum is of x, not of the cast
+    dbias = randn((M,), x.dtype, device)
+    start = dbias.clone()
+    amax_out = torch.zeros(1, device=device)
+    q, si = ops.fp8_cast(x, ref, dtype, dbias=dbias, amax_out=amax_out)
+    q_plain, si_plain = ops.fp8_cast(x, ref, dtype)
+    assert torch.equal(_bits(q), _bits(q_plain)) and si.item() == si_plain.item()
+    assert amax_out.item() == ops.fp8_amax(x).item()
+    assert_close(dbias, start.float() + x.float().reshape(-1, M).sum(0), x.dtype, "dbias")
+    if device == "cuda":  # bit for bit what matmul_backward gives the same dbias (one code path for the sum)
+        rows = x.reshape(-1, M)
+        inp = randn((rows.shape[0], 16), x.dtype, device)
+        via_matmul = start.clone()
+        ops.matmul_backward(rows, inp, randn((M, 16), x.dtype, device), torch.zeros(M, 16, device=device,
+                            dtype=x.dtype), via_matmul, compute_dinp=False)
+        assert torch.equal(dbias, via_matmul)
+        again = start.clone()
+        ops.fp8_cast(x, ref, dtype, dbias=again)
+        assert torch.equal(again, dbias)
+
+
+def test_cast_with_dbias_checks_its_arguments():
+    one = torch.ones(1)
+    with pytest.raises(ValueError, match="transpose"):
+        ops.fp8_cast(torch.ones(4, 16), one, transpose=True, dbias=torch.zeros(4))
+    with pytest.raises(ValueError, match="dbias has shape"):
+        ops.fp8_cast(torch.ones(4, 16), one, dbias=torch.zeros(4))
+    with pytest.raises(TypeError, match="dbias has dtype"):
+        ops.fp8_cast(torch.ones(4, 16), one, dbias=torch.zeros(16, dtype=torch.int32))
+    dbias = torch.zeros(16)
+    with pytest.raises(ValueError, match="shares memory"):
+        ops.fp8_cast(torch.ones(4, 16), one, dbias=dbias, amax_out=dbias[:1])
+
+
+@requires_fp8
+@pytest.mark.cuda
+def test_cast_with_dbias_refuses_rows_not_a_multiple_of_8_before_writing():
+    x = _input((4, 12), "cuda")
+    dbias = torch.zeros(12, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ops.fp8_cast(x, ops.fp8_amax(x), dbias=dbias)
+    assert not dbias.any()
 
 
 def _operands(N, K, M, device, x_dtype=ops.FP8_E4M3):

@@ -92,6 +92,14 @@ PYBIND11_MODULE(_llmc, m) {
     fp8_cast(ptr<void>(out), ptr<const floatX>(x), n, e5m2, ptr<const float>(amax_ref), ptr<float>(scale_inv),
              ptr<float>(amax_out), as_stream(s));
   }, "out = fp8(x * fp8_max / *amax_ref), saturating; *scale_inv = the inverse scale; *amax_out raised to max |x|");
+  m.def("fp8_cast_dbias", [](uintptr_t out, uintptr_t dbias, uintptr_t x, int64_t N, int64_t M, bool e5m2,
+                             uintptr_t amax_ref, uintptr_t scale_inv, uintptr_t amax_out, uintptr_t scratch,
+                             int64_t scratch_floats, uintptr_t s) {
+    fp8_cast_dbias(ptr<void>(out), ptr<floatX>(dbias), ptr<const floatX>(x), N, M, e5m2, ptr<const float>(amax_ref),
+                   ptr<float>(scale_inv), ptr<float>(amax_out), ptr<float>(scratch), scratch_floats, as_stream(s));
+  }, "fp8_cast of x (N, M) that also adds x's column sums to dbias (M), as matmul_backward's dbias");
+  m.def("bias_grad_scratch_floats", &bias_grad_scratch_floats,
+        "floats of scratch fp8_cast_dbias needs for x (N, M)");
   m.def("fp8_cast_transpose", [](uintptr_t out, uintptr_t x, int rows, int cols, bool e5m2, uintptr_t amax_ref,
                                  uintptr_t scale_inv, uintptr_t amax_out, uintptr_t s) {
     fp8_cast_transpose(ptr<void>(out), ptr<const floatX>(x), rows, cols, e5m2, ptr<const float>(amax_ref),

@@ -99,6 +99,38 @@ __global__ void cast_kernel(uint8_t* out, const floatX* x, int64_t n16, const fl
   if (amax_out != nullptr) block_amax(amax_out, m);
 }
 
+// cast_kernel's output for x (N, M), plus the bias gradient's partial sums of x's columns: the blocks and the
+// order of additions of bias_grad_partial_kernel (common.cuh), so dbias comes out as matmul_backward's.
+template <bool kE5M2>
+__global__ void cast_dbias_kernel(uint8_t* out, float* partials, const floatX* x, int64_t N, int M,
+                                  const float* amax_ref, float* scale_inv, float* amax_out) {
+  const float s = fp8_scale(amax_ref, kE5M2 ? kE5M2Max : kE4M3Max);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0) *scale_inv = __fdiv_rn(1.0f, s);
+  const int col = (blockIdx.x * WARP_SIZE + threadIdx.x) * x128::size;
+  float acc[x128::size] = {};
+  float m = 0.0f;
+  if (col < M) {
+    const int64_t step = (int64_t)gridDim.y * kBiasBlockRows;
+    for (int64_t row = (int64_t)blockIdx.y * kBiasBlockRows + threadIdx.y; row < N; row += step) {
+      const x128 g = load128(x + row * M + col);  // cached: the weight-gradient GEMM reads x next
+      alignas(8) uint8_t q[x128::size];
+#pragma unroll
+      for (int k = 0; k < x128::size; k++) {
+        const float v = (float)g[k];
+        acc[k] += v;
+        m = fmaxf(m, fabsf(v));
+        q[k] = to_fp8<kE5M2>(v * s);
+      }
+      *reinterpret_cast<uint2*>(out + row * M + col) = *reinterpret_cast<const uint2*>(q);
+    }
+  }
+  bias_grad_store_partials(partials, acc, M);
+  if (amax_out != nullptr) {  // one atomic per warp
+    m = warp_reduce_max(m);
+    if (threadIdx.x == 0) atomic_max_nonneg(amax_out, m);
+  }
+}
+
 // out (cols, rows) = fp8(x (rows, cols) * s)^T, through 32 x 32 tiles in shared memory (weights: small).
 constexpr int kTile = 32;
 template <bool kE5M2>
@@ -125,6 +157,48 @@ __global__ void cast_transpose_kernel(uint8_t* out, const floatX* x, int rows, i
     m = warp_reduce_max(m);
     if (threadIdx.x == 0) atomic_max_nonneg(amax_out, m);
   }
+}
+
+// The same transposed cast when cols % 8 == 0 and rows % 16 == 0 (every weight of the model): 64 x 64 tiles,
+// read with one 16-byte load per thread, cast into shared memory, and written as 16 contiguous bytes per thread
+// (16 consecutive rows of x, one column).
+constexpr int kVecTile = 64;
+constexpr int kVecTileStride = kVecTile + 4;  // bytes per shared row: 4-byte aligned, banks staggered
+template <bool kE5M2>
+__global__ void __launch_bounds__(256) cast_transpose_vec_kernel(uint8_t* out, const floatX* x, int rows, int cols,
+                                                                 const float* amax_ref, float* scale_inv,
+                                                                 float* amax_out) {
+  __shared__ alignas(16) uint8_t tile[kVecTile][kVecTileStride];
+  const float s = fp8_scale(amax_ref, kE5M2 ? kE5M2Max : kE4M3Max);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *scale_inv = __fdiv_rn(1.0f, s);
+  const int r0 = blockIdx.y * kVecTile, c0 = blockIdx.x * kVecTile;
+  const int pack = threadIdx.x % 8, c = c0 + pack * 8;  // this thread's 8 columns
+  float m = 0.0f;
+  for (int dy = threadIdx.x / 8; dy < kVecTile; dy += 32) {
+    const int r = r0 + dy;
+    alignas(4) uint8_t q[8] = {};
+    if (r < rows && c < cols) {
+      const x128 v = load128cs(x + (int64_t)r * cols + c);
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        m = fmaxf(m, fabsf((float)v[k]));
+        q[k] = to_fp8<kE5M2>((float)v[k] * s);
+      }
+    }
+    uint32_t* dst = reinterpret_cast<uint32_t*>(&tile[dy][pack * 8]);
+    dst[0] = reinterpret_cast<const uint32_t*>(q)[0];
+    dst[1] = reinterpret_cast<const uint32_t*>(q)[1];
+  }
+  __syncthreads();
+  const int oc = threadIdx.x / 4, seg = threadIdx.x % 4;  // out row c0 + oc, x rows r0 + seg*16 ... + 15
+  const int r = r0 + seg * 16;
+  if (c0 + oc < cols && r < rows) {
+    alignas(16) uint8_t q[16];
+#pragma unroll
+    for (int j = 0; j < 16; j++) q[j] = tile[seg * 16 + j][oc];
+    *reinterpret_cast<int4*>(out + (int64_t)(c0 + oc) * rows + r) = *reinterpret_cast<const int4*>(q);
+  }
+  if (amax_out != nullptr) block_amax(amax_out, m);
 }
 
 // Per slot i: history[i][pos] = amax[i] when it is > 0 and finite (a tensor cast since the last update: a forward
@@ -183,12 +257,42 @@ void fp8_cast(void* out, const floatX* x, int64_t n, bool e5m2, const float* ama
   CUDA_CHECK(cudaGetLastError());
 }
 
+void fp8_cast_dbias(void* out, floatX* dbias, const floatX* x, int64_t N, int64_t M, bool e5m2,
+                    const float* amax_ref, float* scale_inv, float* amax_out, float* scratch, int64_t scratch_floats,
+                    cudaStream_t stream) {
+  LLMC_REQUIRE(N >= 0 && M > 0 && M % 8 == 0 && M < ((int64_t)1 << 31),
+               "fp8_cast_dbias: need N >= 0 and M > 0 a multiple of 8 (16-byte rows)");
+  const int row_blocks = (int)(bias_grad_scratch_floats(N, M) / M);
+  LLMC_REQUIRE(scratch_floats >= (int64_t)row_blocks * M, "fp8_cast_dbias: scratch smaller than "
+               "bias_grad_scratch_floats(N, M)");
+  const dim3 grid(ceil_div<int64_t>(M, kBiasBlockCols), row_blocks), block(WARP_SIZE, kBiasBlockRows);
+  auto* o = static_cast<uint8_t*>(out);
+  if (e5m2) {
+    cast_dbias_kernel<true><<<grid, block, 0, stream>>>(o, scratch, x, N, (int)M, amax_ref, scale_inv, amax_out);
+  } else {
+    cast_dbias_kernel<false><<<grid, block, 0, stream>>>(o, scratch, x, N, (int)M, amax_ref, scale_inv, amax_out);
+  }
+  CUDA_CHECK(cudaGetLastError());
+  bias_grad_reduce(dbias, scratch, row_blocks, M, stream);
+}
+
 void fp8_cast_transpose(void* out, const floatX* x, int rows, int cols, bool e5m2, const float* amax_ref,
                         float* scale_inv, float* amax_out, cudaStream_t stream) {
   LLMC_REQUIRE(rows > 0 && cols > 0, "fp8_cast_transpose: need rows, cols > 0");
   LLMC_REQUIRE(ceil_div(rows, kTile) < 65536, "fp8_cast_transpose: at most 65535 * 32 rows");
-  const dim3 grid(ceil_div(cols, kTile), ceil_div(rows, kTile)), block(kTile, 8);
   auto* o = static_cast<uint8_t*>(out);
+  if (cols % 8 == 0 && rows % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(out) % 16 == 0) {
+    const dim3 grid(ceil_div(cols, kVecTile), ceil_div(rows, kVecTile));
+    if (e5m2) {
+      cast_transpose_vec_kernel<true><<<grid, 256, 0, stream>>>(o, x, rows, cols, amax_ref, scale_inv, amax_out);
+    } else {
+      cast_transpose_vec_kernel<false><<<grid, 256, 0, stream>>>(o, x, rows, cols, amax_ref, scale_inv, amax_out);
+    }
+    CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const dim3 grid(ceil_div(cols, kTile), ceil_div(rows, kTile)), block(kTile, 8);
   if (e5m2) {
     cast_transpose_kernel<true><<<grid, block, 0, stream>>>(o, x, rows, cols, amax_ref, scale_inv, amax_out);
   } else {

@@ -58,6 +58,11 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
 void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e5m2, bool w_e5m2,
                 const float* x_scale_inv, const float* w_scale_inv, const floatX* bias, int64_t N, int64_t K,
                 int64_t M, int epilogue, bool fast_accum, cudaStream_t stream);
+// The bias gradient's two-kernel decomposition (common.cuh), for kernels that compute it on the way (fp8_cast_dbias):
+// the floats of scratch its partial sums take for N rows of M columns, and dbias (M) += the `rows` rows of
+// partials (rows x M), added in order.
+int64_t bias_grad_scratch_floats(int64_t N, int64_t M);
+void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream);
 // One line per GEMM plan autotuning looked at on the current device so far: its shape and the algorithm kept.
 std::vector<std::string> matmul_tuning_log();
 // Benchmarks only (benchmarks/probe_gemm_algos.py): run one of the GEMMs above with the `rank`-th algorithm the
@@ -127,6 +132,11 @@ void fp8_cast(void* out, const floatX* x, int64_t n, bool e5m2, const float* ama
 // out (cols, rows) = the cast of x (rows, cols), transposed.
 void fp8_cast_transpose(void* out, const floatX* x, int rows, int cols, bool e5m2, const float* amax_ref,
                         float* scale_inv, float* amax_out, cudaStream_t stream);
+// fp8_cast of x (N, M) that also adds x's column sums to dbias (M), deterministically and bit for bit as
+// matmul_backward's dbias: one pass over x for both. M a multiple of 8; scratch: bias_grad_scratch_floats(N, M).
+void fp8_cast_dbias(void* out, floatX* dbias, const floatX* x, int64_t N, int64_t M, bool e5m2,
+                    const float* amax_ref, float* scale_inv, float* amax_out, float* scratch, int64_t scratch_floats,
+                    cudaStream_t stream);
 // For each of `slots` tensors: history[i][pos] = amax[i] if it is > 0 and finite (else the entry stays), amax[i] =
 // 0, amax_ref[i] = max of history[i] (len history_len).
 void fp8_update_scales(float* amax_ref, float* history, float* amax, int slots, int history_len, int pos,

@@ -62,18 +62,9 @@ inline void llmc_cublas_check(cublasStatus_t status, const char* expr, const cha
 // ---------------------------------------------------------------------------------------------------------
 // kernels: the bias gradient, dbias[c] += sum over rows of dout[r, c]
 // ---------------------------------------------------------------------------------------------------------
-constexpr int kBiasBlockRows = 8;                             // blockDim.y: rows in flight per block
-constexpr int kBiasBlockCols = WARP_SIZE * x128::size;        // a warp reads 256 contiguous columns of one row
-constexpr int kBiasThreads = WARP_SIZE * kBiasBlockRows;
-static_assert(kBiasThreads == kBiasBlockCols, "one thread per block column in the in-block reduction");
-constexpr int kBiasMinRowsPerThread = 8;
-constexpr int kBiasTargetBlocks = 1024;                       // ~8 resident blocks on each of an H100's 132 SMs
-
-// Block (bx, by) sums rows by*8 + ty, then + gridDim.y*8, ... of columns [bx*256, bx*256 + 256) in fp32, reduces
-// its 8 row lanes in order, and writes row `by` of partials (gridDim.y x M). The order of every addition depends on
-// N, M and the grid only, and the launcher derives the grid from N and M.
+// Block (bx, by) of the decomposition in common.cuh (bias_grad_row_blocks): sums in fp32, then
+// bias_grad_store_partials.
 __global__ void bias_grad_partial_kernel(float* partials, const floatX* dout, int64_t N, int M) {
-  __shared__ float lane_sums[kBiasBlockRows][x128::size][WARP_SIZE];
   const int col = (blockIdx.x * WARP_SIZE + threadIdx.x) * x128::size;
   float acc[x128::size] = {};
   if (col < M) {
@@ -84,17 +75,7 @@ __global__ void bias_grad_partial_kernel(float* partials, const floatX* dout, in
       for (int k = 0; k < x128::size; k++) acc[k] += (float)g[k];
     }
   }
-#pragma unroll
-  for (int k = 0; k < x128::size; k++) lane_sums[threadIdx.y][k][threadIdx.x] = acc[k];
-  __syncthreads();
-  const int t = threadIdx.y * WARP_SIZE + threadIdx.x;  // this thread's column within the block
-  const int out_col = blockIdx.x * kBiasBlockCols + t;
-  if (out_col < M) {
-    float s = 0.0f;
-#pragma unroll
-    for (int y = 0; y < kBiasBlockRows; y++) s += lane_sums[y][t % x128::size][t / x128::size];
-    partials[(int64_t)blockIdx.y * M + out_col] = s;
-  }
+  bias_grad_store_partials(partials, acc, M);
 }
 
 // dbias[c] += partials[0][c] + partials[1][c] + ... in row order.
@@ -458,18 +439,13 @@ void run_gemm(DeviceState& s, const Gemm& g, cudaStream_t stream) {
 
 void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
                           cudaStream_t stream) {  // the two-kernel path
-  const int col_blocks = (int)ceil_div<int64_t>(M, kBiasBlockCols);
-  int64_t row_blocks = ceil_div<int64_t>(N, (int64_t)kBiasBlockRows * kBiasMinRowsPerThread);
-  row_blocks = std::min<int64_t>(row_blocks, std::max(1, kBiasTargetBlocks / col_blocks));
+  const int row_blocks = bias_grad_row_blocks(N, M);
   LLMC_REQUIRE(row_blocks * M * (int64_t)sizeof(float) <= (int64_t)kWorkspaceBytes,
                "matmul_backward: bias gradient partials do not fit the workspace");
-  bias_grad_partial_kernel<<<dim3(col_blocks, (unsigned)row_blocks), dim3(WARP_SIZE, kBiasBlockRows), 0, stream>>>(
-      scratch, dout, N, (int)M);
+  bias_grad_partial_kernel<<<dim3(bias_grad_col_blocks(M), (unsigned)row_blocks), dim3(WARP_SIZE, kBiasBlockRows),
+                             0, stream>>>(scratch, dout, N, (int)M);
   CUDA_CHECK(cudaGetLastError());
-  const int block = 256;
-  bias_grad_accumulate_kernel<<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, scratch,
-                                                                                      (int)row_blocks, (int)M);
-  CUDA_CHECK(cudaGetLastError());
+  bias_grad_reduce(dbias, scratch, row_blocks, M, stream);
 }
 
 // dweight^T (K,M) += inp^T (K,N) . dout (N,M), as the top of the file lays it out.
@@ -489,6 +465,14 @@ void require_gemm_dims(int64_t N, int64_t K, int64_t M, const char* who) {
 // ---------------------------------------------------------------------------------------------------------
 // launchers
 // ---------------------------------------------------------------------------------------------------------
+int64_t bias_grad_scratch_floats(int64_t N, int64_t M) { return (int64_t)bias_grad_row_blocks(N, M) * M; }
+
+void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream) {
+  const int block = 256;
+  bias_grad_accumulate_kernel<<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, partials, rows, (int)M);
+  CUDA_CHECK(cudaGetLastError());
+}
+
 void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floatX* weight, const floatX* bias,
                     int64_t N, int64_t K, int64_t M, bool gelu, cudaStream_t stream) {
   require_gemm_dims(N, K, M, "matmul_forward");

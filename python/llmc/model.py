@@ -601,8 +601,9 @@ class GPT:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
                 if self.fp8 and self._fp8.narrow:
-                    ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], compute_dinp=False)
-                    self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], dbtc, 4 * l + 3)
+                    ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], None, compute_dinp=False)
+                    self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], dbtc, 4 * l + 3,
+                                          dbias=g["fcb"][l])
                 else:
                     ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], dinp=dbtc)
                 ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
@@ -717,6 +718,7 @@ class _Fp8:
     torch._scaled_mm on an H100). fcproj's input gradient stays bf16: it carries the GELU backward, and cuBLASLt
     runs FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took 1.3 ms per call at d12
     (0.56 ms at d48) on an H100, far more than FP8 saves (benchmarks/results/profile_d*_fp8_h100_2a444b1.md).
+    fc's bias gradient is summed in the pass that casts its output gradient (ops.fp8_cast with dbias).
     Weight gradients and everything else stay bf16, so the optimizer, the checkpoints and the bf16 copies of
     every activation are unchanged.
 
@@ -766,15 +768,15 @@ class _Fp8:
         if self.narrow:
             ops.fp8_amax_rows(params["fcprojw"], out=self.w_amax["fcprojw"])
 
-    def _cast(self, a, x: torch.Tensor, slot: int, dtype: torch.dtype):
+    def _cast(self, a, x: torch.Tensor, slot: int, dtype: torch.dtype, dbias=None):
         amax = self.amax[slot:slot + 1]
         q = a["fp8_x"][0][:x.numel()].view(dtype).view(x.shape)
         if not self.seen[slot]:  # first cast: the exact amax, which also starts the history
             ops.fp8_amax(x, out=amax)
             self.seen[slot] = True
-            return ops.fp8_cast(x, amax, dtype, out=q, scale_inv=self.x_scale_inv)
+            return ops.fp8_cast(x, amax, dtype, out=q, scale_inv=self.x_scale_inv, dbias=dbias)
         return ops.fp8_cast(x, self.amax_ref[slot:slot + 1], dtype, out=q, scale_inv=self.x_scale_inv,
-                            amax_out=amax)
+                            amax_out=amax, dbias=dbias)
 
     def _weight(self, a, w: torch.Tensor, amax: torch.Tensor, transpose: bool):
         shape = (w.shape[1], w.shape[0]) if transpose else tuple(w.shape)
@@ -789,9 +791,9 @@ class _Fp8:
         ops.matmul_fp8(x8, w8, xs, ws, bias, out=out, gelu=pre_gelu is not None, pre_gelu=pre_gelu,
                        fast_accum=True)
 
-    def linear_dinp(self, a, dout, w, w_amax, dinp, slot: int) -> None:
-        """dinp = dout @ w in FP8 (dout e5m2)."""
-        d8, ds = self._cast(a, dout, slot, ops.FP8_E5M2)
+    def linear_dinp(self, a, dout, w, w_amax, dinp, slot: int, dbias=None) -> None:
+        """dinp = dout @ w in FP8 (dout e5m2); dbias, when given, += dout's column sums (in the cast's pass)."""
+        d8, ds = self._cast(a, dout, slot, ops.FP8_E5M2, dbias)
         wt8, ws = self._weight(a, w, w_amax, transpose=True)
         ops.matmul_fp8(d8, wt8, ds, ws, out=dinp)
 

@@ -649,13 +649,17 @@ def fp8_amax_rows(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.
 
 def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E4M3, *,
              out: Optional[torch.Tensor] = None, scale_inv: Optional[torch.Tensor] = None,
-             amax_out: Optional[torch.Tensor] = None, transpose: bool = False) -> tuple:
+             amax_out: Optional[torch.Tensor] = None, transpose: bool = False,
+             dbias: Optional[torch.Tensor] = None) -> tuple:
     """Scale x (bf16; 2-D when transpose) into FP8 for matmul_fp8: q = saturate(x * s) with s = fp8_max /
     amax_ref (s = 1 when amax_ref is 0), the largest |x| the scale is made for (fp8_amax(x) for an exact fit;
     larger values saturate at +-fp8_max). Returns (q, scale_inv), scale_inv = 1/s (one fp32 element) for
     matmul_fp8. amax_out, when given, is raised to max |x| (so the next cast can scale by it; it must start >= 0,
     as the maxima are combined on the bits of non-negative floats). transpose=True
-    writes q as x.T (rows and columns swapped). dtype: FP8_E4M3 (activations, weights) or FP8_E5M2 (gradients)."""
+    writes q as x.T (rows and columns swapped). dtype: FP8_E4M3 (activations, weights) or FP8_E5M2 (gradients).
+    dbias (x.shape[-1],), when given: dbias += x summed over all its other dimensions, in the same pass over x
+    (a layer's output gradient is cast for the FP8 input-gradient matmul and also gives its bias gradient; on a
+    GPU the sum is matmul_backward's, bit for bit). Not with transpose."""
     _check_float(x, "x")
     if dtype not in FP8_MAX:
         raise TypeError(f"dtype must be torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}")
@@ -665,22 +669,41 @@ def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E
         _check_scalar_fp32(amax_out, "amax_out", device)
     if transpose and x.dim() != 2:
         raise ValueError(f"transpose=True takes a 2-D x, got shape {tuple(x.shape)}")
+    if dbias is not None:
+        if transpose:
+            raise ValueError("dbias is not computed with transpose=True; cast without transposing")
+        if x.dim() == 0:
+            raise ValueError("dbias needs x with at least one dimension (its last is the bias's)")
+        _check_float(dbias, "dbias")
+        _check_shape(dbias, "dbias", (x.shape[-1],))
+        _check_same_dtype(x=x, dbias=dbias)
+    if device.type == "cuda" and dbias is not None:
+        _check_multiple_of(x.shape[-1], 8, "x.shape[-1] (with dbias)")
+    elif device.type == "cuda" and not transpose:
+        _check_multiple_of(x.numel(), 16, "x.numel()")
     shape = (x.shape[1], x.shape[0]) if transpose else tuple(x.shape)
     out = _output(out, "out", shape, dtype, device)
     if scale_inv is None:
         scale_inv = torch.empty(1, dtype=torch.float32, device=device)
     _check_scalar_fp32(scale_inv, "scale_inv", device)
-    _check_same_device(x=x, amax_ref=amax_ref, out=out, scale_inv=scale_inv, amax_out=amax_out)
-    _check_writes_disjoint(dict(out=out, scale_inv=scale_inv, amax_out=amax_out), dict(x=x, amax_ref=amax_ref))
+    _check_same_device(x=x, amax_ref=amax_ref, out=out, scale_inv=scale_inv, amax_out=amax_out, dbias=dbias)
+    _check_writes_disjoint(dict(out=out, scale_inv=scale_inv, amax_out=amax_out, dbias=dbias),
+                           dict(x=x, amax_ref=amax_ref))
     if device.type == "cuda":
         ext, stream, e5m2 = _ext(), _stream(device), dtype == FP8_E5M2
         if transpose and not x.numel():  # nothing to cast, but scale_inv is still an output
             scale_inv.copy_(reference.fp8_cast(x, amax_ref, dtype, FP8_MAX[dtype])[1].reshape(1))
+        elif dbias is not None and x.numel():  # (with nothing to sum, dbias stays as it is)
+            M = x.shape[-1]
+            N = x.numel() // M if M else 0
+            floats = ext.bias_grad_scratch_floats(N, M)
+            scratch = torch.empty(floats, dtype=torch.float32, device=device)
+            ext.fp8_cast_dbias(out.data_ptr(), dbias.data_ptr(), x.data_ptr(), N, M, e5m2, amax_ref.data_ptr(),
+                               scale_inv.data_ptr(), _ptr(amax_out), scratch.data_ptr(), floats, stream)
         elif transpose:
             ext.fp8_cast_transpose(out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], e5m2, amax_ref.data_ptr(),
                                    scale_inv.data_ptr(), _ptr(amax_out), stream)
         else:
-            _check_multiple_of(x.numel(), 16, "x.numel()")
             ext.fp8_cast(out.data_ptr(), x.data_ptr(), x.numel(), e5m2, amax_ref.data_ptr(), scale_inv.data_ptr(),
                          _ptr(amax_out), stream)
     else:
@@ -689,6 +712,8 @@ def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E
         scale_inv.copy_(inv.reshape(1))
         if amax_out is not None:
             torch.maximum(amax_out, reference.fp8_amax(x).reshape(1), out=amax_out)
+        if dbias is not None:
+            dbias.add_(x.float().reshape(-1, x.shape[-1]).sum(0))
     return out, scale_inv
 
 
