@@ -216,7 +216,7 @@ def test_delayed_scaling_bookkeeping_of_the_model():
 
     fp8 = _Fp8(tiny_config(n_layer=1), torch.device("cpu"))
     acts = {"fp8_x": [torch.empty(4096, dtype=torch.uint8)], "fp8_w": [torch.empty(4096, dtype=torch.uint8)]}
-    params = {"fcw": torch.randn(1, 256, 64), "fcprojw": torch.randn(1, 64, 256)}
+    params = {"qkvw": torch.randn(1, 192, 64), "fcw": torch.randn(1, 256, 64), "fcprojw": torch.randn(1, 64, 256)}
     grad = torch.randn(16, 64) * 1e-5
     fp8.next_step(params)
     assert fp8.w_amax["fcw"].item() == params["fcw"].abs().max().item()

@@ -241,7 +241,7 @@ class GPT:
         in bf16 (one rounding per chunk, as per micro-step of accumulation), so use chunks of thousands of
         positions (e.g. 8192), not tens. Rounded up to a multiple of 8 positions (each chunk's targets and
         losses must start 16-byte aligned). None: the whole batch at once.
-        fp8: run the MLP's matmuls in FP8 on an H100-class GPU (opt-in, changes the numerics; see _Fp8)."""
+        fp8: run the qkv and MLP matmuls in FP8 on an H100-class GPU (opt-in, changes the numerics; see _Fp8)."""
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         if isinstance(recompute, bool) or recompute not in (0, 1, 2):
@@ -545,19 +545,24 @@ class GPT:
             residual = encoded if l == 0 else a["residual3"][l - 1]
             qkv, atty = a["qkv"][l], a["atty"][l]
             ln2, fch_gelu = self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
-            ops.matmul_forward(self._layer_ln(a, "ln1", l), p["qkvw"][l], p["qkvb"][l], out=qkv)
+            if self.fp8:
+                self._fp8.linear(a, self._layer_ln(a, "ln1", l), p["qkvw"][l], self._fp8.w_amax["qkvw"][l:l + 1],
+                                 p["qkvb"][l], qkv, self._fp8.slot(l, _Fp8.QKV_IN))
+            else:
+                ops.matmul_forward(self._layer_ln(a, "ln1", l), p["qkvw"][l], p["qkvb"][l], out=qkv)
             ops.attention_forward(qkv.view(B, T, 3, NH, HS), out=atty.view(B, T, NH, HS), stats=a["att_stats"][l])
             ops.matmul_forward(atty, p["attprojw"][l], p["attprojb"][l], out=proj)
             ops.fused_residual_layernorm_forward(residual, proj, p["ln2w"][l], p["ln2b"][l], residual=a["residual2"][l],
                                                  out=ln2, mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
             if self.fp8:
-                self._fp8.linear(a, ln2, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], p["fcb"][l], fch_gelu, 4 * l,
+                self._fp8.linear(a, ln2, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], p["fcb"][l], fch_gelu,
+                                 self._fp8.slot(l, _Fp8.FC_IN),
                                  pre_gelu=a["fch"][l])
             else:
                 ops.matmul_forward(ln2, p["fcw"][l], p["fcb"][l], out=fch_gelu, gelu=True, pre_gelu=a["fch"][l])
             if self.fp8 and self._fp8.narrow:
                 self._fp8.linear(a, fch_gelu, p["fcprojw"][l], self._fp8.w_amax["fcprojw"][l:l + 1], p["fcprojb"][l],
-                                 proj, 4 * l + 1)
+                                 proj, self._fp8.slot(l, _Fp8.FCPROJ_IN))
             else:
                 ops.matmul_forward(fch_gelu, p["fcprojw"][l], p["fcprojb"][l], out=proj)
             if l + 1 < L:  # the next layer's first layernorm, fused with this layer's last residual add
@@ -600,10 +605,10 @@ class GPT:
                 if self.recompute >= 2:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
-                if self.fp8 and self._fp8.narrow:
+                if self.fp8:
                     ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], None, compute_dinp=False)
-                    self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], dbtc, 4 * l + 3,
-                                          dbias=g["fcb"][l])
+                    self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], dbtc,
+                                          self._fp8.slot(l, _Fp8.FC_DOUT), dbias=g["fcb"][l])
                 else:
                     ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], dinp=dbtc)
                 ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
@@ -616,7 +621,14 @@ class GPT:
                 if self.recompute >= 2:
                     ops.layernorm_forward(residual, p["ln1w"][l], p["ln1b"][l], out=ln1, mean=a["ln1_mean"][l],
                                           rstd=a["ln1_rstd"][l], eps=LN_EPS)
-                ops.matmul_backward(dqkv.view(B * T, 3 * C), ln1, p["qkvw"][l], g["qkvw"][l], g["qkvb"][l], dinp=dbtc)
+                if self.fp8:
+                    ops.matmul_backward(dqkv.view(B * T, 3 * C), ln1, p["qkvw"][l], g["qkvw"][l], None,
+                                        compute_dinp=False)
+                    self._fp8.linear_dinp(a, dqkv.view(B * T, 3 * C), p["qkvw"][l], self._fp8.w_amax["qkvw"][l:l + 1],
+                                          dbtc, self._fp8.slot(l, _Fp8.QKV_DOUT), dbias=g["qkvb"][l])
+                else:
+                    ops.matmul_backward(dqkv.view(B * T, 3 * C), ln1, p["qkvw"][l], g["qkvw"][l], g["qkvb"][l],
+                                        dinp=dbtc)
                 ops.layernorm_backward(dbtc, residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l],
                                        g["ln1w"][l], g["ln1b"][l], dinp=dres, accumulate=True)
                 self._grads_ready(l)
@@ -712,13 +724,14 @@ class GPT:
 class _Fp8:
     """The FP8 matmuls of GPT(fp8=True): what they cast, how they scale, and the scratch they use.
 
-    Which matmuls: the MLP's. fc's forward always (its output is 4C wide, so the FP8 GEMM's saving outgrows the
-    cast of its (N, C) input); fcproj's forward and fc's input gradient only when C >= 1024 ("narrow": a 4C-wide
-    input to cast for a C-wide output; at C=768 the cast costs about what FP8 saves, measured with
-    torch._scaled_mm on an H100). fcproj's input gradient stays bf16: it carries the GELU backward, and cuBLASLt
-    runs FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took 1.3 ms per call at d12
+    Which matmuls: the forward of fc and qkv (their outputs are 4C and 3C wide, so the FP8 GEMM's saving outgrows
+    the cast of their (N, C) inputs); their input gradients (the cast of the 4C- or 3C-wide output gradient also
+    sums the bias gradient, ops.fp8_cast with dbias, so it replaces a pass the bf16 path makes anyway); fcproj's
+    forward only when C >= 1024 ("narrow": a 4C-wide input to cast for a C-wide output; at C=768 the cast costs
+    about what FP8 saves, measured with torch._scaled_mm on an H100). The attention projection (C to C) stays
+    bf16: its GEMM is small next to its casts. fcproj's input gradient stays bf16: it carries the GELU backward,
+    and cuBLASLt runs FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took 1.3 ms per call at d12
     (0.56 ms at d48) on an H100, far more than FP8 saves (benchmarks/results/profile_d*_fp8_h100_2a444b1.md).
-    fc's bias gradient is summed in the pass that casts its output gradient (ops.fp8_cast with dbias).
     Weight gradients and everything else stay bf16, so the optimizer, the checkpoints and the bf16 copies of
     every activation are unchanged.
 
@@ -727,29 +740,38 @@ class _Fp8:
     weight family at the start of each forward (the weights do not change until the optimizer's step).
     Activations and gradients are big, so they are cast in one pass with a scale from the largest amax of their
     last HISTORY casts (delayed scaling, the history advanced once per forward), and the cast records their amax
-    for the next; the first cast of each uses its exact amax. Values beyond the history's amax saturate at the format's max. Forward GEMMs use
-    Hopper's fast accumulation, gradient GEMMs the precise one. Every cast and GEMM is deterministic. A forward
+    for the next; the first cast of each uses its exact amax. Values beyond the history's amax saturate at the
+    format's max. Forward GEMMs use Hopper's fast accumulation, gradient GEMMs the precise one. Every cast and GEMM is deterministic. A forward
     without backward (evaluation, sampling) leaves the gradients' histories as they were. The Trainer saves this
     state (state_dict) in its checkpoints, so a resumed FP8 run scales as the uninterrupted one."""
 
     HISTORY = 16
+    # the delayed-scaling slots of each layer (slot(layer, which)); checkpoints from before QKV_DOUT had 4
+    FC_IN, FCPROJ_IN, QKV_IN, FC_DOUT, QKV_DOUT = range(5)
+    PER_LAYER = 5
 
     def __init__(self, config: "GPTConfig", device: torch.device):
-        slots = 4 * config.n_layer  # per layer: fc input, fcproj input, (unused: fcproj's dout), fc's dout
+        slots = self.PER_LAYER * config.n_layer
         f = dict(dtype=torch.float32, device=device)
         self.amax, self.amax_ref = torch.zeros(slots, **f), torch.zeros(slots, **f)
         self.history = torch.zeros(slots, self.HISTORY, **f)
         self.x_scale_inv, self.w_scale_inv = torch.zeros(1, **f), torch.zeros(1, **f)
-        self.w_amax = {"fcw": torch.zeros(config.n_layer, **f), "fcprojw": torch.zeros(config.n_layer, **f)}
+        self.w_amax = {name: torch.zeros(config.n_layer, **f) for name in ("qkvw", "fcw", "fcprojw")}
         self.seen = [False] * slots  # which slots were cast before
         self.forwards = 0
         self.narrow = config.n_embd >= 1024
+
+    def slot(self, layer: int, which: int) -> int:
+        return self.PER_LAYER * layer + which
 
     def state_dict(self) -> dict:
         return {"amax": self.amax.cpu(), "amax_ref": self.amax_ref.cpu(), "history": self.history.cpu(),
                 "seen": list(self.seen), "forwards": self.forwards}
 
     def load_state_dict(self, state: dict) -> None:
+        layers = len(self.seen) // self.PER_LAYER
+        if len(state["seen"]) == 4 * layers and tuple(state["history"].shape) == (4 * layers, self.HISTORY):
+            state = self._from_four_slots(state, layers)  # saved before qkv's input gradient had a slot
         if len(state["seen"]) != len(self.seen) or tuple(state["history"].shape) != tuple(self.history.shape):
             raise ValueError(f"FP8 state for {len(state['seen'])} slots / history {tuple(state['history'].shape)}, "
                              f"this model has {len(self.seen)} / {tuple(self.history.shape)}")
@@ -758,12 +780,25 @@ class _Fp8:
         self.seen = [bool(v) for v in state["seen"]]
         self.forwards = int(state["forwards"])
 
+    def _from_four_slots(self, state: dict, layers: int) -> dict:
+        """A state of 4 slots per layer (the first four of today's, in the same order) as 5 per layer."""
+        keep = [self.slot(l, k) for l in range(layers) for k in range(4)]
+        out = {"forwards": state["forwards"], "seen": [False] * len(self.seen)}
+        for name in ("amax", "amax_ref", "history"):
+            new = torch.zeros((len(self.seen),) + tuple(state[name].shape[1:]), dtype=state[name].dtype)
+            new[keep] = state[name]
+            out[name] = new
+        for i, k in enumerate(keep):
+            out["seen"][k] = bool(state["seen"][i])
+        return out
+
     def next_step(self, params: dict) -> None:
         """Start of every forward: fold the last forward's (and backward's) amaxes into the history, and take the
         FP8 weights' amax per layer."""
         if self.forwards:
             ops.fp8_update_scales(self.amax_ref, self.history, self.amax, (self.forwards - 1) % self.HISTORY)
         self.forwards += 1
+        ops.fp8_amax_rows(params["qkvw"], out=self.w_amax["qkvw"])
         ops.fp8_amax_rows(params["fcw"], out=self.w_amax["fcw"])
         if self.narrow:
             ops.fp8_amax_rows(params["fcprojw"], out=self.w_amax["fcprojw"])
