@@ -234,6 +234,27 @@ def test_delayed_scaling_bookkeeping_of_the_model():
     assert (q.float() != 0).float().mean() > 0.99
 
 
+def test_fp8_state_of_four_slots_per_layer_still_loads():
+    """FP8 states saved before qkv's slots (4 per layer) load into today's 5 per layer, each slot where it was."""
+    from llmc.model import _Fp8
+    from model_helpers import tiny_config
+
+    layers = 2
+    fp8 = _Fp8(tiny_config(n_layer=layers), torch.device("cpu"))
+    old = {"amax": torch.rand(4 * layers), "amax_ref": torch.rand(4 * layers),
+           "history": torch.rand(4 * layers, _Fp8.HISTORY), "seen": [True, True, False, True] * layers, "forwards": 7}
+    fp8.load_state_dict(old)
+    for l in range(layers):
+        for k in range(4):
+            assert fp8.history[fp8.slot(l, k)].tolist() == old["history"][4 * l + k].tolist()
+            assert fp8.amax_ref[fp8.slot(l, k)].item() == old["amax_ref"][4 * l + k].item()
+            assert fp8.seen[fp8.slot(l, k)] == old["seen"][4 * l + k]
+        assert not fp8.seen[fp8.slot(l, _Fp8.QKV_DOUT)] and not fp8.history[fp8.slot(l, _Fp8.QKV_DOUT)].any()
+    assert fp8.forwards == 7
+    with pytest.raises(ValueError, match="slots"):
+        fp8.load_state_dict({**old, "seen": old["seen"][:-1]})
+
+
 def test_fp8_arguments_are_checked():
     x8 = torch.zeros(8, 32, dtype=ops.FP8_E5M2)
     one = torch.ones(1)
