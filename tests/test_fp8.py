@@ -96,7 +96,7 @@ def test_cast_transpose_and_amax_out(device, rows, cols):
 
 @pytest.mark.parametrize("device", FP8_DEVICES)
 @pytest.mark.parametrize("dtype", FP8, ids=["e4m3", "e5m2"])
-@pytest.mark.parametrize("shape", [(1, 16), (7, 48), (1023, 3072), (8, 1024, 6400), (5, 264)])
+@pytest.mark.parametrize("shape", [(1, 16), (7, 48), (1023, 3072), (8, 1024, 6400), (5, 272)])
 def test_cast_with_dbias_is_the_cast_plus_matmul_backwards_bias_gradient(device, dtype, shape):
     x = _input(shape, device, 1.0)
     M = shape[-1]

@@ -72,7 +72,8 @@ TRAIN_OPTIONS = [
                                                     "job fails (default 600)"),
     (None, "--loss-chunk", "loss_chunk", int, "positions per chunk of the output layer and loss: the logits buffer "
                                               "holds that many rows instead of B*T (default 8192; 0: all at once)"),
-    (None, "--fp8", "fp8", _flag, "1: the qkv and MLP matmuls in FP8 on an H100-class GPU (opt-in; default 0, bf16)"),
+    (None, "--fp8", "fp8", _flag, "1: the MLP's matmuls (and qkv's input gradient) in FP8 on an H100-class GPU "
+                                  "(opt-in; default 0, bf16)"),
 ]
 
 

@@ -83,7 +83,7 @@ class TrainConfig:
     dist_timeout: float = 600.0          # seconds a collective waits for the other ranks before the job fails
     loss_chunk: Optional[int] = None     # positions per chunk of the output layer + loss (GPT loss_chunk); 0: all
                                          # at once; None: 8192 for a model the Trainer builds, a given GPT's own
-    fp8: bool = False                    # FP8 qkv and MLP matmuls on an H100 (GPT fp8=True; opt-in, changes numerics);
+    fp8: bool = False                    # FP8 matmuls on an H100 (GPT fp8=True; opt-in, changes the numerics);
                                          # a GPT passed in keeps its own (True with a bf16 GPT is an error)
 
     @classmethod
@@ -501,7 +501,7 @@ class Trainer:
                f"{grad_accum}; {num_steps} steps; lr {c.learning_rate:g} {c.lr_schedule} warmup {c.warmup_iterations} "
                f"final fraction {c.final_lr_fraction:g}; weight decay {c.weight_decay:g}; recompute {c.recompute}; "
                f"zero stage {zero_stage}" + ("" if self.world_size > 1 else " (sharding needs several processes)") +
-               ("; FP8 qkv and MLP matmuls" if model.fp8 else ""))
+               ("; FP8 matmuls (see GPT fp8)" if model.fp8 else ""))
         print0("MFU against " + (f"{peak / 1e12:.1f} TFLOP/s bf16 peak" if peak else "no known peak (not shown)"))
         if resume_step is not None:
             print0(f"resuming from the checkpoint at step {resume_step} in {out_dir}")
