@@ -602,7 +602,7 @@ class GPT:
                 if self.recompute >= 2:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
-                if self.fp8:
+                if self.fp8 and self._fp8.narrow:
                     ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], None, compute_dinp=False)
                     self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], dbtc,
                                           self._fp8.slot(l, _Fp8.FC_DOUT), dbias=g["fcb"][l])
@@ -618,7 +618,7 @@ class GPT:
                 if self.recompute >= 2:
                     ops.layernorm_forward(residual, p["ln1w"][l], p["ln1b"][l], out=ln1, mean=a["ln1_mean"][l],
                                           rstd=a["ln1_rstd"][l], eps=LN_EPS)
-                if self.fp8:
+                if self.fp8 and self._fp8.narrow:
                     ops.matmul_backward(dqkv.view(B * T, 3 * C), ln1, p["qkvw"][l], g["qkvw"][l], None,
                                         compute_dinp=False)
                     self._fp8.linear_dinp(a, dqkv.view(B * T, 3 * C), p["qkvw"][l], self._fp8.w_amax["qkvw"][l:l + 1],
@@ -722,16 +722,18 @@ class _Fp8:
     """The FP8 matmuls of GPT(fp8=True): what they cast, how they scale, and the scratch they use.
 
     Which matmuls: fc's forward (its output is 4C wide, so the FP8 GEMM's saving outgrows the cast of its (N, C)
-    input); the input gradients of fc and qkv (the cast of their 4C- or 3C-wide output gradient also sums the bias
-    gradient, ops.fp8_cast with dbias, so it replaces a pass the bf16 path makes anyway); fcproj's forward only when
-    C >= 1024 ("narrow": a 4C-wide input to cast for a C-wide output; at C=768 the cast costs about what FP8 saves,
-    measured with torch._scaled_mm on an H100). qkv's forward stays bf16: in FP8 the attention scores' error moved
-    qkv's and wte's gradients past FP8_MODEL's bound (tests/conftest.py; cosine 0.975 against bf16 at C=1024, on an
-    H100 and in a CPU simulation). The attention projection (C to C) stays bf16: its GEMM is small next to its
-    casts. fcproj's input gradient stays bf16: it carries the GELU backward, and cuBLASLt runs FP8 with the dGELU
-    epilogue as a GEMM plus a separate epilogue kernel that took 1.3 ms per call at d12 (0.56 ms at d48) on an H100,
-    far more than FP8 saves (benchmarks/results/profile_d*_fp8_h100_2a444b1.md). Weight gradients and everything
-    else stay bf16, so the optimizer, the checkpoints and the bf16 copies of every activation are unchanged.
+    input). When C >= 1024 ("narrow") also fcproj's forward, and the input gradients of fc and qkv (the e5m2 cast
+    of their 4C- or 3C-wide output gradient also sums the bias gradient, ops.fp8_cast with dbias, replacing a pass
+    the bf16 path makes anyway). At C=768 fcproj's 4C-wide input costs about what FP8 saves (torch._scaled_mm on an
+    H100), and the FP8 input gradients, though 3.5% faster per step at d12, moved the validation loss of 300 steps
+    of d12 from 0.003 to 0.034 above bf16's (benchmarks/README.md). qkv's forward stays bf16: in FP8 the attention
+    scores' error moved qkv's and wte's gradients past FP8_MODEL's bound (tests/conftest.py; cosine 0.975 against
+    bf16 at C=1024, on an H100 and in a CPU simulation). The attention projection (C to C) stays bf16: its GEMM is
+    small next to its casts. fcproj's input gradient stays bf16: it carries the GELU backward, and cuBLASLt runs
+    FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took 1.3 ms per call at d12 (0.56 ms
+    at d48) on an H100, far more than FP8 saves (benchmarks/results/profile_d*_fp8_h100_2a444b1.md). Weight
+    gradients and everything else stay bf16, so the optimizer, the checkpoints and the bf16 copies of every
+    activation are unchanged.
 
     Formats: activations and weights e4m3, gradients e5m2, one scale per tensor (ops.fp8_cast). Weights are cast for
     each use with their exact amax (current scaling: they are small), taken for all layers in one launch per weight
