@@ -262,10 +262,10 @@ void fp8_cast_dbias(void* out, floatX* dbias, const floatX* x, int64_t N, int64_
                     cudaStream_t stream) {
   LLMC_REQUIRE(N >= 0 && M > 0 && M % 8 == 0 && M < ((int64_t)1 << 31),
                "fp8_cast_dbias: need N >= 0 and M > 0 a multiple of 8 (16-byte rows)");
-  const int row_blocks = (int)(bias_grad_scratch_floats(N, M) / M);
+  const int row_blocks = bias_grad_row_blocks(N, M);
   LLMC_REQUIRE(scratch_floats >= (int64_t)row_blocks * M, "fp8_cast_dbias: scratch smaller than "
                "bias_grad_scratch_floats(N, M)");
-  const dim3 grid(ceil_div<int64_t>(M, kBiasBlockCols), row_blocks), block(WARP_SIZE, kBiasBlockRows);
+  const dim3 grid(bias_grad_col_blocks(M), row_blocks), block(WARP_SIZE, kBiasBlockRows);
   auto* o = static_cast<uint8_t*>(out);
   if (e5m2) {
     cast_dbias_kernel<true><<<grid, block, 0, stream>>>(o, scratch, x, N, (int)M, amax_ref, scale_inv, amax_out);

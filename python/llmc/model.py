@@ -783,14 +783,13 @@ class _Fp8:
 
     def _from_four_slots(self, state: dict, layers: int) -> dict:
         """A state of 4 slots per layer (the first four of today's, in the same order) as 5 per layer."""
-        keep = [self.slot(l, k) for l in range(layers) for k in range(4)]
-        out = {"forwards": state["forwards"], "seen": [False] * len(self.seen)}
-        for name in ("amax", "amax_ref", "history"):
-            new = torch.zeros((len(self.seen),) + tuple(state[name].shape[1:]), dtype=state[name].dtype)
-            new[keep] = state[name]
-            out[name] = new
-        for i, k in enumerate(keep):
-            out["seen"][k] = bool(state["seen"][i])
+        out = {"forwards": state["forwards"]}
+        for name in ("amax", "amax_ref", "history", "seen"):
+            old = torch.as_tensor(state[name])
+            new = torch.zeros((layers, self.PER_LAYER) + tuple(old.shape[1:]), dtype=old.dtype)
+            new[:, :4] = old.reshape((layers, 4) + tuple(old.shape[1:]))
+            out[name] = new.reshape((-1,) + tuple(old.shape[1:]))
+        out["seen"] = out["seen"].tolist()
         return out
 
     def next_step(self, params: dict) -> None:
@@ -799,9 +798,9 @@ class _Fp8:
         if self.forwards:
             ops.fp8_update_scales(self.amax_ref, self.history, self.amax, (self.forwards - 1) % self.HISTORY)
         self.forwards += 1
-        ops.fp8_amax_rows(params["qkvw"], out=self.w_amax["qkvw"])
         ops.fp8_amax_rows(params["fcw"], out=self.w_amax["fcw"])
-        if self.narrow:
+        if self.narrow:  # the weights only the narrow policy casts
+            ops.fp8_amax_rows(params["qkvw"], out=self.w_amax["qkvw"])
             ops.fp8_amax_rows(params["fcprojw"], out=self.w_amax["fcprojw"])
 
     def _cast(self, a, x: torch.Tensor, slot: int, dtype: torch.dtype, dbias=None):
