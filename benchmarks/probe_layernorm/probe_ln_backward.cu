@@ -1,0 +1,335 @@
+// Standalone microbenchmark of LayerNorm-backward kernel variants against the library's own kernel.
+// It compiles csrc/kernels/layernorm.cu into this translation unit, so the baseline is exactly what llmc runs
+// (launcher layernorm_backward: the register kernel + the partials reduction), and the variants reuse its
+// per-element helpers (add_pack_dn_sums, dinp_pack, add_pack_param_grads) and its reduction kernel.
+//
+// Variants (the row loop of layernorm_backward_regs_kernel, changed in one thing each):
+//   early    the residual-gradient rows (`old`, read when accumulating) are loaded with dout and inp, before
+//            the row reductions, instead of after them: one memory round trip per row instead of two.
+//   earlyB3  early, compiled for 3 blocks (12 warps) per SM where the library allows 2.
+//   team2    early, and each row shared by two warps (a "team" of 64 lanes, half the packs per lane), the row
+//            sums exchanged through shared memory; 8-warp blocks, twice the warps per SM at the same registers.
+// dinp must match the baseline bit for bit for `early` (same math, same order); team2 sums each row in another
+// order (its dinp may differ in the last bf16 bit) and every variant with another grid groups the dweight/dbias
+// partials differently: those are compared against the baseline with a tolerance, and all against themselves
+// (run twice, bit for bit).
+//
+// Build and run: run.sh (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math).
+#include "../../csrc/kernels/layernorm.cu"
+
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+namespace {
+
+#define CK(x) CUDA_CHECK(x)
+
+template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks>
+__global__ void __launch_bounds__(kTeam * kTeamsPerBlock * WARP_SIZE, kMinBlocks)
+    ln_bwd_variant(floatX* dinp, float* __restrict__ partials, const floatX* dout, const floatX* inp,
+                   const floatX* __restrict__ weight, const float* __restrict__ mean, const float* __restrict__ rstd,
+                   int N, int C, bool accumulate) {
+  extern __shared__ int4 smem[];
+  constexpr int kLanes = kTeam * WARP_SIZE;
+  constexpr int kHalf = f128::size;
+  __shared__ float xch[kTeamsPerBlock][2][kTeam][2];  // row sums of each warp of a team, double-buffered
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int team = warp / kTeam, member = warp % kTeam, tl = member * WARP_SIZE + lane;
+  const int C8 = C / x128::size;
+  f128* sums = reinterpret_cast<f128*>(smem) + team * 4 * C8;
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    const int j = tl + u * kLanes;
+    if (j < C8) {
+#pragma unroll
+      for (int plane = 0; plane < 4; plane++) sums[plane * C8 + j] = f128::zeros();
+    }
+  }
+  int parity = 0;
+  for (int row = blockIdx.x * kTeamsPerBlock + team; row < N; row += gridDim.x * kTeamsPerBlock) {
+    const int64_t off = (int64_t)row * C;
+    const float m = mean[row], s = rstd[row];
+    x128 g[kPacks], x[kPacks], old[kPacks];
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      const int j = tl + u * kLanes;
+      if (j < C8) {
+        g[u] = load128cs(dout + off + j * x128::size);
+        x[u] = load128cs(inp + off + j * x128::size);
+        old[u] = accumulate ? load128(dinp + off + j * x128::size) : x128::zeros();
+      }
+    }
+    float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      const int j = tl + u * kLanes;
+      if (j < C8) add_pack_dn_sums(sum_dn, sum_dn_xhat, g[u], x[u], load128(weight + j * x128::size), m, s);
+    }
+    sum_dn = warp_reduce_sum(sum_dn);
+    sum_dn_xhat = warp_reduce_sum(sum_dn_xhat);
+    if constexpr (kTeam > 1) {
+      if (lane == 0) {
+        xch[team][parity][member][0] = sum_dn;
+        xch[team][parity][member][1] = sum_dn_xhat;
+      }
+      asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "r"(kLanes) : "memory");
+      sum_dn = 0.0f;
+      sum_dn_xhat = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kTeam; w++) {
+        sum_dn += xch[team][parity][w][0];
+        sum_dn_xhat += xch[team][parity][w][1];
+      }
+      parity ^= 1;
+    }
+    const float mean_dn = sum_dn / C, mean_dn_xhat = sum_dn_xhat / C;
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      const int j = tl + u * kLanes;
+      if (j < C8) {
+        const x128 w = load128(weight + j * x128::size);
+        store128(dinp + off + j * x128::size, dinp_pack(g[u], x[u], w, old[u], m, s, mean_dn, mean_dn_xhat));
+        float dw[x128::size], db[x128::size];
+        const f128 dw_lo = sums[j], dw_hi = sums[C8 + j], db_lo = sums[2 * C8 + j], db_hi = sums[3 * C8 + j];
+#pragma unroll
+        for (int k = 0; k < kHalf; k++) {
+          dw[k] = dw_lo[k];
+          dw[kHalf + k] = dw_hi[k];
+          db[k] = db_lo[k];
+          db[kHalf + k] = db_hi[k];
+        }
+        add_pack_param_grads(dw, db, g[u], x[u], m, s);
+        f128 a, b, c, d;
+#pragma unroll
+        for (int k = 0; k < kHalf; k++) {
+          a[k] = dw[k];
+          b[k] = dw[kHalf + k];
+          c[k] = db[k];
+          d[k] = db[kHalf + k];
+        }
+        sums[j] = a;
+        sums[C8 + j] = b;
+        sums[2 * C8 + j] = c;
+        sums[3 * C8 + j] = d;
+      }
+    }
+  }
+  __syncthreads();
+  const float* all = reinterpret_cast<const float*>(smem);
+  for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
+    const int col = i < C ? i : i - C;
+    const int plane = (i < C ? 0 : 2) + (col % x128::size) / kHalf;
+    const int at = (plane * C8 + col / x128::size) * kHalf + col % kHalf;
+    float v = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kTeamsPerBlock; t++) v += all[t * 4 * C8 * kHalf + at];
+    partials[(int64_t)blockIdx.x * 2 * C + i] = v;
+  }
+}
+
+struct Variant {
+  const char* name;
+  int blocks;  // grid (resident), set up at launch configuration
+  std::function<void(floatX*, floatX*, floatX*, float*, const floatX*, const floatX*, const floatX*, const float*,
+                     const float*, int, int, bool)>
+      run;
+};
+
+template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks>
+Variant make_variant(const char* name, int N, int C) {
+  auto kernel = ln_bwd_variant<kPacks, kTeam, kTeamsPerBlock, kMinBlocks>;
+  const size_t smem = (size_t)kTeamsPerBlock * 2 * C * sizeof(float);
+  CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const int threads = kTeam * kTeamsPerBlock * WARP_SIZE;
+  int per_sm = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  const int blocks = std::min(ceil_div(N, kTeamsPerBlock), current_device_sm_count() * std::max(per_sm, 1));
+  cudaFuncAttributes attr{};
+  CK(cudaFuncGetAttributes(&attr, kernel));
+  printf("  %-8s %d regs, %zu B local, %d blocks/SM x %d threads, grid %d\n", name, attr.numRegs,
+         attr.localSizeBytes, per_sm, threads, blocks);
+  Variant v{name, blocks, nullptr};
+  v.run = [=](floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout, const floatX* inp,
+              const floatX* weight, const float* mean, const float* rstd, int n, int c, bool accumulate) {
+    kernel<<<blocks, threads, smem>>>(dinp, scratch, dout, inp, weight, mean, rstd, n, c, accumulate);
+    CK(cudaGetLastError());
+    const dim3 block(WARP_SIZE, kReduceRows);
+    layernorm_param_grad_reduce_kernel<<<ceil_div(2 * c, WARP_SIZE), block>>>(dweight, dbias, scratch, blocks, c);
+    CK(cudaGetLastError());
+  };
+  return v;
+}
+
+float bf2f(floatX v) { return __bfloat162float(v); }
+
+std::vector<float> fill_random(size_t n, uint64_t seed, float lo, float hi) {
+  std::vector<float> v(n);
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& e : v) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    e = lo + (hi - lo) * (float)((s >> 11) * (1.0 / 9007199254740992.0));
+  }
+  return v;
+}
+
+template <class T>
+T* upload(const std::vector<float>& h) {
+  std::vector<T> t(h.size());
+  for (size_t i = 0; i < h.size(); i++) t[i] = (T)h[i];
+  T* d = nullptr;
+  CK(cudaMalloc(&d, t.size() * sizeof(T)));
+  CK(cudaMemcpy(d, t.data(), t.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+template <class T>
+std::vector<T> download(const T* d, size_t n) {
+  std::vector<T> h(n);
+  CK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+template <int kPacks>
+void add_variants(std::vector<Variant>& vs, int N, int C) {
+  vs.push_back(make_variant<kPacks, 1, 4, (kPacks <= 5 ? 3 : 2)>("early", N, C));
+  if constexpr (kPacks > 5) vs.push_back(make_variant<kPacks, 1, 4, 3>("earlyB3", N, C));
+  constexpr int kHalfPacks = (kPacks + 1) / 2;
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 2>("team2", N, C));
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 3>("team2B3", N, C));
+}
+
+void probe(int N, int C, bool accumulate, int sets, int iters) {
+  const int C8 = C / 8, packs = ceil_div(C8, WARP_SIZE);
+  printf("\nN=%d C=%d accumulate=%d (%d packs per lane)\n", N, C, (int)accumulate, packs);
+  const size_t nc = (size_t)N * C;
+  std::vector<floatX*> dout(sets), inp(sets), dinp(sets), old(sets);
+  std::vector<float*> mean(sets), rstd(sets);
+  for (int i = 0; i < sets; i++) {
+    dout[i] = upload<floatX>(fill_random(nc, 10 * i + 1, -1.0f, 1.0f));
+    inp[i] = upload<floatX>(fill_random(nc, 10 * i + 2, -2.0f, 2.0f));
+    old[i] = upload<floatX>(fill_random(nc, 10 * i + 3, -1.0f, 1.0f));
+    mean[i] = upload<float>(fill_random(N, 10 * i + 4, -0.3f, 0.3f));
+    rstd[i] = upload<float>(fill_random(N, 10 * i + 5, 0.5f, 1.5f));
+    CK(cudaMalloc(&dinp[i], nc * sizeof(floatX)));
+  }
+  floatX* weight = upload<floatX>(fill_random(C, 7, 0.5f, 1.5f));
+  floatX *dweight = nullptr, *dbias = nullptr;
+  CK(cudaMalloc(&dweight, C * sizeof(floatX)));
+  CK(cudaMalloc(&dbias, C * sizeof(floatX)));
+  std::vector<Variant> vs;
+  Variant base{"library", 0, nullptr};
+  const int64_t lib_scratch = layernorm_backward_scratch_floats(N, C);
+  base.run = [](floatX* di, floatX* dw, floatX* db, float* sc, const floatX* g, const floatX* x, const floatX* w,
+                const float* m, const float* r, int n, int c, bool acc) {
+    layernorm_backward(di, dw, db, sc, g, x, w, m, r, n, c, acc, 0);
+  };
+  vs.push_back(base);
+  dispatch_packs(packs, [&](auto p) { add_variants<decltype(p)::value>(vs, N, C); });
+  float* scratch = nullptr;
+  CK(cudaMalloc(&scratch, sizeof(float) * std::max<int64_t>(lib_scratch, (int64_t)4 * 264 * 4 * 2 * C)));
+
+  auto reset = [&](int i) {
+    CK(cudaMemcpy(dinp[i], old[i], nc * sizeof(floatX), cudaMemcpyDeviceToDevice));
+    CK(cudaMemset(dweight, 0, C * sizeof(floatX)));
+    CK(cudaMemset(dbias, 0, C * sizeof(floatX)));
+  };
+  std::vector<floatX> ref_dinp, ref_dw, ref_db;
+  const double bytes = (double)nc * 2 * (accumulate ? 4 : 3) + 8.0 * N;
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  for (size_t vi = 0; vi < vs.size(); vi++) {
+    Variant& v = vs[vi];
+    // correctness: set 0, twice (bit-identical to itself), against the library
+    std::vector<floatX> got[2][3];
+    for (int rep = 0; rep < 2; rep++) {
+      reset(0);
+      v.run(dinp[0], dweight, dbias, scratch, dout[0], inp[0], weight, mean[0], rstd[0], N, C, accumulate);
+      CK(cudaDeviceSynchronize());
+      got[rep][0] = download(dinp[0], nc);
+      got[rep][1] = download(dweight, C);
+      got[rep][2] = download(dbias, C);
+    }
+    bool self_same = true;
+    for (int k = 0; k < 3; k++)
+      self_same &= memcmp(got[0][k].data(), got[1][k].data(), got[0][k].size() * sizeof(floatX)) == 0;
+    if (vi == 0) {
+      ref_dinp = got[0][0];
+      ref_dw = got[0][1];
+      ref_db = got[0][2];
+    }
+    size_t dinp_diff = 0;
+    double dinp_max = 0, p_max = 0;
+    for (size_t i = 0; i < nc; i++) {
+      if (memcmp(&got[0][0][i], &ref_dinp[i], sizeof(floatX))) {
+        dinp_diff++;
+        dinp_max = std::max(dinp_max, (double)fabsf(bf2f(got[0][0][i]) - bf2f(ref_dinp[i])));
+      }
+    }
+    size_t p_diff = 0;
+    for (int i = 0; i < C; i++) {
+      const floatX* a[2] = {&got[0][1][i], &got[0][2][i]};
+      const floatX* b[2] = {&ref_dw[i], &ref_db[i]};
+      for (int k = 0; k < 2; k++) {
+        if (memcmp(a[k], b[k], sizeof(floatX))) {
+          p_diff++;
+          const double ref = fabs(bf2f(*b[k]));
+          p_max = std::max(p_max, fabs(bf2f(*a[k]) - bf2f(*b[k])) / std::max(ref, 1e-3));
+        }
+      }
+    }
+    // timing: rotate over the sets (beyond L2), dinp reset excluded (accumulating into a dirty dinp is fine)
+    for (int w = 0; w < 3; w++)
+      v.run(dinp[w % sets], dweight, dbias, scratch, dout[w % sets], inp[w % sets], weight, mean[w % sets],
+            rstd[w % sets], N, C, accumulate);
+    std::vector<float> ms;
+    for (int rep = 0; rep < 7; rep++) {
+      CK(cudaEventRecord(e0));
+      for (int it = 0; it < iters; it++) {
+        const int i = it % sets;
+        v.run(dinp[i], dweight, dbias, scratch, dout[i], inp[i], weight, mean[i], rstd[i], N, C, accumulate);
+      }
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float t = 0;
+      CK(cudaEventElapsedTime(&t, e0, e1));
+      ms.push_back(t / iters);
+    }
+    std::sort(ms.begin(), ms.end());
+    const double us = ms[ms.size() / 2] * 1e3;
+    printf("  %-8s %8.2f us  %7.1f GB/s  self-identical %s  dinp differs %zu (max %.3g)  dweight/dbias differ "
+           "%zu of %d (max rel %.3g)\n",
+           v.name, us, bytes / us * 1e-3, self_same ? "yes" : "NO", dinp_diff, dinp_max, p_diff, 2 * C, p_max);
+  }
+  for (int i = 0; i < sets; i++) {
+    CK(cudaFree(dout[i]));
+    CK(cudaFree(inp[i]));
+    CK(cudaFree(dinp[i]));
+    CK(cudaFree(old[i]));
+    CK(cudaFree(mean[i]));
+    CK(cudaFree(rstd[i]));
+  }
+  CK(cudaFree(weight));
+  CK(cudaFree(dweight));
+  CK(cudaFree(dbias));
+  CK(cudaFree(scratch));
+}
+
+}  // namespace
+
+int main() {
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  for (bool acc : {true, false}) {
+    probe(8192, 1600, acc, 4, 40);
+    probe(65536, 768, acc, 3, 20);
+    probe(32768, 1024, acc, 3, 20);
+    probe(16384, 1280, acc, 3, 20);
+  }
+  return 0;
+}
