@@ -7,6 +7,8 @@ unless asked, lr 6e-4, weight decay 0.1, fp32 master weights, for --warmup + --s
   times (history[i]["ms"], host clock around the whole step with a device sync at its end) after the warm-up.
   With N > 1 GPUs the run is `torchrun --standalone --nproc_per_node=N` of this file; ZeRO-1 by default.
 - llmc-fp8: the same with TrainConfig(fp8=True) (the MLP's matmuls in FP8, opt-in; llmc.model._Fp8).
+- llmc-nondet, llmc-fp8-nondet: the same with TrainConfig(deterministic=False) (cuDNN's attention backward with
+  atomic dQ: opt-in, not bit-reproducible; torch's SDPA backward in the torch.compile baseline is not either).
 - torch.compile: one GPU only; bf16 autocast, fused AdamW, clipping to 1.0, the same total batch (gradient
   accumulation when it is larger than B*T), timed the same way.
 A step covers --total-batch tokens over all GPUs (default: one micro-batch of B*T per GPU, no accumulation).
@@ -47,7 +49,7 @@ from common import RESULTS_DIR, append_csv, git_commit
 TRAIN_CSV = os.path.join(RESULTS_DIR, "train.csv")
 TRAIN_COLUMNS = ["model", "gpus", "micro_batch", "seq_len", "zero", "provider", "tokens_per_s", "ms_per_step", "mfu",
                  "peak_mem_gb", "gpu", "date", "commit"]
-PROVIDERS = ("llmc", "llmc-fp8", "torch.compile")
+PROVIDERS = ("llmc", "llmc-fp8", "llmc-nondet", "llmc-fp8-nondet", "torch.compile")
 H100_BF16_PEAK = 989.5e12
 LEARNING_RATE, WEIGHT_DECAY = 6e-4, 0.1
 MAX_SHARD_TOKENS = 100_000_000  # 200 MB of uint16: runs that need more tokens wrap around the (random) shard
@@ -174,17 +176,20 @@ class PeakMemory:
         self.peak = max(self.peak, self.used())
 
 
-def train_llmc(model: str, B: int, T: int, total_batch: int, zero: int, shard: str, args, fp8: bool = False):
+def train_llmc(model: str, B: int, T: int, total_batch: int, zero: int, shard: str, args, fp8: bool = False,
+               deterministic: bool = True):
     """Per-step milliseconds of llmc.Trainer.fit() and the model's FLOPs per token."""
     from llmc import TrainConfig, Trainer
 
-    name = f"llmc-{model}-b{B}-{os.environ.get('WORLD_SIZE', '1')}gpu" + ("-fp8" if fp8 else "")
+    name = f"llmc-{model}-b{B}-{os.environ.get('WORLD_SIZE', '1')}gpu" + ("-fp8" if fp8 else "") + \
+        ("" if deterministic else "-nondet")
     out_dir = os.path.join(os.path.dirname(shard), name)
     config = TrainConfig(input_train=shard, output_dir=out_dir, model=model, batch_size=B, seq_len=T,
                          total_batch_size=total_batch, num_iterations=args.warmup + args.steps,
                          learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, val_every=0, sample_every=0,
                          checkpoint_every=0, recompute=args.recompute, zero_stage=zero, device=args.device,
-                         dist_timeout=DIST_TIMEOUT_S, loss_chunk=args.loss_chunk, fp8=fp8)
+                         dist_timeout=DIST_TIMEOUT_S, loss_chunk=args.loss_chunk, fp8=fp8,
+                         deterministic=deterministic)
     trainer = Trainer(config=config)
     history = trainer.fit()
     return [record["ms"] for record in history], trainer.model.flops_per_token(T)
@@ -247,9 +252,10 @@ def one(args):
     device = torch.device("cuda", info.local_rank) if args.device == "cuda" else torch.device("cpu")
     try:
         with PeakMemory(device) as memory:
-            if provider in ("llmc", "llmc-fp8"):
+            if provider.startswith("llmc"):
                 times, flops_per_token = train_llmc(model, B, T, args.total_batch, args.zero, shard, args,
-                                                    fp8=provider == "llmc-fp8")
+                                                    fp8="fp8" in provider,
+                                                    deterministic=not provider.endswith("nondet"))
             else:
                 times, flops_per_token = train_torch(model, B, T, args.total_batch, shard, device, args)
         peak = max_over_ranks(memory.peak, device)

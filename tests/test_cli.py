@@ -13,13 +13,13 @@ from llmc.trainer import TrainConfig
 from train_helpers import read_metrics, tiny_config, write_tiny_shards
 
 SHORT = ("-i tr -j va -o out -e d6 -b 8 -t 256 -d 4096 -x 30 -l 1e-3 -u 5 -q 0.1 -k wsd -c 0.1 -v 5 -m 3 -s 7 "
-         "-g 9 -n 11 -nk 2 -y 1 -r 2 -z 1 -w 0 -sl 3.5 -sg 4.5 -h 1 -ge 2 -a 1").split()
+         "-g 9 -n 11 -nk 2 -y 1 -r 2 -z 1 -w 0 -sl 3.5 -sg 4.5 -h 1 -ge 2 -a 1 --deterministic 0").split()
 LONG = ("--input-train tr --input-val va --output-dir out --model d6 --batch-size 8 --seq-len 256 "
         "--total-batch-size 4096 --num-iterations 30 --learning-rate 1e-3 --warmup-iterations 5 "
         "--final-lr-fraction 0.1 --lr-schedule wsd --weight-decay 0.1 --val-every 5 --val-max-steps 3 "
         "--sample-every 7 --gen-tokens 9 --checkpoint-every 11 --keep-last 2 --resume 1 --recompute 2 "
         "--zero-stage 1 --master-weights 0 --skip-update-lossz 3.5 --skip-update-gradz 4.5 --hellaswag 1 "
-        "--gelu-fusion 2 --overfit-single-batch 1").split()
+        "--gelu-fusion 2 --overfit-single-batch 1 --deterministic 0").split()
 
 
 def test_short_and_long_options_fill_the_same_config():
@@ -30,7 +30,8 @@ def test_short_and_long_options_fill_the_same_config():
         total_batch_size=4096, num_iterations=30, learning_rate=1e-3, warmup_iterations=5, final_lr_fraction=0.1,
         lr_schedule="wsd", weight_decay=0.1, val_every=5, val_max_steps=3, sample_every=7, gen_tokens=9,
         checkpoint_every=11, keep_last=2, resume=True, recompute=2, zero_stage=1, master_weights=False,
-        skip_update_lossz=3.5, skip_update_gradz=4.5, hellaswag=True, gelu_fusion=2, overfit_single_batch=True)
+        skip_update_lossz=3.5, skip_update_gradz=4.5, hellaswag=True, gelu_fusion=2, overfit_single_batch=True,
+        deterministic=False)
 
 
 def test_unset_options_keep_llmc_defaults_and_no_arguments_is_the_quickstart():

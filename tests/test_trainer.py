@@ -394,3 +394,15 @@ def test_resume_on_several_cpu_threads_matches_within_fp32_noise(shards, crash_s
     assert sorted(after) == list(range(21, STEPS))
     assert after == pytest.approx({step: reference[step] for step in after}, rel=1e-4)
     assert CheckpointManager(resumed).latest() == STEPS
+
+
+def test_deterministic_option_reaches_the_model_and_is_checked(shards, tmp_path):
+    trainer = Trainer(tiny_config(), tiny_run(shards, tmp_path, num_iterations=2, checkpoint_every=0,
+                                              deterministic=False))
+    trainer.fit()
+    assert trainer.model.deterministic is False
+    with pytest.raises(TypeError, match="deterministic must be a bool"):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path, deterministic=0))
+    model = GPT(tiny_config(), device="cpu")  # deterministic by default
+    with pytest.raises(ValueError, match="build it with GPT\\(..., deterministic=False\\)"):
+        Trainer(model, tiny_run(shards, tmp_path / "m", deterministic=False)).fit()

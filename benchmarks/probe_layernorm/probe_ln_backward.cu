@@ -6,10 +6,15 @@
 // Variants (the row loop of layernorm_backward_regs_kernel, changed in one thing each):
 //   early    the residual-gradient rows (`old`, read when accumulating) are loaded with dout and inp, before
 //            the row reductions, instead of after them: one memory round trip per row instead of two.
-//   earlyB3  early, compiled for 3 blocks (12 warps) per SM where the library allows 2.
+//   same     the library's loop recompiled as a variant (what the variant scaffolding costs by itself).
+//   split    every dinp store of the row first, then the dweight/dbias updates in shared memory.
+//   earlysp  early and split.
 //   team2    early, and each row shared by two warps (a "team" of 64 lanes, half the packs per lane), the row
 //            sums exchanged through shared memory; 8-warp blocks, twice the warps per SM at the same registers.
-// dinp must match the baseline bit for bit for `early` (same math, same order); team2 sums each row in another
+//   team2lat / team2sp / team2esp: team2 with late residual loads / late and split / early and split.
+//   t2b4sp   team2sp in 4-warp blocks (two teams), 4 blocks per SM.
+// (Session 6, first run: early B3 and team2 at 3 blocks/SM spilled and were 5-70% slower: dropped.)
+// dinp must match the baseline bit for bit for the one-warp variants (same math, same order); team2 sums each row in another
 // order (its dinp may differ in the last bf16 bit) and every variant with another grid groups the dweight/dbias
 // partials differently: those are compared against the baseline with a tolerance, and all against themselves
 // (run twice, bit for bit).
@@ -26,7 +31,7 @@ namespace {
 
 #define CK(x) CUDA_CHECK(x)
 
-template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks>
+template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit>
 __global__ void __launch_bounds__(kTeam * kTeamsPerBlock * WARP_SIZE, kMinBlocks)
     ln_bwd_variant(floatX* dinp, float* __restrict__ partials, const floatX* dout, const floatX* inp,
                    const floatX* __restrict__ weight, const float* __restrict__ mean, const float* __restrict__ rstd,
@@ -58,7 +63,7 @@ __global__ void __launch_bounds__(kTeam * kTeamsPerBlock * WARP_SIZE, kMinBlocks
       if (j < C8) {
         g[u] = load128cs(dout + off + j * x128::size);
         x[u] = load128cs(inp + off + j * x128::size);
-        old[u] = accumulate ? load128(dinp + off + j * x128::size) : x128::zeros();
+        if constexpr (kEarly) old[u] = accumulate ? load128(dinp + off + j * x128::size) : x128::zeros();
       }
     }
     float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
@@ -85,12 +90,31 @@ __global__ void __launch_bounds__(kTeam * kTeamsPerBlock * WARP_SIZE, kMinBlocks
       parity ^= 1;
     }
     const float mean_dn = sum_dn / C, mean_dn_xhat = sum_dn_xhat / C;
+    if constexpr (!kEarly) {
+#pragma unroll
+      for (int u = 0; u < kPacks; u++) {
+        const int j = tl + u * kLanes;
+        old[u] = accumulate && j < C8 ? load128(dinp + off + j * x128::size) : x128::zeros();
+      }
+    }
+    if constexpr (kSplit) {  // every dinp store first, then the shared-memory sums
+#pragma unroll
+      for (int u = 0; u < kPacks; u++) {
+        const int j = tl + u * kLanes;
+        if (j < C8) {
+          const x128 w = load128(weight + j * x128::size);
+          store128(dinp + off + j * x128::size, dinp_pack(g[u], x[u], w, old[u], m, s, mean_dn, mean_dn_xhat));
+        }
+      }
+    }
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
       const int j = tl + u * kLanes;
       if (j < C8) {
-        const x128 w = load128(weight + j * x128::size);
-        store128(dinp + off + j * x128::size, dinp_pack(g[u], x[u], w, old[u], m, s, mean_dn, mean_dn_xhat));
+        if constexpr (!kSplit) {
+          const x128 w = load128(weight + j * x128::size);
+          store128(dinp + off + j * x128::size, dinp_pack(g[u], x[u], w, old[u], m, s, mean_dn, mean_dn_xhat));
+        }
         float dw[x128::size], db[x128::size];
         const f128 dw_lo = sums[j], dw_hi = sums[C8 + j], db_lo = sums[2 * C8 + j], db_hi = sums[3 * C8 + j];
 #pragma unroll
@@ -137,9 +161,9 @@ struct Variant {
       run;
 };
 
-template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks>
+template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit>
 Variant make_variant(const char* name, int N, int C) {
-  auto kernel = ln_bwd_variant<kPacks, kTeam, kTeamsPerBlock, kMinBlocks>;
+  auto kernel = ln_bwd_variant<kPacks, kTeam, kTeamsPerBlock, kMinBlocks, kEarly, kSplit>;
   const size_t smem = (size_t)kTeamsPerBlock * 2 * C * sizeof(float);
   CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const int threads = kTeam * kTeamsPerBlock * WARP_SIZE;
@@ -195,11 +219,17 @@ std::vector<T> download(const T* d, size_t n) {
 
 template <int kPacks>
 void add_variants(std::vector<Variant>& vs, int N, int C) {
-  vs.push_back(make_variant<kPacks, 1, 4, (kPacks <= 5 ? 3 : 2)>("early", N, C));
-  if constexpr (kPacks > 5) vs.push_back(make_variant<kPacks, 1, 4, 3>("earlyB3", N, C));
+  constexpr int kB = kPacks <= 5 ? 3 : 2;
+  vs.push_back(make_variant<kPacks, 1, 4, kB, false, false>("same", N, C));  // the library's loop, recompiled
+  vs.push_back(make_variant<kPacks, 1, 4, kB, true, false>("early", N, C));
+  vs.push_back(make_variant<kPacks, 1, 4, kB, false, true>("split", N, C));
+  vs.push_back(make_variant<kPacks, 1, 4, kB, true, true>("earlysp", N, C));
   constexpr int kHalfPacks = (kPacks + 1) / 2;
-  vs.push_back(make_variant<kHalfPacks, 2, 4, 2>("team2", N, C));
-  vs.push_back(make_variant<kHalfPacks, 2, 4, 3>("team2B3", N, C));
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 2, true, false>("team2", N, C));
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 2, false, false>("team2lat", N, C));
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 2, false, true>("team2sp", N, C));
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 2, true, true>("team2esp", N, C));
+  vs.push_back(make_variant<kHalfPacks, 2, 2, 4, false, true>("t2b4sp", N, C));
 }
 
 void probe(int N, int C, bool accumulate, int sets, int iters) {

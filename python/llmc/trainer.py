@@ -85,6 +85,8 @@ class TrainConfig:
                                          # at once; None: 8192 for a model the Trainer builds, a given GPT's own
     fp8: bool = False                    # FP8 matmuls on an H100 (GPT fp8=True; opt-in, changes the numerics);
                                          # a GPT passed in keeps its own (True with a bf16 GPT is an error)
+    deterministic: bool = True           # bit-reproducible backward (GPT deterministic); False: cuDNN's attention
+                                         # backward with atomic dQ, faster, not reproducible bit for bit
 
     @classmethod
     def quickstart(cls, device: str) -> "TrainConfig":
@@ -281,6 +283,8 @@ class Trainer:
             check_int(c.loss_chunk, "loss_chunk (0: the whole batch at once, None: the default)", 0)
         if not isinstance(c.fp8, bool):
             raise TypeError(f"fp8 must be a bool, got {c.fp8!r}")
+        if not isinstance(c.deterministic, bool):
+            raise TypeError(f"deterministic must be a bool, got {c.deterministic!r}")
         if c.fp8 and c.device == "cpu":
             raise ValueError("fp8 needs a CUDA GPU of compute capability 8.9 or more (H100-class); drop --fp8 to "
                              "train on the CPU")
@@ -355,10 +359,13 @@ class Trainer:
             if self.config.fp8 and not model.fp8:
                 raise ValueError("fp8=True is a property of the model: the GPT passed to the Trainer was built with "
                                  "fp8=False; build it with GPT(..., fp8=True)")
+            if not self.config.deterministic and model.deterministic:
+                raise ValueError("deterministic=False is a property of the model: the GPT passed to the Trainer was "
+                                 "built with deterministic=True; build it with GPT(..., deterministic=False)")
         else:
             chunk = DEFAULT_LOSS_CHUNK if self.config.loss_chunk is None else self.config.loss_chunk
             model = GPT(model_config, device=device, recompute=self.config.recompute, seed=self.config.seed,
-                        loss_chunk=chunk or None, fp8=self.config.fp8)
+                        loss_chunk=chunk or None, fp8=self.config.fp8, deterministic=self.config.deterministic)
         if params is not None:
             model.load_params_(params)
         return model
