@@ -9,7 +9,11 @@ files outside the test folders, 10.9M characters, one document per file, 262,144
 kind of shards come from `llmc prepare --input '/usr/lib/python3.11/**/*.py' --format text --text-unit file
 --name pystd --val-tokens 262144` (that glob also takes the test folders).
 
-Rows: provider,step,train_loss,ms,gpu,date,commit (provider llmc or llmc-fp8; step 0-based; after the last step
+--providers picks the runs: llmc (bf16), llmc-fp8 (TrainConfig(fp8=True) as shipped) and llmc-fp8-fconly (FP8
+for fc's forward only: the narrow policy of llmc.model._Fp8, which at C >= 1024 adds fcproj's forward and the
+input gradients of fc and qkv, switched off).
+
+Rows: provider,step,train_loss,ms,gpu,date,commit (provider as above; step 0-based; after the last step
 one row per provider with step = "val" and the validation loss in train_loss). Prints a summary: the mean
 training loss over the last 50 steps, the validation loss and the median ms/step of each run.
 """
@@ -25,9 +29,14 @@ from common import append_csv, git_commit, gpu_name
 COLUMNS = ["provider", "step", "train_loss", "ms", "gpu", "date", "commit"]
 
 
-def run(args, fp8: bool):
+def run(args, fp8: bool, fc_only: bool = False):
     from llmc import TrainConfig, Trainer
     from llmc.eval import val_loss
+    from llmc.model import _Fp8
+
+    narrow_from = _Fp8.NARROW_FROM
+    if fc_only:
+        _Fp8.NARROW_FROM = 1 << 30
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(input_train=args.train, input_val=args.val, output_dir=out, model=args.model,
@@ -35,8 +44,11 @@ def run(args, fp8: bool):
                              learning_rate=args.lr, warmup_iterations=args.warmup, final_lr_fraction=0.1,
                              weight_decay=0.1, val_every=0, sample_every=0, checkpoint_every=0, recompute=0,
                              device="cuda", fp8=fp8)
-        trainer = Trainer(config=config)
-        history = trainer.fit()
+        try:
+            trainer = Trainer(config=config)
+            history = trainer.fit()
+        finally:
+            _Fp8.NARROW_FROM = narrow_from
         val = val_loss(trainer.model, args.val, args.batch, args.seq_len, args.val_batches)
     return history, val
 
@@ -52,12 +64,17 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--val-batches", type=int, default=16)
+    p.add_argument("--providers", default="llmc,llmc-fp8", help="comma-separated: llmc, llmc-fp8, llmc-fp8-fconly")
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
+    known = ("llmc", "llmc-fp8", "llmc-fp8-fconly")
+    providers = args.providers.split(",")
+    if not providers or any(x not in known for x in providers):
+        p.error(f"--providers takes a comma-separated subset of {', '.join(known)}")
 
     rows, summary = [], []
-    for provider, fp8 in (("llmc", False), ("llmc-fp8", True)):
-        history, val = run(args, fp8)
+    for provider in providers:
+        history, val = run(args, provider != "llmc", fc_only=provider == "llmc-fp8-fconly")
         for r in history:
             rows.append(dict(provider=provider, step=r["step"], train_loss=f"{r['loss']:.6f}", ms=f"{r['ms']:.2f}"))
         rows.append(dict(provider=provider, step="val", train_loss=f"{val:.6f}", ms=""))

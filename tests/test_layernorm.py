@@ -8,8 +8,10 @@ import llmc.ops as ops
 from conftest import assert_close, devices_and_dtypes, poisoned, randn, requires_cuda
 
 # N = 1, 7, 1023 rows with GPT-2's widths; (5, 8192) takes the widest rows the tests promise; (3, 8) and
-# (4, 264) are narrower than a warp's 256 channels or not a multiple of them.
-SHAPES = [(n, c) for n in (1, 7, 1023) for c in (768, 1024, 1600, 2048)] + [(5, 8192), (3, 8), (4, 264)]
+# (4, 264) are narrower than a warp's 256 channels or not a multiple of them; (7, 1032) and (1023, 1288) give the
+# backward's two-warp rows (C > 1024) a partly filled last pack.
+SHAPES = [(n, c) for n in (1, 7, 1023) for c in (768, 1024, 1600, 2048)] + [(5, 8192), (3, 8), (4, 264), (7, 1032),
+                                                                            (1023, 1288)]
 EPS = 1e-5
 
 

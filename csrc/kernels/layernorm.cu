@@ -11,9 +11,10 @@
 // One warp per row. Rows of up to kMaxRegPacks * 32 packs (C <= 2048: every GPT-2 width) live in the
 // registers of their warp: all of a row's loads are in flight at once and the variance is the exact two-pass
 // one over the registers. The forward gives each warp one row (a grid of N / warps blocks, so the tail is one
-// row's latency) and touches no shared memory. The backward's warps each sum dweight/dbias over the rows
-// they own (a fixed, resident grid) in fp32, in their own slice of shared memory; the block then adds its
-// warps' slices in warp order into its partials.
+// row's latency) and touches no shared memory. The backward gives rows wider than 1024 channels to two warps
+// (see layernorm_backward_regs_kernel); its warps (or two-warp teams) each sum dweight/dbias over the rows they
+// own (a fixed, resident grid) in fp32, in their own slice of shared memory; the block then adds the slices in
+// order into its partials.
 // Wider rows are staged in shared memory instead (any C that is a multiple of 8 fits, up to the shared
 // memory of one block: C = 8192 at least), so the row is still read from HBM exactly once; the backward's
 // blocks then work in rounds of one row per warp, and after a round the block's threads sum the staged rows
@@ -30,9 +31,9 @@ constexpr int kBatch = 4;  // 128-bit loads per lane (per input) issued before a
 
 constexpr int kMaxRegPacks = 8;  // packs per lane of a register-resident row: C <= 8 * 32 * 8 = 2048
 constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resident kernels
-// Blocks per SM the backward is compiled for: 3 (12 warps, at most 168 registers) while that needs no spills,
-// 2 (255 registers) for the widest rows, whose fp32 temporaries would otherwise spill.
-constexpr int reg_backward_blocks_per_sm(int packs) { return packs <= 5 ? 3 : 2; }
+// Blocks per SM the backward is compiled for: one-warp rows (C <= 1024) 3 blocks of 4 warps (at most 168
+// registers), two-warp rows 2 blocks of 8 warps (at most 128 registers).
+constexpr int reg_backward_blocks_per_sm(int team) { return team == 1 ? 3 : 2; }
 
 // Per-element math shared by both paths, in one place so that they round identically.
 __device__ inline x128 add_packs(const x128& a, const x128& b) {
@@ -155,39 +156,47 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
   }
 }
 
-// Warp g of the grid (g = blockIdx.x * kRegWarps + warp) owns rows g, g + G, g + 2G, ... (G warps in all) and
-// sums their dweight/dbias columns in fp32, in row order, in its own slice of shared memory: four planes of C8
-// f128 (dweight elements 0-3 and 4-7 of each pack, then dbias's), so that a warp's 16-byte accesses to
-// consecutive packs hit distinct banks. The block then adds its warps' slices in warp order and writes
-// its partials [dweight | dbias] to partials[blockIdx.x * 2C ...]. dinp may be dout or inp: each lane reads
-// its packs before writing them.
-template <int kPacks>
-__global__ void __launch_bounds__(kRegWarps * WARP_SIZE, reg_backward_blocks_per_sm(kPacks))
+// Team t of the grid (t = blockIdx.x * kRegWarps + team; a team is kTeam warps, 1 or 2) owns rows t, t + G,
+// t + 2G, ... (G teams in all). Lane l of a team (0 .. 32 kTeam - 1) holds packs l, l + 32 kTeam, ... of the row.
+// Two-warp teams (rows wider than 1024) add their two warps' row sums through shared memory (warp 0's first),
+// which halves the registers a row needs and so doubles the warps per SM: on an H100, 25% faster at C = 1600
+// than one warp per row (benchmarks/probe_layernorm, results/layernorm_backward_variants_h100_2026-11-28.log).
+// Each team sums its rows' dweight/dbias columns in fp32, in row order, in its own slice of shared memory: four
+// planes of C8 f128 (dweight elements 0-3 and 4-7 of each pack, then dbias's), so that a warp's 16-byte accesses
+// to consecutive packs hit distinct banks. The block then adds its teams' slices in team order and writes its
+// partials [dweight | dbias] to partials[blockIdx.x * 2C ...]. dinp may be dout or inp: each lane reads its
+// packs before writing them.
+template <int kPacks, int kTeam>
+__global__ void __launch_bounds__(kTeam * kRegWarps * WARP_SIZE, reg_backward_blocks_per_sm(kTeam))
     layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
                                    const floatX* inp, const floatX* __restrict__ weight,
                                    const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C,
                                    bool accumulate) {
   extern __shared__ int4 smem[];
+  constexpr int kLanes = kTeam * WARP_SIZE;
+  __shared__ float exchange[kRegWarps][2][kTeam][2];  // a team's per-warp row sums, double-buffered by row
   const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int team = warp / kTeam, member = warp % kTeam, tl = member * WARP_SIZE + lane;
   const int C8 = C / x128::size;
   constexpr int kHalf = f128::size;  // 4 of a pack's 8 columns per plane
-  f128* sums = reinterpret_cast<f128*>(smem) + warp * 4 * C8;
+  f128* sums = reinterpret_cast<f128*>(smem) + team * 4 * C8;
 #pragma unroll
   for (int u = 0; u < kPacks; u++) {
-    const int j = lane + u * WARP_SIZE;
+    const int j = tl + u * kLanes;
     if (j < C8) {
 #pragma unroll
       for (int plane = 0; plane < 4; plane++) sums[plane * C8 + j] = f128::zeros();
     }
   }
 
-  for (int row = blockIdx.x * kRegWarps + warp; row < N; row += gridDim.x * kRegWarps) {
+  int parity = 0;
+  for (int row = blockIdx.x * kRegWarps + team; row < N; row += gridDim.x * kRegWarps) {
     const int64_t off = (int64_t)row * C;
     const float m = mean[row], s = rstd[row];
     x128 g[kPacks], x[kPacks], old[kPacks];
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
-      const int j = lane + u * WARP_SIZE;
+      const int j = tl + u * kLanes;
       if (j < C8) {
         g[u] = load128cs(dout + off + j * x128::size);
         x[u] = load128cs(inp + off + j * x128::size);
@@ -196,20 +205,39 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE, reg_backward_blocks_per
     float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
-      const int j = lane + u * WARP_SIZE;
+      const int j = tl + u * kLanes;
       if (j < C8) add_pack_dn_sums(sum_dn, sum_dn_xhat, g[u], x[u], load128(weight + j * x128::size), m, s);
     }
-    const float mean_dn = warp_reduce_sum(sum_dn) / C;
-    const float mean_dn_xhat = warp_reduce_sum(sum_dn_xhat) / C;
-    // read here rather than with dout and inp: the registers the row sums no longer need
+    sum_dn = warp_reduce_sum(sum_dn);
+    sum_dn_xhat = warp_reduce_sum(sum_dn_xhat);
+    if constexpr (kTeam > 1) {
+      if (lane == 0) {
+        exchange[team][parity][member][0] = sum_dn;
+        exchange[team][parity][member][1] = sum_dn_xhat;
+      }
+      // the team's warps only (barrier 0 is __syncthreads'); the other buffer is the next row's, so that a warp
+      // running ahead cannot overwrite sums its partner has yet to read
+      asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "r"(kLanes) : "memory");
+      sum_dn = 0.0f;
+      sum_dn_xhat = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kTeam; w++) {
+        sum_dn += exchange[team][parity][w][0];
+        sum_dn_xhat += exchange[team][parity][w][1];
+      }
+      parity ^= 1;
+    }
+    const float mean_dn = sum_dn / C, mean_dn_xhat = sum_dn_xhat / C;
+    // read here rather than with dout and inp: the registers the row sums no longer need (loading them early
+    // was 3-25% slower in the probe)
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
-      const int j = lane + u * WARP_SIZE;
+      const int j = tl + u * kLanes;
       old[u] = accumulate && j < C8 ? load128(dinp + off + j * x128::size) : x128::zeros();
     }
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
-      const int j = lane + u * WARP_SIZE;
+      const int j = tl + u * kLanes;
       if (j < C8) {
         const x128 w = load128(weight + j * x128::size);
         store128(dinp + off + j * x128::size, dinp_pack(g[u], x[u], w, old[u], m, s, mean_dn, mean_dn_xhat));
@@ -240,7 +268,7 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE, reg_backward_blocks_per
   }
   __syncthreads();
 
-  // Column i of [dweight | dbias]: plane (i / C) * 2 + (column % 8) / 4 of each warp's slice, warp 0 first.
+  // Column i of [dweight | dbias]: plane (i / C) * 2 + (column % 8) / 4 of each team's slice, team 0 first.
   const float* all = reinterpret_cast<const float*>(smem);
   for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
     const int col = i < C ? i : i - C;
@@ -248,7 +276,7 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE, reg_backward_blocks_per
     const int at = (plane * C8 + col / x128::size) * kHalf + col % kHalf;
     float v = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kRegWarps; w++) v += all[w * 4 * C8 * kHalf + at];
+    for (int t = 0; t < kRegWarps; t++) v += all[t * 4 * C8 * kHalf + at];
     partials[(int64_t)blockIdx.x * 2 * C + i] = v;
   }
 }
@@ -458,6 +486,22 @@ void dispatch_packs(int packs, Fn&& fn) {
   }
 }
 
+// fn(kernel, team) with the register backward kernel for rows of C channels (C <= 32 * kMaxRegPacks * 8) and
+// its warps per row: two from more than 128 packs (C > 1024), where one warp's row needs over 160 registers.
+template <class Fn>
+void dispatch_backward(int C, Fn&& fn) {
+  const int packs = reg_packs(C);
+  if (packs > 4) {
+    dispatch_packs(ceil_div(packs, 2), [&](auto p) {
+      if constexpr (decltype(p)::value <= kMaxRegPacks / 2) fn(layernorm_backward_regs_kernel<decltype(p)::value, 2>, 2);
+    });
+  } else {
+    dispatch_packs(packs, [&](auto p) {
+      if constexpr (decltype(p)::value <= 4) fn(layernorm_backward_regs_kernel<decltype(p)::value, 1>, 1);
+    });
+  }
+}
+
 struct LaunchConfig {
   int warps;
   int blocks;
@@ -517,15 +561,13 @@ LaunchConfig backward_config(int N, int C) {
   if (packs == 0) {
     return plan_smem_launch(layernorm_backward_smem_kernel, backward_smem_bytes, N, C, "layernorm_backward");
   }
-  const size_t smem = (size_t)kRegWarps * 2 * C * sizeof(float);
+  const size_t smem = (size_t)kRegWarps * 2 * C * sizeof(float);  // per team: 2C floats
   LaunchConfig cfg{};
-  dispatch_packs(packs, [&](auto p) {
-    constexpr int P = decltype(p)::value;
+  dispatch_backward(C, [&](auto kernel, int team) {
     if (smem > 48 * 1024) {
-      CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_regs_kernel<P>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)smem));
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     }
-    cfg = resident_launch(layernorm_backward_regs_kernel<P>, kRegWarps, smem, N);
+    cfg = resident_launch(kernel, kRegWarps * team, smem, N * team);  // kRegWarps rows (teams) per block
   });
   return cfg;
 }
@@ -562,9 +604,9 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
   const LaunchConfig cfg = backward_config(N, C);
   const int packs = reg_packs(C);
   if (packs > 0) {
-    dispatch_packs(packs, [&](auto p) {
-      layernorm_backward_regs_kernel<decltype(p)::value><<<cfg.blocks, kRegWarps * WARP_SIZE, cfg.smem, stream>>>(
-          dinp, scratch, dout, inp, weight, mean, rstd, N, C, accumulate);
+    dispatch_backward(C, [&](auto kernel, int team) {
+      kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N,
+                                                                     C, accumulate);
     });
   } else {
     layernorm_backward_smem_kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(

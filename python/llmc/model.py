@@ -750,6 +750,7 @@ class _Fp8:
     # gradient once); checkpoints from before QKV_DOUT had 4 per layer
     FC_IN, FCPROJ_IN, FC_DOUT, QKV_DOUT = 0, 1, 3, 4
     PER_LAYER = 5
+    NARROW_FROM = 1024  # n_embd from which the narrow policy applies (benchmarks/fp8_loss_curve.py varies it)
 
     def __init__(self, config: "GPTConfig", device: torch.device):
         slots = self.PER_LAYER * config.n_layer
@@ -760,7 +761,7 @@ class _Fp8:
         self.w_amax = {name: torch.zeros(config.n_layer, **f) for name in ("qkvw", "fcw", "fcprojw")}
         self.seen = [False] * slots  # which slots were cast before
         self.forwards = 0
-        self.narrow = config.n_embd >= 1024
+        self.narrow = config.n_embd >= self.NARROW_FROM
 
     def slot(self, layer: int, which: int) -> int:
         return self.PER_LAYER * layer + which
