@@ -9,9 +9,9 @@ files outside the test folders, 10.9M characters, one document per file, 262,144
 kind of shards come from `llmc prepare --input '/usr/lib/python3.11/**/*.py' --format text --text-unit file
 --name pystd --val-tokens 262144` (that glob also takes the test folders).
 
---providers picks the runs: llmc (bf16), llmc-fp8 (TrainConfig(fp8=True) as shipped) and llmc-fp8-fconly (FP8
-for fc's forward only: the narrow policy of llmc.model._Fp8, which at C >= 1024 adds fcproj's forward and the
-input gradients of fc and qkv, switched off).
+--providers picks the runs: llmc (bf16), llmc-fp8 (TrainConfig(fp8=True) as shipped), and FP8 with the
+policy of llmc.model._Fp8 overridden: llmc-fp8-fconly (fc's forward only), llmc-fp8-fwd (fc's and fcproj's
+forwards), llmc-fp8-all (those and the input gradients of fc and qkv), the last two from C = 1024.
 
 Rows: provider,step,train_loss,ms,gpu,date,commit (provider as above; step 0-based; after the last step
 one row per provider with step = "val" and the validation loss in train_loss). Prints a summary: the mean
@@ -29,15 +29,19 @@ from common import append_csv, git_commit, gpu_name
 COLUMNS = ["provider", "step", "train_loss", "ms", "gpu", "date", "commit"]
 
 
-def run(args, fp8: bool, fc_only: bool = False):
+# provider -> (fp8, _Fp8.FCPROJ_FWD_FROM, _Fp8.DINP_FROM); None keeps the shipped value
+NEVER = 1 << 30
+PROVIDERS = {"llmc": (False, None, None), "llmc-fp8": (True, None, None), "llmc-fp8-fconly": (True, NEVER, NEVER),
+             "llmc-fp8-fwd": (True, 1024, NEVER), "llmc-fp8-all": (True, 1024, 1024)}
+
+
+def run(args, provider: str):
     from llmc import TrainConfig, Trainer
     from llmc.eval import val_loss
     from llmc.model import _Fp8
 
-    narrow_from = _Fp8.NARROW_FROM
-    if fc_only:
-        _Fp8.NARROW_FROM = 1 << 30
-
+    fp8, fcproj_from, dinp_from = PROVIDERS[provider]
+    shipped = _Fp8.FCPROJ_FWD_FROM, _Fp8.DINP_FROM
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(input_train=args.train, input_val=args.val, output_dir=out, model=args.model,
                              batch_size=args.batch, seq_len=args.seq_len, num_iterations=args.steps,
@@ -45,10 +49,12 @@ def run(args, fp8: bool, fc_only: bool = False):
                              weight_decay=0.1, val_every=0, sample_every=0, checkpoint_every=0, recompute=0,
                              device="cuda", fp8=fp8)
         try:
+            _Fp8.FCPROJ_FWD_FROM = shipped[0] if fcproj_from is None else fcproj_from
+            _Fp8.DINP_FROM = shipped[1] if dinp_from is None else dinp_from
             trainer = Trainer(config=config)
             history = trainer.fit()
         finally:
-            _Fp8.NARROW_FROM = narrow_from
+            _Fp8.FCPROJ_FWD_FROM, _Fp8.DINP_FROM = shipped
         val = val_loss(trainer.model, args.val, args.batch, args.seq_len, args.val_batches)
     return history, val
 
@@ -64,23 +70,22 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--val-batches", type=int, default=16)
-    p.add_argument("--providers", default="llmc,llmc-fp8", help="comma-separated: llmc, llmc-fp8, llmc-fp8-fconly")
+    p.add_argument("--providers", default="llmc,llmc-fp8", help=f"comma-separated, of: {', '.join(PROVIDERS)}")
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
-    known = ("llmc", "llmc-fp8", "llmc-fp8-fconly")
     providers = args.providers.split(",")
-    if not providers or any(x not in known for x in providers):
-        p.error(f"--providers takes a comma-separated subset of {', '.join(known)}")
+    if any(x not in PROVIDERS for x in providers):
+        p.error(f"--providers takes a comma-separated subset of {', '.join(PROVIDERS)}")
 
     rows, summary = [], []
     for provider in providers:
-        history, val = run(args, provider != "llmc", fc_only=provider == "llmc-fp8-fconly")
+        history, val = run(args, provider)
         for r in history:
             rows.append(dict(provider=provider, step=r["step"], train_loss=f"{r['loss']:.6f}", ms=f"{r['ms']:.2f}"))
         rows.append(dict(provider=provider, step="val", train_loss=f"{val:.6f}", ms=""))
         tail = [r["loss"] for r in history[-50:]]
         ms = statistics.median(r["ms"] for r in history[5:])
-        summary.append(f"{provider:9s} mean train loss (last {len(tail)} steps) {statistics.mean(tail):.4f}, "
+        summary.append(f"{provider:15s} mean train loss (last {len(tail)} steps) {statistics.mean(tail):.4f}, "
                        f"val loss {val:.4f}, {ms:.1f} ms/step")
     print(f"{args.model} B={args.batch} T={args.seq_len} {args.steps} steps on {args.train}:")
     print("\n".join(summary))

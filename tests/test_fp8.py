@@ -315,19 +315,25 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @requires_fp8
 @pytest.mark.cuda
-@pytest.mark.parametrize("n_embd,n_head", [(256, 4), (1024, 8)], ids=["wide-only", "narrow-too"])
+@pytest.mark.parametrize("n_embd,n_head,every_fp8_matmul", [(256, 4, False), (1024, 8, False), (1024, 8, True)],
+                         ids=["c256", "c1024", "c1024-every-fp8-matmul"])
 @pytest.mark.parametrize("recompute", [0, 1, 2])
-def test_fp8_model_stays_near_the_bf16_model_and_is_deterministic(n_embd, n_head, recompute):
-    from llmc.model import GPT
+def test_fp8_model_stays_near_the_bf16_model_and_is_deterministic(n_embd, n_head, every_fp8_matmul, recompute,
+                                                                  monkeypatch):
+    from llmc.model import GPT, _Fp8
     from model_helpers import random_batch, randomize_params, tiny_config
 
+    if every_fp8_matmul:  # fcproj's forward and the input gradients of fc and qkv in FP8 too, whatever the defaults
+        monkeypatch.setattr(_Fp8, "FCPROJ_FWD_FROM", 0)
+        monkeypatch.setattr(_Fp8, "DINP_FROM", 0)
     cfg = tiny_config(n_layer=2, n_embd=n_embd, n_head=n_head, max_seq_len=64)
     models = {}
     for name, fp8 in (("bf16", False), ("fp8", True), ("fp8 again", True)):
         m = GPT(cfg, device="cuda", recompute=recompute, fp8=fp8)
         randomize_params(m, seed=3)
         models[name] = m
-    assert models["fp8"]._fp8.narrow == (n_embd >= 1024)
+    assert models["fp8"]._fp8.fcproj_fwd == (n_embd >= _Fp8.FCPROJ_FWD_FROM)
+    assert models["fp8"]._fp8.dinp == (n_embd >= _Fp8.DINP_FROM)
     losses = {name: [] for name in models}
     for step in range(3):  # the first step scales exactly, the later ones from the amax history
         idx, targets = random_batch(cfg, 4, 64, seed=10 + step)

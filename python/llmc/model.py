@@ -557,7 +557,7 @@ class GPT:
                                  pre_gelu=a["fch"][l])
             else:
                 ops.matmul_forward(ln2, p["fcw"][l], p["fcb"][l], out=fch_gelu, gelu=True, pre_gelu=a["fch"][l])
-            if self.fp8 and self._fp8.narrow:
+            if self.fp8 and self._fp8.fcproj_fwd:
                 self._fp8.linear(a, fch_gelu, p["fcprojw"][l], self._fp8.w_amax["fcprojw"][l:l + 1], p["fcprojb"][l],
                                  proj, self._fp8.slot(l, _Fp8.FCPROJ_IN))
             else:
@@ -602,7 +602,7 @@ class GPT:
                 if self.recompute >= 2:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
-                if self.fp8 and self._fp8.narrow:
+                if self.fp8 and self._fp8.dinp:
                     ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], None, compute_dinp=False)
                     self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], dbtc,
                                           self._fp8.slot(l, _Fp8.FC_DOUT), dbias=g["fcb"][l])
@@ -618,7 +618,7 @@ class GPT:
                 if self.recompute >= 2:
                     ops.layernorm_forward(residual, p["ln1w"][l], p["ln1b"][l], out=ln1, mean=a["ln1_mean"][l],
                                           rstd=a["ln1_rstd"][l], eps=LN_EPS)
-                if self.fp8 and self._fp8.narrow:
+                if self.fp8 and self._fp8.dinp:
                     ops.matmul_backward(dqkv.view(B * T, 3 * C), ln1, p["qkvw"][l], g["qkvw"][l], None,
                                         compute_dinp=False)
                     self._fp8.linear_dinp(a, dqkv.view(B * T, 3 * C), p["qkvw"][l], self._fp8.w_amax["qkvw"][l:l + 1],
@@ -750,7 +750,10 @@ class _Fp8:
     # gradient once); checkpoints from before QKV_DOUT had 4 per layer
     FC_IN, FCPROJ_IN, FC_DOUT, QKV_DOUT = 0, 1, 3, 4
     PER_LAYER = 5
-    NARROW_FROM = 1024  # n_embd from which the narrow policy applies (benchmarks/fp8_loss_curve.py varies it)
+    # n_embd from which fcproj's forward, and the input gradients of fc and qkv, run in FP8 too (class attributes:
+    # benchmarks/fp8_loss_curve.py varies them)
+    FCPROJ_FWD_FROM = 1024
+    DINP_FROM = 1024
 
     def __init__(self, config: "GPTConfig", device: torch.device):
         slots = self.PER_LAYER * config.n_layer
@@ -761,7 +764,8 @@ class _Fp8:
         self.w_amax = {name: torch.zeros(config.n_layer, **f) for name in ("qkvw", "fcw", "fcprojw")}
         self.seen = [False] * slots  # which slots were cast before
         self.forwards = 0
-        self.narrow = config.n_embd >= self.NARROW_FROM
+        self.fcproj_fwd = config.n_embd >= self.FCPROJ_FWD_FROM
+        self.dinp = config.n_embd >= self.DINP_FROM
 
     def slot(self, layer: int, which: int) -> int:
         return self.PER_LAYER * layer + which
@@ -800,8 +804,9 @@ class _Fp8:
             ops.fp8_update_scales(self.amax_ref, self.history, self.amax, (self.forwards - 1) % self.HISTORY)
         self.forwards += 1
         ops.fp8_amax_rows(params["fcw"], out=self.w_amax["fcw"])
-        if self.narrow:  # the weights only the narrow policy casts
+        if self.dinp:  # the weights only the wider policies cast
             ops.fp8_amax_rows(params["qkvw"], out=self.w_amax["qkvw"])
+        if self.fcproj_fwd:
             ops.fp8_amax_rows(params["fcprojw"], out=self.w_amax["fcprojw"])
 
     def _cast(self, a, x: torch.Tensor, slot: int, dtype: torch.dtype, dbias=None):
