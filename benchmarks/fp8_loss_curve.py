@@ -9,9 +9,10 @@ files outside the test folders, 10.9M characters, one document per file, 262,144
 kind of shards come from `llmc prepare --input '/usr/lib/python3.11/**/*.py' --format text --text-unit file
 --name pystd --val-tokens 262144` (that glob also takes the test folders).
 
---providers picks the runs: llmc (bf16), llmc-fp8 (TrainConfig(fp8=True) as shipped), and FP8 with the
-policy of llmc.model._Fp8 overridden: llmc-fp8-fconly (fc's forward only), llmc-fp8-fwd (fc's and fcproj's
-forwards), llmc-fp8-all (those and the input gradients of fc and qkv), the last two from C = 1024.
+--providers picks the runs: llmc (bf16), llmc-fp8 (TrainConfig(fp8=True) as shipped: fc's forward only since
+session 6), and FP8 with the policy of llmc.model._Fp8 set: llmc-fp8-fconly (fc's forward only), llmc-fp8-fwd
+(fc's and fcproj's forwards), llmc-fp8-all (those and the input gradients of fc and qkv: the shipped policy of
+session 5), the last two from C = 1024.
 
 Rows: provider,step,train_loss,ms,gpu,date,commit (provider as above; step 0-based; after the last step
 one row per provider with step = "val" and the validation loss in train_loss). Prints a summary: the mean
@@ -29,10 +30,11 @@ from common import append_csv, git_commit, gpu_name
 COLUMNS = ["provider", "step", "train_loss", "ms", "gpu", "date", "commit"]
 
 
-# provider -> (fp8, _Fp8.FCPROJ_FWD_FROM, _Fp8.DINP_FROM); None keeps the shipped value
-NEVER = 1 << 30
-PROVIDERS = {"llmc": (False, None, None), "llmc-fp8": (True, None, None), "llmc-fp8-fconly": (True, NEVER, NEVER),
-             "llmc-fp8-fwd": (True, 1024, NEVER), "llmc-fp8-all": (True, 1024, 1024)}
+# provider -> (fp8, _Fp8.FCPROJ_FWD_FROM, _Fp8.DINP_FROM); None: never, SHIPPED: llmc's default
+SHIPPED = "shipped"
+PROVIDERS = {"llmc": (False, SHIPPED, SHIPPED), "llmc-fp8": (True, SHIPPED, SHIPPED),
+             "llmc-fp8-fconly": (True, None, None), "llmc-fp8-fwd": (True, 1024, None),
+             "llmc-fp8-all": (True, 1024, 1024)}
 
 
 def run(args, provider: str):
@@ -49,8 +51,8 @@ def run(args, provider: str):
                              weight_decay=0.1, val_every=0, sample_every=0, checkpoint_every=0, recompute=0,
                              device="cuda", fp8=fp8)
         try:
-            _Fp8.FCPROJ_FWD_FROM = shipped[0] if fcproj_from is None else fcproj_from
-            _Fp8.DINP_FROM = shipped[1] if dinp_from is None else dinp_from
+            _Fp8.FCPROJ_FWD_FROM = shipped[0] if fcproj_from == SHIPPED else fcproj_from
+            _Fp8.DINP_FROM = shipped[1] if dinp_from == SHIPPED else dinp_from
             trainer = Trainer(config=config)
             history = trainer.fit()
         finally:

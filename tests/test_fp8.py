@@ -332,8 +332,12 @@ def test_fp8_model_stays_near_the_bf16_model_and_is_deterministic(n_embd, n_head
         m = GPT(cfg, device="cuda", recompute=recompute, fp8=fp8)
         randomize_params(m, seed=3)
         models[name] = m
-    assert models["fp8"]._fp8.fcproj_fwd == (n_embd >= _Fp8.FCPROJ_FWD_FROM)
-    assert models["fp8"]._fp8.dinp == (n_embd >= _Fp8.DINP_FROM)
+    def applies(width_from):  # None: never (the defaults)
+        return width_from is not None and n_embd >= width_from
+
+    assert models["fp8"]._fp8.fcproj_fwd == applies(_Fp8.FCPROJ_FWD_FROM)
+    assert models["fp8"]._fp8.dinp == applies(_Fp8.DINP_FROM)
+    assert models["fp8"]._fp8.dinp == every_fp8_matmul  # the defaults leave the input gradients in bf16
     losses = {name: [] for name in models}
     for step in range(3):  # the first step scales exactly, the later ones from the amax history
         idx, targets = random_batch(cfg, 4, 64, seed=10 + step)

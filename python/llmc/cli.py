@@ -72,7 +72,7 @@ TRAIN_OPTIONS = [
                                                     "job fails (default 600)"),
     (None, "--loss-chunk", "loss_chunk", int, "positions per chunk of the output layer and loss: the logits buffer "
                                               "holds that many rows instead of B*T (default 8192; 0: all at once)"),
-    (None, "--fp8", "fp8", _flag, "1: the MLP's matmuls (and qkv's input gradient) in FP8 on an H100-class GPU "
+    (None, "--fp8", "fp8", _flag, "1: the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU "
                                   "(opt-in; default 0, bf16)"),
     (None, "--deterministic", "deterministic", _flag, "0: cuDNN's faster attention backward, whose dQ sums in "
                                                       "atomic order (not bit-reproducible; default 1)"),

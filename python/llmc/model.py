@@ -241,8 +241,8 @@ class GPT:
         in bf16 (one rounding per chunk, as per micro-step of accumulation), so use chunks of thousands of
         positions (e.g. 8192), not tens. Rounded up to a multiple of 8 positions (each chunk's targets and
         losses must start 16-byte aligned). None: the whole batch at once.
-        fp8: run the MLP's matmuls and qkv's input gradient in FP8 on an H100-class GPU (opt-in, changes the
-            numerics; see _Fp8)."""
+        fp8: run the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU (opt-in, changes the numerics;
+            see _Fp8)."""
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         if isinstance(recompute, bool) or recompute not in (0, 1, 2):
@@ -721,19 +721,21 @@ class GPT:
 class _Fp8:
     """The FP8 matmuls of GPT(fp8=True): what they cast, how they scale, and the scratch they use.
 
-    Which matmuls: fc's forward (its output is 4C wide, so the FP8 GEMM's saving outgrows the cast of its (N, C)
-    input). When C >= 1024 ("narrow") also fcproj's forward, and the input gradients of fc and qkv (the e5m2 cast
-    of their 4C- or 3C-wide output gradient also sums the bias gradient, ops.fp8_cast with dbias, replacing a pass
-    the bf16 path makes anyway). At C=768 fcproj's 4C-wide input costs about what FP8 saves (torch._scaled_mm on an
-    H100), and the FP8 input gradients, though 3.5% faster per step at d12, moved the validation loss of 300 steps
-    of d12 from 0.003 to 0.034 above bf16's (benchmarks/README.md). qkv's forward stays bf16: in FP8 the attention
-    scores' error moved qkv's and wte's gradients past FP8_MODEL's bound (tests/conftest.py; cosine 0.975 against
-    bf16 at C=1024, on an H100 and in a CPU simulation). The attention projection (C to C) stays bf16: its GEMM is
-    small next to its casts. fcproj's input gradient stays bf16: it carries the GELU backward, and cuBLASLt runs
-    FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took 1.3 ms per call at d12 (0.56 ms
-    at d48) on an H100, far more than FP8 saves (benchmarks/results/profile_d*_fp8_h100_2a444b1.md). Weight
-    gradients and everything else stay bf16, so the optimizer, the checkpoints and the bf16 copies of every
-    activation are unchanged.
+    Which matmuls, by default: fc's forward only, at every width (its output is 4C wide, so the FP8 GEMM's saving
+    outgrows the cast of its (N, C) input). The class can also run fcproj's forward (FCPROJ_FWD_FROM) and the
+    input gradients of fc and qkv (DINP_FROM; the e5m2 cast of their 4C- or 3C-wide output gradient also sums the
+    bias gradient, ops.fp8_cast with dbias) in FP8 from a given width, both off by default: in 300-step loss
+    curves on an H100 (benchmarks/README.md, FP8 loss curves) the input gradients in FP8 moved d12's validation
+    loss from 0.011 to 0.034 above bf16's, and at d48 the three together ended 0.071 above bf16 against 0.034
+    with fc's forward alone, the gap growing over the run, for a step 4% faster (164 vs 171 ms); fcproj's
+    forward added to fc's was no faster at d48 (171 ms) and ended 0.051 above bf16. qkv's forward stays bf16: in
+    FP8 the attention scores' error moved qkv's and wte's gradients past FP8_MODEL's bound (tests/conftest.py;
+    cosine 0.975 against bf16 at C=1024, on an H100 and in a CPU simulation). The attention projection (C to C)
+    stays bf16: its GEMM is small next to its casts. fcproj's input gradient stays bf16: it carries the GELU
+    backward, and cuBLASLt runs FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took
+    1.3 ms per call at d12 (0.56 ms at d48) on an H100, far more than FP8 saves
+    (benchmarks/results/profile_d*_fp8_h100_2a444b1.md). Weight gradients and everything else stay bf16, so the
+    optimizer, the checkpoints and the bf16 copies of every activation are unchanged.
 
     Formats: activations and weights e4m3, gradients e5m2, one scale per tensor (ops.fp8_cast). Weights are cast for
     each use with their exact amax (current scaling: they are small), taken for all layers in one launch per weight
@@ -750,10 +752,10 @@ class _Fp8:
     # gradient once); checkpoints from before QKV_DOUT had 4 per layer
     FC_IN, FCPROJ_IN, FC_DOUT, QKV_DOUT = 0, 1, 3, 4
     PER_LAYER = 5
-    # n_embd from which fcproj's forward, and the input gradients of fc and qkv, run in FP8 too (class attributes:
-    # benchmarks/fp8_loss_curve.py varies them)
-    FCPROJ_FWD_FROM = 1024
-    DINP_FROM = 1024
+    # n_embd from which fcproj's forward, and the input gradients of fc and qkv, run in FP8 too; None: never (the
+    # default, see the class docstring). Class attributes: benchmarks/fp8_loss_curve.py and test_fp8 set them.
+    FCPROJ_FWD_FROM: Optional[int] = None
+    DINP_FROM: Optional[int] = None
 
     def __init__(self, config: "GPTConfig", device: torch.device):
         slots = self.PER_LAYER * config.n_layer
@@ -764,8 +766,8 @@ class _Fp8:
         self.w_amax = {name: torch.zeros(config.n_layer, **f) for name in ("qkvw", "fcw", "fcprojw")}
         self.seen = [False] * slots  # which slots were cast before
         self.forwards = 0
-        self.fcproj_fwd = config.n_embd >= self.FCPROJ_FWD_FROM
-        self.dinp = config.n_embd >= self.DINP_FROM
+        self.fcproj_fwd = self.FCPROJ_FWD_FROM is not None and config.n_embd >= self.FCPROJ_FWD_FROM
+        self.dinp = self.DINP_FROM is not None and config.n_embd >= self.DINP_FROM
 
     def slot(self, layer: int, which: int) -> int:
         return self.PER_LAYER * layer + which
