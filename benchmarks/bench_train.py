@@ -6,7 +6,7 @@ unless asked, lr 6e-4, weight decay 0.1, fp32 master weights, for --warmup + --s
   checkpoints or HellaSwag; logs in a temporary directory); ms/step is the median of the Trainer's own per-step
   times (history[i]["ms"], host clock around the whole step with a device sync at its end) after the warm-up.
   With N > 1 GPUs the run is `torchrun --standalone --nproc_per_node=N` of this file; ZeRO-1 by default.
-- llmc-fp8: the same with TrainConfig(fp8=True) (the MLP's matmuls in FP8, opt-in; llmc.model._Fp8).
+- llmc-fp8: the same with TrainConfig(fp8=True) (fc's forward in FP8, opt-in; llmc.model._Fp8).
 - llmc-nondet, llmc-fp8-nondet: the same with TrainConfig(deterministic=False) (cuDNN's attention backward with
   atomic dQ: opt-in, not bit-reproducible; torch's SDPA backward in the torch.compile baseline is not either).
 - torch.compile: one GPU only; bf16 autocast, fused AdamW, clipping to 1.0, the same total batch (gradient
@@ -334,12 +334,12 @@ def scaling_table(results: list[tuple[Run, dict]]) -> str:
     single = {(run.model, run.provider): per_gpu[run] for run, _ in results if run.gpus == 1}
     lines = ["scaling: tokens/s per GPU, efficiency = per-GPU tokens/s over the 1-GPU run's of the same model and "
              "provider (this invocation)",
-             f"{'model':10s} {'provider':14s} {'gpus':>4s} {'zero':>4s} {'total batch':>11s} {'tokens/s':>10s} "
+             f"{'model':10s} {'provider':15s} {'gpus':>4s} {'zero':>4s} {'total batch':>11s} {'tokens/s':>10s} "
              f"{'per GPU':>10s} {'efficiency':>10s}"]
     for run, row in results:
         base = single.get((run.model, run.provider))
         efficiency = f"{per_gpu[run] / base:.1%}" if base else "-"
-        lines.append(f"{run.model:10s} {run.provider:14s} {run.gpus:4d} {run.zero:4d} {run.total_batch:11d} "
+        lines.append(f"{run.model:10s} {run.provider:15s} {run.gpus:4d} {run.zero:4d} {run.total_batch:11d} "
                      f"{row['tokens_per_s']:>10s} {per_gpu[run]:10.0f} {efficiency:>10s}")
     return "\n".join(lines)
 

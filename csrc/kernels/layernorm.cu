@@ -159,8 +159,9 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // Team t of the grid (t = blockIdx.x * kRegWarps + team; a team is kTeam warps, 1 or 2) owns rows t, t + G,
 // t + 2G, ... (G teams in all). Lane l of a team (0 .. 32 kTeam - 1) holds packs l, l + 32 kTeam, ... of the row.
 // Two-warp teams (rows wider than 1024) add their two warps' row sums through shared memory (warp 0's first),
-// which halves the registers a row needs and so doubles the warps per SM: on an H100, 25% faster at C = 1600
-// than one warp per row (benchmarks/probe_layernorm, results/layernorm_backward_variants_h100_2026-11-28.log).
+// which halves the registers a row needs and so doubles the warps per SM: on an H100 at C = 1600, 25% less time
+// than one warp per row when accumulating into dinp, 9% less when writing it (benchmarks/probe_layernorm,
+// results/layernorm_backward_variants_h100_2026-11-28.log).
 // Each team sums its rows' dweight/dbias columns in fp32, in row order, in its own slice of shared memory: four
 // planes of C8 f128 (dweight elements 0-3 and 4-7 of each pack, then dbias's), so that a warp's 16-byte accesses
 // to consecutive packs hit distinct banks. The block then adds its teams' slices in team order and writes its
@@ -229,7 +230,7 @@ __global__ void __launch_bounds__(kTeam * kRegWarps * WARP_SIZE, reg_backward_bl
     }
     const float mean_dn = sum_dn / C, mean_dn_xhat = sum_dn_xhat / C;
     // read here rather than with dout and inp: the registers the row sums no longer need (loading them early
-    // was 3-25% slower in the probe)
+    // was 3-35% slower in the probe)
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
       const int j = tl + u * kLanes;
@@ -493,7 +494,10 @@ void dispatch_backward(int C, Fn&& fn) {
   const int packs = reg_packs(C);
   if (packs > 4) {
     dispatch_packs(ceil_div(packs, 2), [&](auto p) {
-      if constexpr (decltype(p)::value <= kMaxRegPacks / 2) fn(layernorm_backward_regs_kernel<decltype(p)::value, 2>, 2);
+      // 5-8 packs per warp give 3-4 per lane of a team: only those are instantiated
+      if constexpr (decltype(p)::value >= 3 && decltype(p)::value <= kMaxRegPacks / 2) {
+        fn(layernorm_backward_regs_kernel<decltype(p)::value, 2>, 2);
+      }
     });
   } else {
     dispatch_packs(packs, [&](auto p) {

@@ -728,7 +728,8 @@ class _Fp8:
     curves on an H100 (benchmarks/README.md, FP8 loss curves) the input gradients in FP8 moved d12's validation
     loss from 0.011 to 0.034 above bf16's, and at d48 the three together ended 0.071 above bf16 against 0.034
     with fc's forward alone, the gap growing over the run, for a step 4% faster (164 vs 171 ms); fcproj's
-    forward added to fc's was no faster at d48 (171 ms) and ended 0.051 above bf16. qkv's forward stays bf16: in
+    forward added to fc's was no faster at d48 (171 ms) and ended 0.051 above bf16 (separate runs, the last two
+    also with session 6's LayerNorm backward). qkv's forward stays bf16: in
     FP8 the attention scores' error moved qkv's and wte's gradients past FP8_MODEL's bound (tests/conftest.py;
     cosine 0.975 against bf16 at C=1024, on an H100 and in a CPU simulation). The attention projection (C to C)
     stays bf16: its GEMM is small next to its casts. fcproj's input gradient stays bf16: it carries the GELU

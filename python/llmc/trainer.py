@@ -86,7 +86,8 @@ class TrainConfig:
     fp8: bool = False                    # FP8 matmuls on an H100 (GPT fp8=True; opt-in, changes the numerics);
                                          # a GPT passed in keeps its own (True with a bf16 GPT is an error)
     deterministic: bool = True           # bit-reproducible backward (GPT deterministic); False: cuDNN's attention
-                                         # backward with atomic dQ, faster, not reproducible bit for bit
+                                         # backward with atomic dQ, faster, not reproducible bit for bit; a
+                                         # GPT passed in keeps its own (False with a deterministic GPT is an error)
 
     @classmethod
     def quickstart(cls, device: str) -> "TrainConfig":
