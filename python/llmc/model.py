@@ -602,12 +602,7 @@ class GPT:
                 if self.recompute >= 2:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
-                if self.fp8 and self._fp8.dinp:
-                    ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], None, compute_dinp=False)
-                    self._fp8.linear_dinp(a, dbt4c, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], dbtc,
-                                          self._fp8.slot(l, _Fp8.FC_DOUT), dbias=g["fcb"][l])
-                else:
-                    ops.matmul_backward(dbt4c, ln2, p["fcw"][l], g["fcw"][l], g["fcb"][l], dinp=dbtc)
+                self._linear_backward(a, dbt4c, ln2, "fc", l, dbtc, _Fp8.FC_DOUT)
                 ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
                                        g["ln2w"][l], g["ln2b"][l], dinp=dres, accumulate=True)
                 ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], g["attprojb"][l],
@@ -618,19 +613,25 @@ class GPT:
                 if self.recompute >= 2:
                     ops.layernorm_forward(residual, p["ln1w"][l], p["ln1b"][l], out=ln1, mean=a["ln1_mean"][l],
                                           rstd=a["ln1_rstd"][l], eps=LN_EPS)
-                if self.fp8 and self._fp8.dinp:
-                    ops.matmul_backward(dqkv.view(B * T, 3 * C), ln1, p["qkvw"][l], g["qkvw"][l], None,
-                                        compute_dinp=False)
-                    self._fp8.linear_dinp(a, dqkv.view(B * T, 3 * C), p["qkvw"][l], self._fp8.w_amax["qkvw"][l:l + 1],
-                                          dbtc, self._fp8.slot(l, _Fp8.QKV_DOUT), dbias=g["qkvb"][l])
-                else:
-                    ops.matmul_backward(dqkv.view(B * T, 3 * C), ln1, p["qkvw"][l], g["qkvw"][l], g["qkvb"][l],
-                                        dinp=dbtc)
+                self._linear_backward(a, dqkv.view(B * T, 3 * C), ln1, "qkv", l, dbtc, _Fp8.QKV_DOUT)
                 ops.layernorm_backward(dbtc, residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l],
                                        g["ln1w"][l], g["ln1b"][l], dinp=dres, accumulate=True)
                 self._grads_ready(l)
             ops.encoder_backward(dres.view(B, T, C), a["inputs"][0], g["wte"], g["wpe"], validate=False)
             self._grads_ready(-1)
+
+    def _linear_backward(self, a, dout, inp, name: str, l: int, dinp, fp8_slot: int) -> None:
+        """Gradients of layer l's linear `name` ("fc" or "qkv"): weight and bias accumulated, dinp written. Where
+        the FP8 policy has input gradients in FP8, dinp comes from an FP8 matmul whose e5m2 cast of dout also sums
+        the bias gradient (fp8_slot: the cast's delayed-scaling slot, _Fp8.FC_DOUT or QKV_DOUT)."""
+        g = self.grad_tensors
+        w, gw, gb = self.param_tensors[name + "w"][l], g[name + "w"][l], g[name + "b"][l]
+        if self.fp8 and self._fp8.dinp:
+            ops.matmul_backward(dout, inp, w, gw, None, compute_dinp=False)
+            self._fp8.linear_dinp(a, dout, w, self._fp8.w_amax[name + "w"][l:l + 1], dinp,
+                                  self._fp8.slot(l, fp8_slot), dbias=gb)
+        else:
+            ops.matmul_backward(dout, inp, w, gw, gb, dinp=dinp)
 
     def _grads_ready(self, layer: int) -> None:
         if self.grad_ready_hook is not None:
@@ -729,9 +730,9 @@ class _Fp8:
     loss from 0.011 to 0.034 above bf16's, and at d48 the three together ended 0.071 above bf16 against 0.034
     with fc's forward alone, the gap growing over the run, for a step 4% faster (164 vs 171 ms); fcproj's
     forward added to fc's was no faster at d48 (171 ms) and ended 0.051 above bf16 (separate runs, the last two
-    also with session 6's LayerNorm backward). qkv's forward stays bf16: in
-    FP8 the attention scores' error moved qkv's and wte's gradients past FP8_MODEL's bound (tests/conftest.py;
-    cosine 0.975 against bf16 at C=1024, on an H100 and in a CPU simulation). The attention projection (C to C)
+    also with session 6's LayerNorm backward). qkv's forward stays bf16: in FP8 the attention scores' error moved
+    qkv's and wte's gradients past FP8_MODEL's bound (tests/conftest.py; cosine 0.975 against bf16 at C=1024, on
+    an H100 and in a CPU simulation). The attention projection (C to C)
     stays bf16: its GEMM is small next to its casts. fcproj's input gradient stays bf16: it carries the GELU
     backward, and cuBLASLt runs FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took
     1.3 ms per call at d12 (0.56 ms at d48) on an H100, far more than FP8 saves

@@ -605,6 +605,13 @@ def _check_scalar_fp32(t, name: str, device: torch.device) -> torch.Tensor:
     return t
 
 
+def _scalar_output(t: Optional[torch.Tensor], name: str, device: torch.device) -> torch.Tensor:
+    """A one-element fp32 output (a scale or an amax): t checked as _check_scalar_fp32 does, or a new one."""
+    if t is None:
+        return torch.empty(1, dtype=torch.float32, device=device)
+    return _check_scalar_fp32(t, name, device)
+
+
 def _check_fp8(t, name: str) -> torch.Tensor:
     _check_tensor(t, name)
     if t.dtype not in FP8_MAX:
@@ -617,9 +624,7 @@ def fp8_amax(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tenso
     """max |x| as a one-element fp32 tensor (written into out when given)."""
     _check_float(x, "x")
     device = x.device
-    if out is None:
-        out = torch.empty(1, dtype=torch.float32, device=device)
-    _check_scalar_fp32(out, "out", device)
+    out = _scalar_output(out, "out", device)
     _check_same_device(x=x, out=out)
     _check_writes_disjoint(dict(out=out), dict(x=x))
     if device.type == "cuda":
@@ -683,9 +688,7 @@ def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E
         _check_multiple_of(x.numel(), 16, "x.numel()")
     shape = (x.shape[1], x.shape[0]) if transpose else tuple(x.shape)
     out = _output(out, "out", shape, dtype, device)
-    if scale_inv is None:
-        scale_inv = torch.empty(1, dtype=torch.float32, device=device)
-    _check_scalar_fp32(scale_inv, "scale_inv", device)
+    scale_inv = _scalar_output(scale_inv, "scale_inv", device)
     _check_same_device(x=x, amax_ref=amax_ref, out=out, scale_inv=scale_inv, amax_out=amax_out, dbias=dbias)
     _check_writes_disjoint(dict(out=out, scale_inv=scale_inv, amax_out=amax_out, dbias=dbias),
                            dict(x=x, amax_ref=amax_ref))
