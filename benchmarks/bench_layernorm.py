@@ -6,6 +6,8 @@ Bytes counted (each tensor once; the C-sized parameters are negligible and left 
   fused residual: inp1, inp2 (4 N C) + residual, out (4 N C) + mean, rstd (8 N).
   backward:       dout, inp (4 N C) + dinp (2 N C) + mean, rstd (8 N). llmc accumulates dweight/dbias (+=),
                   torch (aten.native_layer_norm_backward, what autograd runs) writes fresh ones.
+torch.compile of F.layer_norm returns the normalized output only; "torch.compile +stats" is the same math with
+mean and rstd as outputs too (aten.native_layer_norm), as llmc's forward writes them for the backward.
 """
 import torch
 import torch.nn.functional as F
@@ -28,11 +30,21 @@ def main():
         r = x1 + x2
         return r, F.layer_norm(r, (r.shape[-1],), w, b, EPS)
 
+    # The same math with the saved statistics as outputs too, as llmc's forward writes them (what a training
+    # step's forward has to keep for the backward): provider "torch.compile +stats".
+    def fwd_stats(x, w, b):
+        return torch.ops.aten.native_layer_norm(x, [x.shape[-1]], w, b, EPS)
+
+    def fused_stats(x1, x2, w, b):
+        r = x1 + x2
+        return (r, *torch.ops.aten.native_layer_norm(r, [r.shape[-1]], w, b, EPS))
+
     def bwd_eager(dout, x, mean, rstd, w, b):
         return torch.ops.aten.native_layer_norm_backward(dout, x, [x.shape[-1]], mean, rstd, w, b,
                                                          [True, True, True])
 
     fwd_comp, fused_comp, bwd_comp = compiled(fwd_eager), compiled(fused_eager), compiled(bwd_eager)
+    fwd_stats_comp, fused_stats_comp = compiled(fwd_stats), compiled(fused_stats)
     for name in args.shapes.split(","):
         s = GPT2_SHAPES[name]
         N, C = s["B"] * s["T"], s["C"]
@@ -53,6 +65,8 @@ def main():
         if not args.no_compile:
             rec.add("layernorm_forward", label, "torch.compile", time_cuda(lambda i: fwd_comp(xs[i], w, b), k),
                     fwd_bytes)
+            rec.add("layernorm_forward", label, "torch.compile +stats",
+                    time_cuda(lambda i: fwd_stats_comp(xs[i], w, b), k), fwd_bytes)
 
         fused_bytes = 8 * N * C + 8 * N
         rec.add("fused_residual_layernorm_forward", label, "llmc",
@@ -64,6 +78,8 @@ def main():
         if not args.no_compile:
             rec.add("fused_residual_layernorm_forward", label, "torch.compile",
                     time_cuda(lambda i: fused_comp(xs[i], ys[i], w, b), k), fused_bytes)
+            rec.add("fused_residual_layernorm_forward", label, "torch.compile +stats",
+                    time_cuda(lambda i: fused_stats_comp(xs[i], ys[i], w, b), k), fused_bytes)
 
         # ys[i] plays dout; the saved statistics come from each input's own forward
         stats = [torch.ops.aten.native_layer_norm(x, [C], w, b, EPS)[1:] for x in xs]

@@ -14,6 +14,7 @@
 //   team2lat / team2sp / team2esp: team2 with late residual loads / late and split / early and split.
 //   t2b4sp   team2sp in 4-warp blocks (two teams), 4 blocks per SM.
 //   team4 / team4B3: four warps per row (late residual loads), 8-warp blocks, 2 / 3 blocks per SM.
+//   t2noRed  (diagnostic) team2lat without the partials' reduction kernel: what that second kernel costs.
 // (Session 6, first run: early B3 and team2 at 3 blocks/SM spilled and were 5-70% slower: dropped. Since
 // 866fab8 the library itself runs team2lat's loop for C > 1024, so "library" and "team2lat" agree there.)
 // dinp must match the baseline bit for bit for the one-warp variants (same math, same order); team2 sums each row in another
@@ -164,7 +165,7 @@ struct Variant {
 };
 
 template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit>
-Variant make_variant(const char* name, int N, int C) {
+Variant make_variant(const char* name, int N, int C, bool reduce = true) {
   auto kernel = ln_bwd_variant<kPacks, kTeam, kTeamsPerBlock, kMinBlocks, kEarly, kSplit>;
   const size_t smem = (size_t)kTeamsPerBlock * 2 * C * sizeof(float);
   CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -181,6 +182,7 @@ Variant make_variant(const char* name, int N, int C) {
               const floatX* weight, const float* mean, const float* rstd, int n, int c, bool accumulate) {
     kernel<<<blocks, threads, smem>>>(dinp, scratch, dout, inp, weight, mean, rstd, n, c, accumulate);
     CK(cudaGetLastError());
+    if (!reduce) return;
     const dim3 block(WARP_SIZE, kReduceRows);
     layernorm_param_grad_reduce_kernel<<<ceil_div(2 * c, WARP_SIZE), block>>>(dweight, dbias, scratch, blocks, c);
     CK(cudaGetLastError());
@@ -236,6 +238,9 @@ void add_variants(std::vector<Variant>& vs, int N, int C) {
   constexpr int kQuarterPacks = (kPacks + 3) / 4;
   vs.push_back(make_variant<kQuarterPacks, 4, 2, 2, false, false>("team4", N, C));
   vs.push_back(make_variant<kQuarterPacks, 4, 2, 3, false, false>("team4B3", N, C));
+  // a diagnostic, not a candidate: team2lat without the second kernel (the partials' reduction into dweight and
+  // dbias), to show what that kernel costs; its dweight/dbias are wrong by construction
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 2, false, false>("t2noRed", N, C, false));
 }
 
 void probe(int N, int C, bool accumulate, int sets, int iters) {
