@@ -25,7 +25,9 @@ constexpr unsigned kFullMask = 0xffffffffu;
 
 // One 16-byte pack of one position per thread over a flat grid (no loop): the gather is spread over as many
 // loads in flight as the GPU holds. Faster than a warp per position on an H100 (a microbenchmark of both, session
-// 4: 103% vs 88% of the copy ceiling at B*T=65536, C=768; 99% vs 97% at 8192 x 1600).
+// 4: 103% vs 88% of the copy ceiling at B*T=65536, C=768; 99% vs 97% at 8192 x 1600). Session 7's probe of 19
+// variants (benchmarks/probe_encoder, results/encoder_forward_variants_h100_2026-11-28.log) found nothing faster
+// but the streaming store of out (st.global.cs): 1.5% at 65536 x 768, 0.8% at 8192 x 1600.
 constexpr int kForwardBlock = 128;
 __global__ void __launch_bounds__(kForwardBlock)
     encoder_forward_kernel(floatX* __restrict__ out, const int* __restrict__ idx, const floatX* __restrict__ wte,
@@ -41,7 +43,7 @@ __global__ void __launch_bounds__(kForwardBlock)
   x128 y;
 #pragma unroll
   for (int k = 0; k < x128::size; k++) y[k] = (floatX)((float)e[k] + (float)p[k]);
-  store128(out + (int64_t)q * x128::size, y);
+  store128cs(out + (int64_t)q * x128::size, y);  // streaming store: 1-1.5% faster (probe_encoder, 2026-11-28)
 }
 
 __device__ inline void add_into_bf16(floatX* dst, const float* acc) {

@@ -2,7 +2,9 @@
 // rstd = 1 / sqrt(var + eps) (biased variance). bf16 storage, fp32 math and statistics.
 // Forward reads inp, weight, bias and writes out, mean (fp32, N) and rstd (fp32, N). The fused residual
 // forward reads inp1 and inp2, writes residual = inp1 + inp2 (rounded to bf16) and then normalizes that
-// stored residual, in one pass over memory.
+// stored residual, in one pass over memory. The forward's outputs are written with streaming stores (st.global.cs,
+// evict-first in L2): 3% faster than plain stores on an H100 at both GPT-2 shapes, fused or not, in
+// benchmarks/probe_layernorm/probe_ln_forward.cu (results/layernorm_forward_variants_h100_2026-11-28.log).
 // Backward reads dout, inp, weight, mean, rstd; writes dinp (overwritten, or += with `accumulate`, for the
 // residual stream) and accumulates dweight and dbias (+=) deterministically: every block sums its rows
 // into fp32 partials in a fixed order, and a second kernel adds the partials, in block order, into the
@@ -130,7 +132,7 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
     if (j < C8) {
       if constexpr (kResidual) {
         x[u] = add_packs(x[u], y[u]);
-        store128(residual + off + j * x128::size, x[u]);
+        store128cs(residual + off + j * x128::size, x[u]);
       }
       add_pack_sum(sum, x[u]);
     }
@@ -147,7 +149,7 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
     const int j = lane + u * WARP_SIZE;
     if (j < C8) {
       const x128 w = load128(weight + j * x128::size), b = load128(bias + j * x128::size);
-      store128(out + off + j * x128::size, normalize_pack(x[u], w, b, m, s));
+      store128cs(out + off + j * x128::size, normalize_pack(x[u], w, b, m, s));
     }
   }
   if (lane == 0) {
@@ -323,7 +325,7 @@ __global__ void layernorm_forward_smem_kernel(floatX* __restrict__ out, float* _
         x128 x = a[u];
         if constexpr (kResidual) {
           x = add_packs(a[u], b[u]);
-          store128(residual + off + j * x128::size, x);
+          store128cs(residual + off + j * x128::size, x);
         }
         row_s[j] = x;
         add_pack_sum(sum, x);
@@ -336,7 +338,7 @@ __global__ void layernorm_forward_smem_kernel(floatX* __restrict__ out, float* _
     const float s = rsqrtf(warp_reduce_sum(var) / C + eps);
 
     for (int j = lane; j < C8; j += WARP_SIZE) {
-      store128(out + off + j * x128::size, normalize_pack(row_s[j], w_s[j], b_s[j], m, s));
+      store128cs(out + off + j * x128::size, normalize_pack(row_s[j], w_s[j], b_s[j], m, s));
     }
     if (lane == 0) {
       mean[row] = m;
