@@ -15,6 +15,10 @@
 //   t2b4sp   team2sp in 4-warp blocks (two teams), 4 blocks per SM.
 //   team4 / team4B3: four warps per row (late residual loads), 8-warp blocks, 2 / 3 blocks per SM.
 //   t2noRed  (diagnostic) team2lat without the partials' reduction kernel: what that second kernel costs.
+//   pf / t2pf / t4pf / t4pfB3: one-warp rows / team2lat / team4 / team4B3 with the next row's dout, inp, mean and
+//            rstd loaded before the current row is worked (double-buffered registers; session 7).
+//   ca / t2ca / t4ca / t4caB3: the same with the next row's dout and inp copied to shared memory by cp.async
+//            (double-buffered in shared memory, no registers held for it).
 // (Session 6, first run: early B3 and team2 at 3 blocks/SM spilled and were 5-70% slower: dropped. Since
 // 866fab8 the library itself runs team2lat's loop for C > 1024, so "library" and "team2lat" agree there.)
 // dinp must match the baseline bit for bit for the one-warp variants (same math, same order); team2 sums each row in another
@@ -34,7 +38,7 @@ namespace {
 
 #define CK(x) CUDA_CHECK(x)
 
-template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit>
+template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit, int kPrefetch = 0>
 __global__ void __launch_bounds__(kTeam * kTeamsPerBlock * WARP_SIZE, kMinBlocks)
     ln_bwd_variant(floatX* dinp, float* __restrict__ partials, const floatX* dout, const floatX* inp,
                    const floatX* __restrict__ weight, const float* __restrict__ mean, const float* __restrict__ rstd,
@@ -56,17 +60,83 @@ __global__ void __launch_bounds__(kTeam * kTeamsPerBlock * WARP_SIZE, kMinBlocks
     }
   }
   int parity = 0;
-  for (int row = blockIdx.x * kTeamsPerBlock + team; row < N; row += gridDim.x * kTeamsPerBlock) {
-    const int64_t off = (int64_t)row * C;
-    const float m = mean[row], s = rstd[row];
-    x128 g[kPacks], x[kPacks], old[kPacks];
+  const int stride = gridDim.x * kTeamsPerBlock;
+  // kPrefetch: the next row's dout, inp, mean and rstd are loaded (into gn, xn, mn, sn) before this row is worked
+  auto load_row = [&](int r, x128* gr, x128* xr, float& mr, float& sr) {
+    const int64_t o = (int64_t)r * C;
+    mr = mean[r];
+    sr = rstd[r];
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
       const int j = tl + u * kLanes;
       if (j < C8) {
-        g[u] = load128cs(dout + off + j * x128::size);
-        x[u] = load128cs(inp + off + j * x128::size);
-        if constexpr (kEarly) old[u] = accumulate ? load128(dinp + off + j * x128::size) : x128::zeros();
+        gr[u] = load128cs(dout + o + j * x128::size);
+        xr[u] = load128cs(inp + o + j * x128::size);
+      }
+    }
+  };
+  x128 gn[kPrefetch == 1 ? kPacks : 1], xn[kPrefetch == 1 ? kPacks : 1];
+  float mn = 0.0f, sn = 0.0f;
+  // kPrefetch == 2: the next row goes to shared memory by cp.async (no registers held): per team two buffers of
+  // [dout | inp] rows after the teams' sums; each lane copies, and later reads, only its own packs, so a lane's
+  // own cp.async.wait_group is the only synchronisation needed.
+  x128* pf = reinterpret_cast<x128*>(reinterpret_cast<f128*>(smem) + kTeamsPerBlock * 4 * C8) + team * 4 * C8;
+  auto issue_row = [&](int r, int buf) {
+    const int64_t o = (int64_t)r * C;
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      const int j = tl + u * kLanes;
+      if (j < C8) {
+        const unsigned dg = (unsigned)__cvta_generic_to_shared(pf + (2 * buf) * C8 + j);
+        const unsigned dx = (unsigned)__cvta_generic_to_shared(pf + (2 * buf + 1) * C8 + j);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dg), "l"(dout + o + j * x128::size));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dx), "l"(inp + o + j * x128::size));
+      }
+    }
+    asm volatile("cp.async.commit_group;");
+    mn = mean[r];
+    sn = rstd[r];
+  };
+  int cur = 0;
+  if (blockIdx.x * kTeamsPerBlock + team < N) {
+    if constexpr (kPrefetch == 1) load_row(blockIdx.x * kTeamsPerBlock + team, gn, xn, mn, sn);
+    if constexpr (kPrefetch == 2) issue_row(blockIdx.x * kTeamsPerBlock + team, 0);
+  }
+  for (int row = blockIdx.x * kTeamsPerBlock + team; row < N; row += stride) {
+    const int64_t off = (int64_t)row * C;
+    float m, s;
+    x128 g[kPacks], x[kPacks], old[kPacks];
+    if constexpr (kPrefetch == 1) {
+#pragma unroll
+      for (int u = 0; u < kPacks; u++) {
+        g[u] = gn[u];
+        x[u] = xn[u];
+      }
+      m = mn;
+      s = sn;
+      if (row + stride < N) load_row(row + stride, gn, xn, mn, sn);
+    } else if constexpr (kPrefetch == 2) {
+      asm volatile("cp.async.wait_group 0;" ::: "memory");
+#pragma unroll
+      for (int u = 0; u < kPacks; u++) {
+        const int j = tl + u * kLanes;
+        if (j < C8) {
+          g[u] = pf[(2 * cur) * C8 + j];
+          x[u] = pf[(2 * cur + 1) * C8 + j];
+        }
+      }
+      m = mn;
+      s = sn;
+      if (row + stride < N) issue_row(row + stride, cur ^ 1);
+      cur ^= 1;
+    } else {
+      load_row(row, g, x, m, s);
+    }
+    if constexpr (kEarly) {
+#pragma unroll
+      for (int u = 0; u < kPacks; u++) {
+        const int j = tl + u * kLanes;
+        if (j < C8) old[u] = accumulate ? load128(dinp + off + j * x128::size) : x128::zeros();
       }
     }
     float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
@@ -164,10 +234,11 @@ struct Variant {
       run;
 };
 
-template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit>
+template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit, int kPrefetch = 0>
 Variant make_variant(const char* name, int N, int C, bool reduce = true) {
-  auto kernel = ln_bwd_variant<kPacks, kTeam, kTeamsPerBlock, kMinBlocks, kEarly, kSplit>;
-  const size_t smem = (size_t)kTeamsPerBlock * 2 * C * sizeof(float);
+  auto kernel = ln_bwd_variant<kPacks, kTeam, kTeamsPerBlock, kMinBlocks, kEarly, kSplit, kPrefetch>;
+  const size_t smem = (size_t)kTeamsPerBlock * 2 * C * sizeof(float) +
+                      (kPrefetch == 2 ? (size_t)kTeamsPerBlock * 4 * C * sizeof(floatX) : 0);
   CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const int threads = kTeam * kTeamsPerBlock * WARP_SIZE;
   int per_sm = 0;
@@ -241,6 +312,16 @@ void add_variants(std::vector<Variant>& vs, int N, int C) {
   // a diagnostic, not a candidate: team2lat without the second kernel (the partials' reduction into dweight and
   // dbias), to show what that kernel costs; its dweight/dbias are wrong by construction
   vs.push_back(make_variant<kHalfPacks, 2, 4, 2, false, false>("t2noRed", N, C, false));
+  // session 7: the next row's loads issued before this row is worked (registers double-buffered)
+  vs.push_back(make_variant<kPacks, 1, 4, kB, false, false, 1>("pf", N, C));
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 2, false, false, 1>("t2pf", N, C));
+  vs.push_back(make_variant<kQuarterPacks, 4, 2, 2, false, false, 1>("t4pf", N, C));
+  vs.push_back(make_variant<kQuarterPacks, 4, 2, 3, false, false, 1>("t4pfB3", N, C));
+  // the next row copied to shared memory with cp.async instead (no registers held for it)
+  vs.push_back(make_variant<kPacks, 1, 4, kB, false, false, 2>("ca", N, C));
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 2, false, false, 2>("t2ca", N, C));
+  vs.push_back(make_variant<kQuarterPacks, 4, 2, 2, false, false, 2>("t4ca", N, C));
+  vs.push_back(make_variant<kQuarterPacks, 4, 2, 3, false, false, 2>("t4caB3", N, C));
 }
 
 void probe(int N, int C, bool accumulate, int sets, int iters) {
