@@ -19,8 +19,9 @@
 //            rstd loaded before the current row is worked (double-buffered registers; session 7).
 //   ca / t2ca / t4ca / t4caB3: the same with the next row's dout and inp copied to shared memory by cp.async
 //            (double-buffered in shared memory, no registers held for it).
-// (Session 6, first run: early B3 and team2 at 3 blocks/SM spilled and were 5-70% slower: dropped. Since
-// 866fab8 the library itself runs team2lat's loop for C > 1024, so "library" and "team2lat" agree there.)
+// (Session 6, first run: early B3 and team2 at 3 blocks/SM spilled and were 5-70% slower: dropped. From
+// 866fab8 the library ran team2lat's loop for C > 1024; since session 7's runs it runs t2ca's for 512 < C <= 1280
+// and t4ca's above, so "library" now agrees with those, not with team2lat.)
 // dinp must match the baseline bit for bit for the one-warp variants (same math, same order); team2 sums each row in another
 // order (its dinp may differ in the last bf16 bit) and every variant with another grid groups the dweight/dbias
 // partials differently: those are compared against the baseline with a tolerance, and all against themselves

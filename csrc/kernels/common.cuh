@@ -103,6 +103,17 @@ __device__ inline void store128cs(T* p, Packed128<T> v) {
   __stcs(reinterpret_cast<int4*>(p), v.as_int4());
 }
 
+// 16 bytes global -> shared memory without passing through registers (cp.async, sm_80+; cached in L2 only).
+// The copies a thread issued land after its cp_async_commit() and cp_async_wait_all(); only that thread may rely
+// on them then (other threads need a barrier too).
+template <class T>
+__device__ inline void cp_async16(Packed128<T>* smem_dst, const T* global_src) {
+  const unsigned dst = (unsigned)__cvta_generic_to_shared(smem_dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(global_src) : "memory");
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
 __device__ inline float warp_reduce_sum(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffff, v, off);

@@ -33,8 +33,10 @@ constexpr int kBatch = 4;  // 128-bit loads per lane (per input) issued before a
 
 constexpr int kMaxRegPacks = 8;  // packs per lane of a register-resident row: C <= 8 * 32 * 8 = 2048
 constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resident kernels
-// Blocks per SM the backward is compiled for: one-warp rows (C <= 1024) 3 blocks of 4 warps (at most 168
-// registers), two-warp rows 2 blocks of 8 warps (at most 128 registers).
+// The backward's register kernel gives a row to a team of 1, 2 or 4 warps (see dispatch_backward). Teams per
+// block and blocks per SM it is compiled for: one-warp rows 4 teams (128 threads) x 3 blocks (at most 168
+// registers), two-warp rows 4 teams and four-warp rows 2 teams (256 threads) x 2 blocks (at most 128 registers).
+__host__ __device__ constexpr int reg_backward_teams(int team) { return team == 4 ? 2 : 4; }
 constexpr int reg_backward_blocks_per_sm(int team) { return team == 1 ? 3 : 2; }
 
 // Per-element math shared by both paths, in one place so that they round identically.
@@ -158,31 +160,39 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
   }
 }
 
-// Team t of the grid (t = blockIdx.x * kRegWarps + team; a team is kTeam warps, 1 or 2) owns rows t, t + G,
+// Team t of the grid (t = blockIdx.x * kTeams + team; a team is kTeam warps, 1, 2 or 4) owns rows t, t + G,
 // t + 2G, ... (G teams in all). Lane l of a team (0 .. 32 kTeam - 1) holds packs l, l + 32 kTeam, ... of the row.
-// Two-warp teams (rows wider than 1024) add their two warps' row sums through shared memory (warp 0's first),
-// which halves the registers a row needs and so doubles the warps per SM: on an H100 at C = 1600, 25% less time
-// than one warp per row when accumulating into dinp, 9% less when writing it (benchmarks/probe_layernorm,
-// results/layernorm_backward_variants_h100_2026-11-28.log).
+// Teams of several warps add their warps' row sums through shared memory (warp 0's first), which divides the
+// registers a row needs and so multiplies the warps per SM.
+// While a row is worked, the team's next row (dout and inp) is already on its way into shared memory by
+// cp.async (two buffers per team, alternating): each lane copies, and later reads, only its own packs, so its
+// own cp.async.wait_group is all the synchronisation needed, and no register holds the next row.
+// Measured against the one-row-at-a-time kernel on an H100 (benchmarks/probe_layernorm,
+// results/layernorm_backward_variants_h100_2026-11-28.log, session 7: "t2ca", "t4ca"): two-warp teams with the
+// prefetch 3-4% faster at C = 768, 6-9% at 1024, 1-3% at 1280; four-warp teams 6% faster at 1600.
 // Each team sums its rows' dweight/dbias columns in fp32, in row order, in its own slice of shared memory: four
 // planes of C8 f128 (dweight elements 0-3 and 4-7 of each pack, then dbias's), so that a warp's 16-byte accesses
 // to consecutive packs hit distinct banks. The block then adds its teams' slices in team order and writes its
-// partials [dweight | dbias] to partials[blockIdx.x * 2C ...]. dinp may be dout or inp: each lane reads its
-// packs before writing them.
+// partials [dweight | dbias] to partials[blockIdx.x * 2C ...]. dinp may be dout or inp: a team reads a row
+// before it writes that row, and no other team touches it.
+// Shared memory (dynamic): the teams' sums (kTeams x 4 x C8 f128), then the teams' row buffers (kTeams x 2
+// buffers x [dout | inp] x C8 x128): kTeams * 16 * C bytes.
 template <int kPacks, int kTeam>
-__global__ void __launch_bounds__(kTeam * kRegWarps * WARP_SIZE, reg_backward_blocks_per_sm(kTeam))
+__global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE, reg_backward_blocks_per_sm(kTeam))
     layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
                                    const floatX* inp, const floatX* __restrict__ weight,
                                    const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C,
                                    bool accumulate) {
   extern __shared__ int4 smem[];
   constexpr int kLanes = kTeam * WARP_SIZE;
-  __shared__ float exchange[kRegWarps][2][kTeam][2];  // a team's per-warp row sums, double-buffered by row
+  constexpr int kTeams = reg_backward_teams(kTeam);
+  __shared__ float exchange[kTeams][2][kTeam][2];  // a team's per-warp row sums, double-buffered by row
   const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
   const int team = warp / kTeam, member = warp % kTeam, tl = member * WARP_SIZE + lane;
   const int C8 = C / x128::size;
   constexpr int kHalf = f128::size;  // 4 of a pack's 8 columns per plane
   f128* sums = reinterpret_cast<f128*>(smem) + team * 4 * C8;
+  x128* rows = reinterpret_cast<x128*>(reinterpret_cast<f128*>(smem) + kTeams * 4 * C8) + team * 4 * C8;
 #pragma unroll
   for (int u = 0; u < kPacks; u++) {
     const int j = tl + u * kLanes;
@@ -192,19 +202,41 @@ __global__ void __launch_bounds__(kTeam * kRegWarps * WARP_SIZE, reg_backward_bl
     }
   }
 
-  int parity = 0;
-  for (int row = blockIdx.x * kRegWarps + team; row < N; row += gridDim.x * kRegWarps) {
-    const int64_t off = (int64_t)row * C;
-    const float m = mean[row], s = rstd[row];
-    x128 g[kPacks], x[kPacks], old[kPacks];
+  // Row r's dout and inp into buffer buf (dout at rows[2 buf C8], inp at rows[(2 buf + 1) C8]), and its mean and
+  // rstd into next_m, next_s.
+  float next_m = 0.0f, next_s = 0.0f;
+  auto fetch_row = [&](int r, int buf) {
+    const int64_t o = (int64_t)r * C;
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
       const int j = tl + u * kLanes;
       if (j < C8) {
-        g[u] = load128cs(dout + off + j * x128::size);
-        x[u] = load128cs(inp + off + j * x128::size);
+        cp_async16(rows + 2 * buf * C8 + j, dout + o + j * x128::size);
+        cp_async16(rows + (2 * buf + 1) * C8 + j, inp + o + j * x128::size);
       }
     }
+    cp_async_commit();
+    next_m = mean[r];
+    next_s = rstd[r];
+  };
+  const int first = blockIdx.x * kTeams + team, stride = gridDim.x * kTeams;
+  if (first < N) fetch_row(first, 0);
+  int parity = 0, buf = 0;
+  for (int row = first; row < N; row += stride) {
+    const int64_t off = (int64_t)row * C;
+    const float m = next_m, s = next_s;
+    x128 g[kPacks], x[kPacks], old[kPacks];
+    cp_async_wait_all();  // this row's copies (the only ones in flight)
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      const int j = tl + u * kLanes;
+      if (j < C8) {
+        g[u] = rows[2 * buf * C8 + j];
+        x[u] = rows[(2 * buf + 1) * C8 + j];
+      }
+    }
+    if (row + stride < N) fetch_row(row + stride, buf ^ 1);
+    buf ^= 1;
     float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
@@ -279,7 +311,7 @@ __global__ void __launch_bounds__(kTeam * kRegWarps * WARP_SIZE, reg_backward_bl
     const int at = (plane * C8 + col / x128::size) * kHalf + col % kHalf;
     float v = 0.0f;
 #pragma unroll
-    for (int t = 0; t < kRegWarps; t++) v += all[t * 4 * C8 * kHalf + at];
+    for (int t = 0; t < kTeams; t++) v += all[t * 4 * C8 * kHalf + at];
     partials[(int64_t)blockIdx.x * 2 * C + i] = v;
   }
 }
@@ -490,20 +522,25 @@ void dispatch_packs(int packs, Fn&& fn) {
 }
 
 // fn(kernel, team) with the register backward kernel for rows of C channels (C <= 32 * kMaxRegPacks * 8) and
-// its warps per row: two from more than 128 packs (C > 1024), where one warp's row needs over 160 registers.
+// its warps per row (the team): one up to 64 packs (C <= 512), two up to 160 (C <= 1280), four beyond; the
+// probe's fastest at 768, 1024, 1280 (two) and 1600 (four). 2048 was not probed: four warps there too (2 packs
+// per lane, as at 1600).
 template <class Fn>
 void dispatch_backward(int C, Fn&& fn) {
   const int packs = reg_packs(C);
-  if (packs > 4) {
+  if (packs > 5) {
+    // 6-8 packs per warp give 2 per lane of a four-warp team: only that is instantiated
+    fn(layernorm_backward_regs_kernel<2, 4>, 4);
+  } else if (packs > 2) {
     dispatch_packs(ceil_div(packs, 2), [&](auto p) {
-      // 5-8 packs per warp give 3-4 per lane of a team: only those are instantiated
-      if constexpr (decltype(p)::value >= 3 && decltype(p)::value <= kMaxRegPacks / 2) {
+      // 3-5 packs per warp give 2-3 per lane of a two-warp team
+      if constexpr (decltype(p)::value >= 2 && decltype(p)::value <= 3) {
         fn(layernorm_backward_regs_kernel<decltype(p)::value, 2>, 2);
       }
     });
   } else {
     dispatch_packs(packs, [&](auto p) {
-      if constexpr (decltype(p)::value <= 4) fn(layernorm_backward_regs_kernel<decltype(p)::value, 1>, 1);
+      if constexpr (decltype(p)::value <= 2) fn(layernorm_backward_regs_kernel<decltype(p)::value, 1>, 1);
     });
   }
 }
@@ -567,13 +604,15 @@ LaunchConfig backward_config(int N, int C) {
   if (packs == 0) {
     return plan_smem_launch(layernorm_backward_smem_kernel, backward_smem_bytes, N, C, "layernorm_backward");
   }
-  const size_t smem = (size_t)kRegWarps * 2 * C * sizeof(float);  // per team: 2C floats
   LaunchConfig cfg{};
   dispatch_backward(C, [&](auto kernel, int team) {
+    const int teams = reg_backward_teams(team);
+    // per team: the sums (2C floats) and two row buffers of dout and inp (4C bf16)
+    const size_t smem = (size_t)teams * (2 * C * sizeof(float) + 4 * C * sizeof(floatX));
     if (smem > 48 * 1024) {
       CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     }
-    cfg = resident_launch(kernel, kRegWarps * team, smem, N * team);  // kRegWarps rows (teams) per block
+    cfg = resident_launch(kernel, teams * team, smem, N * team);  // `teams` rows per block
   });
   return cfg;
 }
