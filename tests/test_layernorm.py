@@ -118,6 +118,35 @@ def test_layernorm_backward_deterministic_in_place_and_accumulating(device, dtyp
     assert torch.equal(in_place, runs[0][0]), "dinp computed in place (dinp = dout) differs"
 
 
+_FRESH_PROCESS_WIDTHS = """
+import torch, torch.nn.functional as F
+import llmc.ops as ops
+torch.manual_seed(0)
+for C in (8, 264, 512, 520, 768, 1024, 1032, 1280, 1288, 1600, 2048):  # ascending: each kernel's smallest first
+    x = torch.randn(33, C, device="cuda")
+    w, b, dout = torch.rand(C, device="cuda") + 0.5, torch.randn(C, device="cuda"), torch.randn(33, C, device="cuda")
+    xr = x.clone().requires_grad_()
+    F.layer_norm(xr, (C,), w, b, 1e-5).backward(dout)
+    _, mean, rstd = torch.ops.aten.native_layer_norm(x, [C], w, b, 1e-5)
+    dw, db = torch.zeros(C, device="cuda").bfloat16(), torch.zeros(C, device="cuda").bfloat16()
+    dinp = ops.layernorm_backward(dout.bfloat16(), x.bfloat16(), w.bfloat16(), mean.view(-1), rstd.view(-1), dw, db)
+    err = (dinp.float() - xr.grad).abs().max().item() / xr.grad.abs().max().item()
+    assert err < 0.05, (C, err)
+print("OK")
+"""
+
+
+@requires_cuda
+def test_layernorm_backward_first_call_in_a_fresh_process():
+    # Kernel attributes (the shared-memory opt-in) persist in a process: a launch that only works after a wider
+    # call of the same kernel passes in-process tests run in the wrong order. Each width here is the first call
+    # of its kernel in a new process.
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_WIDTHS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-2000:]
+
+
 def test_layernorm_rejects_bad_input():
     x, w, b = torch.randn(4, 8), torch.randn(8), torch.randn(8)
     mean, rstd = torch.randn(4), torch.rand(4) + 0.5
