@@ -10,13 +10,13 @@
 // into fp32 partials in a fixed order, and a second kernel adds the partials, in block order, into the
 // parameter gradients. No float atomics.
 //
-// One warp per row. Rows of up to kMaxRegPacks * 32 packs (C <= 2048: every GPT-2 width) live in the
-// registers of their warp: all of a row's loads are in flight at once and the variance is the exact two-pass
-// one over the registers. The forward gives each warp one row (a grid of N / warps blocks, so the tail is one
-// row's latency) and touches no shared memory. The backward gives rows wider than 1024 channels to two warps
-// (see layernorm_backward_regs_kernel); its warps (or two-warp teams) each sum dweight/dbias over the rows they
-// own (a fixed, resident grid) in fp32, in their own slice of shared memory; the block then adds the slices in
-// order into its partials.
+// Rows of up to kMaxRegPacks * 32 packs (C <= 2048: every GPT-2 width) live in registers: all of a row's loads
+// are in flight at once and the variance is the exact two-pass one over the registers. The forward gives each
+// warp one row (a grid of N / warps blocks, so the tail is one row's latency) and touches no shared memory. The
+// backward gives a row to a team of one, two or four warps by width (see dispatch_backward), fetches each team's
+// next row into shared memory while it works the current one (see layernorm_backward_regs_kernel), and each
+// team sums dweight/dbias over the rows it owns (a fixed, resident grid) in fp32, in its own slice of shared
+// memory; the block then adds the slices in order into its partials.
 // Wider rows are staged in shared memory instead (any C that is a multiple of 8 fits, up to the shared
 // memory of one block: C = 8192 at least), so the row is still read from HBM exactly once; the backward's
 // blocks then work in rounds of one row per warp, and after a round the block's threads sum the staged rows
