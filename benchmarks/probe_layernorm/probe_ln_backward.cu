@@ -19,6 +19,8 @@
 //            rstd loaded before the current row is worked (double-buffered registers; session 7).
 //   ca / t2ca / t4ca / t4caB3: the same with the next row's dout and inp copied to shared memory by cp.async
 //            (double-buffered in shared memory, no registers held for it).
+//   t2caPDL / t4caPDL: t2ca / t4ca with the reduction kernel as a programmatic dependent launch (the row kernel
+//            triggers it at its start; it waits with griddepcontrol.wait): the launch gap between the two hidden.
 // (Session 6, first run: early B3 and team2 at 3 blocks/SM spilled and were 5-70% slower: dropped. From
 // 866fab8 the library ran team2lat's loop for C > 1024; since session 7's runs it runs t2ca's for 512 < C <= 1280
 // and t4ca's above, so "library" now agrees with those, not with team2lat.)
@@ -39,12 +41,16 @@ namespace {
 
 #define CK(x) CUDA_CHECK(x)
 
-template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit, int kPrefetch = 0>
+template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit, int kPrefetch = 0,
+          bool kTrigger = false>
 __global__ void __launch_bounds__(kTeam * kTeamsPerBlock * WARP_SIZE, kMinBlocks)
     ln_bwd_variant(floatX* dinp, float* __restrict__ partials, const floatX* dout, const floatX* inp,
                    const floatX* __restrict__ weight, const float* __restrict__ mean, const float* __restrict__ rstd,
                    int N, int C, bool accumulate) {
   extern __shared__ int4 smem[];
+  // kTrigger: let the dependent grid (the partials' reduction, launched with programmatic stream serialization)
+  // be launched now; it waits (griddepcontrol.wait) until this grid has finished and its writes are visible
+  if constexpr (kTrigger) asm volatile("griddepcontrol.launch_dependents;");
   constexpr int kLanes = kTeam * WARP_SIZE;
   constexpr int kHalf = f128::size;
   __shared__ float xch[kTeamsPerBlock][2][kTeam][2];  // row sums of each warp of a team, double-buffered
@@ -235,9 +241,30 @@ struct Variant {
       run;
 };
 
-template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit, int kPrefetch = 0>
+// The library's reduction kernel, waiting first for the grid it depends on (programmatic dependent launch).
+__global__ void reduce_after_wait(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
+                                  const float* __restrict__ partials, int num_partials, int C) {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  __shared__ float sums[kReduceRows][WARP_SIZE + 1];
+  const int col = blockIdx.x * WARP_SIZE + threadIdx.x;
+  float v = 0.0f;
+  if (col < 2 * C) {
+    for (int g = threadIdx.y; g < num_partials; g += kReduceRows) v += partials[(int64_t)g * 2 * C + col];
+  }
+  sums[threadIdx.y][threadIdx.x] = v;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < 2 * C) {
+    float total = 0.0f;
+    for (int y = 0; y < kReduceRows; y++) total += sums[y][threadIdx.x];
+    floatX* dst = col < C ? dweight + col : dbias + (col - C);
+    *dst = (floatX)((float)*dst + total);
+  }
+}
+
+template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit, int kPrefetch = 0,
+          bool kTrigger = false>
 Variant make_variant(const char* name, int N, int C, bool reduce = true) {
-  auto kernel = ln_bwd_variant<kPacks, kTeam, kTeamsPerBlock, kMinBlocks, kEarly, kSplit, kPrefetch>;
+  auto kernel = ln_bwd_variant<kPacks, kTeam, kTeamsPerBlock, kMinBlocks, kEarly, kSplit, kPrefetch, kTrigger>;
   const size_t smem = (size_t)kTeamsPerBlock * 2 * C * sizeof(float) +
                       (kPrefetch == 2 ? (size_t)kTeamsPerBlock * 4 * C * sizeof(floatX) : 0);
   CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -256,7 +283,19 @@ Variant make_variant(const char* name, int N, int C, bool reduce = true) {
     CK(cudaGetLastError());
     if (!reduce) return;
     const dim3 block(WARP_SIZE, kReduceRows);
-    layernorm_param_grad_reduce_kernel<<<ceil_div(2 * c, WARP_SIZE), block>>>(dweight, dbias, scratch, blocks, c);
+    if constexpr (kTrigger) {
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(ceil_div(2 * c, WARP_SIZE));
+      cfg.blockDim = block;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[0].val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      CK(cudaLaunchKernelEx(&cfg, reduce_after_wait, dweight, dbias, (const float*)scratch, blocks, c));
+    } else {
+      layernorm_param_grad_reduce_kernel<<<ceil_div(2 * c, WARP_SIZE), block>>>(dweight, dbias, scratch, blocks, c);
+    }
     CK(cudaGetLastError());
   };
   return v;
@@ -323,6 +362,10 @@ void add_variants(std::vector<Variant>& vs, int N, int C) {
   vs.push_back(make_variant<kHalfPacks, 2, 4, 2, false, false, 2>("t2ca", N, C));
   vs.push_back(make_variant<kQuarterPacks, 4, 2, 2, false, false, 2>("t4ca", N, C));
   vs.push_back(make_variant<kQuarterPacks, 4, 2, 3, false, false, 2>("t4caB3", N, C));
+  // not yet run on a GPU (written after session 7's runs): t2ca / t4ca with the reduction kernel launched as a
+  // programmatic dependent of the row kernel (its launch overlapping the row kernel's tail)
+  vs.push_back(make_variant<kHalfPacks, 2, 4, 2, false, false, 2, true>("t2caPDL", N, C));
+  vs.push_back(make_variant<kQuarterPacks, 4, 2, 2, false, false, 2, true>("t4caPDL", N, C));
 }
 
 void probe(int N, int C, bool accumulate, int sets, int iters) {
