@@ -27,6 +27,7 @@
 // change: silenced here so that the probe's own code compiles without warnings.
 #pragma nv_diag_suppress 20012
 #include "../../csrc/kernels/encoder.cu"
+#include "../probe_common.cuh"
 
 #include <cstdio>
 #include <cstring>
@@ -200,56 +201,6 @@ Variant rows2d(int C) {
           }};
 }
 
-struct XorShift {
-  uint64_t s;
-  explicit XorShift(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return s;
-  }
-  float uniform(float lo, float hi) { return lo + (hi - lo) * (float)((next() >> 11) * (1.0 / 9007199254740992.0)); }
-  int below(int n) { return (int)(((next() >> 32) * (uint64_t)n) >> 32); }
-};
-
-floatX* random_bf16(size_t n, uint64_t seed) {
-  XorShift rng(seed);
-  std::vector<floatX> h(n);
-  for (auto& v : h) v = __float2bfloat16(rng.uniform(-1.0f, 1.0f));
-  floatX* d = nullptr;
-  CK(cudaMalloc(&d, n * sizeof(floatX)));
-  CK(cudaMemcpy(d, h.data(), n * sizeof(floatX), cudaMemcpyHostToDevice));
-  return d;
-}
-
-// Microseconds per launch: `iters` calls of launch(set, stream), rotating over the sets, in one CUDA graph.
-double time_graph(const std::function<void(int, cudaStream_t)>& launch, int sets, int iters, cudaStream_t s,
-                  cudaEvent_t e0, cudaEvent_t e1) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int it = 0; it < iters; it++) launch(it % sets, s);
-  CK(cudaStreamEndCapture(s, &graph));
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  for (int w = 0; w < 3; w++) CK(cudaGraphLaunch(exec, s));
-  CK(cudaStreamSynchronize(s));
-  std::vector<float> ms;
-  for (int rep = 0; rep < 15; rep++) {
-    CK(cudaEventRecord(e0, s));
-    CK(cudaGraphLaunch(exec, s));
-    CK(cudaEventRecord(e1, s));
-    CK(cudaEventSynchronize(e1));
-    float t = 0;
-    CK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t);
-  }
-  CK(cudaGraphExecDestroy(exec));
-  CK(cudaGraphDestroy(graph));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2] * 1e3 / iters;
-}
-
 void probe(int B, int T, int C) {
   const int N = B * T;
   const size_t nc = (size_t)N * C;
@@ -260,12 +211,12 @@ void probe(int B, int T, int C) {
   printf("\nB=%d T=%d C=%d (N=%d): %d (idx, out) sets of %.1f MiB, %d calls per graph\n", B, T, C, N, sets,
          set_bytes / 1048576.0, iters);
 
-  floatX* wte = random_bf16((size_t)kPaddedVocab * C, 1);
-  floatX* wpe = random_bf16((size_t)T * C, 2);
+  floatX* wte = probe_kit::upload(probe_kit::random_values<floatX>((size_t)kPaddedVocab * C, 1, -1.0f, 1.0f));
+  floatX* wpe = probe_kit::upload(probe_kit::random_values<floatX>((size_t)T * C, 2, -1.0f, 1.0f));
   std::vector<int*> idx(sets);
   std::vector<floatX*> out(sets);
   for (int i = 0; i < sets; i++) {
-    XorShift rng(100 + i);
+    probe_kit::XorShift rng(100 + i);
     std::vector<int> h(N);
     for (auto& v : h) v = rng.below(kVocab);
     CK(cudaMalloc(&idx[i], N * sizeof(int)));
@@ -292,15 +243,12 @@ void probe(int B, int T, int C) {
 
   cudaStream_t stream;
   CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
 
-  const double copy_us = time_graph(
+  const double copy_us = probe_kit::graph_us(
       [&](int i, cudaStream_t s) {
         CK(cudaMemcpyAsync(out[i], out[(i + 1) % sets], nc * sizeof(floatX), cudaMemcpyDeviceToDevice, s));
       },
-      sets, iters, stream, e0, e1);
+      sets, iters, stream);
   const double copy_gbs = 4.0 * nc / copy_us * 1e-3;
   printf("  %-9s %8.2f us  %7.1f GB/s  (bytes read + written: %.1f MB)\n", "copy", copy_us, copy_gbs, 4e-6 * nc);
 
@@ -316,8 +264,8 @@ void probe(int B, int T, int C) {
     if (vi == 0) ref = got;
     size_t diff = 0;
     for (size_t i = 0; i < nc; i++) diff += memcmp(&got[i], &ref[i], sizeof(floatX)) != 0;
-    const double us = time_graph(
-        [&](int i, cudaStream_t s) { v.run(out[i], idx[i], wte, wpe, B, T, C, s); }, sets, iters, stream, e0, e1);
+    const double us = probe_kit::graph_us(
+        [&](int i, cudaStream_t s) { v.run(out[i], idx[i], wte, wpe, B, T, C, s); }, sets, iters, stream);
     if (vi == 0) lib_us = us;
     const double gbs = bytes / us * 1e-3;
     char check[64];
@@ -330,8 +278,6 @@ void probe(int B, int T, int C) {
            100.0 * gbs / copy_gbs, us / lib_us, check);
   }
 
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
   CK(cudaStreamDestroy(stream));
   for (int i = 0; i < sets; i++) {
     CK(cudaFree(idx[i]));
@@ -345,9 +291,7 @@ void probe(int B, int T, int C) {
 
 int main() {
   try {
-    cudaDeviceProp prop{};
-    CK(cudaGetDeviceProperties(&prop, 0));
-    printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    probe_kit::print_device();
     printf("columns: time per call, GB/s of 4N + 2NC + 2TC + 2NC bytes, share of the copy row's GB/s, time / library's"
            ", out of set 0 against the library's\n");
     probe(8, 1024, 1600);

@@ -24,13 +24,14 @@
 // (Session 6, first run: early B3 and team2 at 3 blocks/SM spilled and were 5-70% slower: dropped. From
 // 866fab8 the library ran team2lat's loop for C > 1024; since session 7's runs it runs t2ca's for 512 < C <= 1280
 // and t4ca's above, so "library" now agrees with those, not with team2lat.)
-// dinp must match the baseline bit for bit for the one-warp variants (same math, same order); team2 sums each row in another
-// order (its dinp may differ in the last bf16 bit) and every variant with another grid groups the dweight/dbias
-// partials differently: those are compared against the baseline with a tolerance, and all against themselves
-// (run twice, bit for bit).
+// dinp must match the baseline bit for bit for the one-warp variants (same math, same order); team2 sums each
+// row in another order (its dinp may differ in the last bf16 bit) and every variant with another grid groups
+// the dweight/dbias partials differently: those are compared against the baseline with a tolerance, and all
+// against themselves (run twice, bit for bit).
 //
 // Build and run: run.sh (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math).
 #include "../../csrc/kernels/layernorm.cu"
+#include "../probe_common.cuh"
 
 #include <cstdio>
 #include <cstring>
@@ -303,35 +304,6 @@ Variant make_variant(const char* name, int N, int C, bool reduce = true) {
 
 float bf2f(floatX v) { return __bfloat162float(v); }
 
-std::vector<float> fill_random(size_t n, uint64_t seed, float lo, float hi) {
-  std::vector<float> v(n);
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto& e : v) {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    e = lo + (hi - lo) * (float)((s >> 11) * (1.0 / 9007199254740992.0));
-  }
-  return v;
-}
-
-template <class T>
-T* upload(const std::vector<float>& h) {
-  std::vector<T> t(h.size());
-  for (size_t i = 0; i < h.size(); i++) t[i] = (T)h[i];
-  T* d = nullptr;
-  CK(cudaMalloc(&d, t.size() * sizeof(T)));
-  CK(cudaMemcpy(d, t.data(), t.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
-}
-
-template <class T>
-std::vector<T> download(const T* d, size_t n) {
-  std::vector<T> h(n);
-  CK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
-  return h;
-}
-
 template <int kPacks>
 void add_variants(std::vector<Variant>& vs, int N, int C) {
   constexpr int kB = kPacks <= 5 ? 3 : 2;
@@ -375,14 +347,14 @@ void probe(int N, int C, bool accumulate, int sets, int iters) {
   std::vector<floatX*> dout(sets), inp(sets), dinp(sets), old(sets);
   std::vector<float*> mean(sets), rstd(sets);
   for (int i = 0; i < sets; i++) {
-    dout[i] = upload<floatX>(fill_random(nc, 10 * i + 1, -1.0f, 1.0f));
-    inp[i] = upload<floatX>(fill_random(nc, 10 * i + 2, -2.0f, 2.0f));
-    old[i] = upload<floatX>(fill_random(nc, 10 * i + 3, -1.0f, 1.0f));
-    mean[i] = upload<float>(fill_random(N, 10 * i + 4, -0.3f, 0.3f));
-    rstd[i] = upload<float>(fill_random(N, 10 * i + 5, 0.5f, 1.5f));
+    dout[i] = probe_kit::upload(probe_kit::random_values<floatX>(nc, 10 * i + 1, -1.0f, 1.0f));
+    inp[i] = probe_kit::upload(probe_kit::random_values<floatX>(nc, 10 * i + 2, -2.0f, 2.0f));
+    old[i] = probe_kit::upload(probe_kit::random_values<floatX>(nc, 10 * i + 3, -1.0f, 1.0f));
+    mean[i] = probe_kit::upload(probe_kit::random_values<float>(N, 10 * i + 4, -0.3f, 0.3f));
+    rstd[i] = probe_kit::upload(probe_kit::random_values<float>(N, 10 * i + 5, 0.5f, 1.5f));
     CK(cudaMalloc(&dinp[i], nc * sizeof(floatX)));
   }
-  floatX* weight = upload<floatX>(fill_random(C, 7, 0.5f, 1.5f));
+  floatX* weight = probe_kit::upload(probe_kit::random_values<floatX>(C, 7, 0.5f, 1.5f));
   floatX *dweight = nullptr, *dbias = nullptr;
   CK(cudaMalloc(&dweight, C * sizeof(floatX)));
   CK(cudaMalloc(&dbias, C * sizeof(floatX)));
@@ -416,9 +388,9 @@ void probe(int N, int C, bool accumulate, int sets, int iters) {
       reset(0);
       v.run(dinp[0], dweight, dbias, scratch, dout[0], inp[0], weight, mean[0], rstd[0], N, C, accumulate);
       CK(cudaDeviceSynchronize());
-      got[rep][0] = download(dinp[0], nc);
-      got[rep][1] = download(dweight, C);
-      got[rep][2] = download(dbias, C);
+      got[rep][0] = probe_kit::download(dinp[0], nc);
+      got[rep][1] = probe_kit::download(dweight, C);
+      got[rep][2] = probe_kit::download(dbias, C);
     }
     bool self_same = true;
     for (int k = 0; k < 3; k++)
@@ -488,9 +460,7 @@ void probe(int N, int C, bool accumulate, int sets, int iters) {
 }  // namespace
 
 int main() {
-  cudaDeviceProp prop{};
-  CK(cudaGetDeviceProperties(&prop, 0));
-  printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  probe_kit::print_device();
   for (bool acc : {true, false}) {
     probe(8192, 1600, acc, 4, 40);
     probe(65536, 768, acc, 3, 20);

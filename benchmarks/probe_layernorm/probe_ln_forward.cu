@@ -23,6 +23,7 @@
 //
 // Build and run: run_forward.sh (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math).
 #include "../../csrc/kernels/layernorm.cu"
+#include "../probe_common.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -194,66 +195,11 @@ void add_variants(std::vector<Variant>& vs) {
 
 float bf2f(floatX v) { return __bfloat162float(v); }
 
-std::vector<floatX> random_bf16(size_t n, uint64_t seed, float lo, float hi) {
-  std::vector<floatX> v(n);
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto& e : v) {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    e = (floatX)(lo + (hi - lo) * (float)((s >> 11) * (1.0 / 9007199254740992.0)));
-  }
-  return v;
-}
-
 template <class T>
 T* dev_alloc(size_t n) {
   T* d = nullptr;
   CK(cudaMalloc(&d, n * sizeof(T)));
   return d;
-}
-
-floatX* upload(const std::vector<floatX>& h) {
-  floatX* d = dev_alloc<floatX>(h.size());
-  CK(cudaMemcpy(d, h.data(), h.size() * sizeof(floatX), cudaMemcpyHostToDevice));
-  return d;
-}
-
-template <class T>
-std::vector<T> download(const T* d, size_t n) {
-  std::vector<T> h(n);
-  CK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
-  return h;
-}
-
-// us per call: `iters` calls of fn(i % sets) captured in one graph, median of 15 replays after 3 warm-up ones.
-double graph_us(const std::function<void(int, cudaStream_t)>& fn, int sets, int iters, cudaStream_t st) {
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-  for (int it = 0; it < iters; it++) fn(it % sets, st);
-  CK(cudaStreamEndCapture(st, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  for (int w = 0; w < 3; w++) CK(cudaGraphLaunch(ge, st));
-  std::vector<float> ms;
-  for (int rep = 0; rep < 15; rep++) {
-    CK(cudaEventRecord(e0, st));
-    CK(cudaGraphLaunch(ge, st));
-    CK(cudaEventRecord(e1, st));
-    CK(cudaEventSynchronize(e1));
-    float t = 0;
-    CK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  CK(cudaGraphExecDestroy(ge));
-  CK(cudaGraphDestroy(g));
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
-  return ms[ms.size() / 2] * 1e3 / iters;
 }
 
 template <bool kRes>
@@ -266,19 +212,19 @@ void probe(int N, int C, cudaStream_t st) {
          sets, iters);
   std::vector<Bufs> bufs(sets);
   for (int i = 0; i < sets; i++) {
-    bufs[i].inp1 = upload(random_bf16(nc, 10 * i + 1, -2.0f, 3.0f));
-    bufs[i].inp2 = kRes ? upload(random_bf16(nc, 10 * i + 2, -1.0f, 1.0f)) : nullptr;
+    bufs[i].inp1 = probe_kit::upload(probe_kit::random_values<floatX>(nc, 10 * i + 1, -2.0f, 3.0f));
+    bufs[i].inp2 = kRes ? probe_kit::upload(probe_kit::random_values<floatX>(nc, 10 * i + 2, -1.0f, 1.0f)) : nullptr;
     bufs[i].out = dev_alloc<floatX>(nc);
     bufs[i].residual = kRes ? dev_alloc<floatX>(nc) : nullptr;
     bufs[i].mean = dev_alloc<float>(N);
     bufs[i].rstd = dev_alloc<float>(N);
   }
-  floatX* weight = upload(random_bf16(C, 7, 0.5f, 1.5f));
-  floatX* bias = upload(random_bf16(C, 8, -0.5f, 0.5f));
+  floatX* weight = probe_kit::upload(probe_kit::random_values<floatX>(C, 7, 0.5f, 1.5f));
+  floatX* bias = probe_kit::upload(probe_kit::random_values<floatX>(C, 8, -0.5f, 0.5f));
 
   // the ceiling: a device-to-device copy of 2 N C bytes per call, read + written
   floatX* copy_dst = dev_alloc<floatX>(nc);
-  const double copy_us = graph_us(
+  const double copy_us = probe_kit::graph_us(
       [&](int i, cudaStream_t s) {
         CK(cudaMemcpyAsync(copy_dst, bufs[i].inp1, nc * sizeof(floatX), cudaMemcpyDeviceToDevice, s));
       },
@@ -306,9 +252,9 @@ void probe(int N, int C, cudaStream_t st) {
     if (kRes) CK(cudaMemsetAsync(bufs[0].residual, 0xff, nc * sizeof(floatX), st));
     v.run(bufs[0], weight, bias, N, C, st);
     CK(cudaStreamSynchronize(st));
-    const auto out = download(bufs[0].out, nc);
-    const auto res = kRes ? download(bufs[0].residual, nc) : std::vector<floatX>();
-    const auto mean = download(bufs[0].mean, N), rstd = download(bufs[0].rstd, N);
+    const auto out = probe_kit::download(bufs[0].out, nc);
+    const auto res = kRes ? probe_kit::download(bufs[0].residual, nc) : std::vector<floatX>();
+    const auto mean = probe_kit::download(bufs[0].mean, N), rstd = probe_kit::download(bufs[0].rstd, N);
     if (vi == 0) {
       ref_out = out;
       ref_res = res;
@@ -325,7 +271,8 @@ void probe(int N, int C, cudaStream_t st) {
     }
     const bool stats_same = v.name == "nostats" || (memcmp(mean.data(), ref_mean.data(), N * sizeof(float)) == 0 &&
                                                     memcmp(rstd.data(), ref_rstd.data(), N * sizeof(float)) == 0);
-    const double us = graph_us([&](int i, cudaStream_t s) { v.run(bufs[i], weight, bias, N, C, s); }, sets, iters, st);
+    const double us =
+        probe_kit::graph_us([&](int i, cudaStream_t s) { v.run(bufs[i], weight, bias, N, C, s); }, sets, iters, st);
     if (vi == 0) lib_us = us;
     char verdict[160];
     if (diff == 0 && stats_same) {
@@ -355,9 +302,7 @@ void probe(int N, int C, cudaStream_t st) {
 }  // namespace
 
 int main() {
-  cudaDeviceProp prop{};
-  CK(cudaGetDeviceProperties(&prop, 0));
-  printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  probe_kit::print_device();
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   for (int rep = 0; rep < 2; rep++) {  // twice: the spread between runs of the same variant
