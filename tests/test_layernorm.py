@@ -8,10 +8,12 @@ import llmc.ops as ops
 from conftest import assert_close, devices_and_dtypes, poisoned, randn, requires_cuda
 
 # N = 1, 7, 1023 rows with GPT-2's widths; (5, 8192) takes the widest rows the tests promise; (3, 8) and
-# (4, 264) are narrower than a warp's 256 channels or not a multiple of them; (7, 1032) and (1023, 1288) give the
-# backward's two-warp rows (C > 1024) a partly filled last pack.
+# (4, 264) are narrower than a warp's 256 channels or not a multiple of them. The backward shares a row between
+# one warp (C <= 512), two (C <= 1280) or four (wider, up to 2048): (7, 1032) gives a two-warp row, (1023, 1288) a
+# four-warp row, each with a partly filled last pack; (2049, 1280) runs many rows per team through the two-warp
+# kernel with three packs per lane, the next row's copy in flight while the current one is worked.
 SHAPES = [(n, c) for n in (1, 7, 1023) for c in (768, 1024, 1600, 2048)] + [(5, 8192), (3, 8), (4, 264), (7, 1032),
-                                                                            (1023, 1288)]
+                                                                            (1023, 1288), (2049, 1280)]
 EPS = 1e-5
 
 
@@ -116,35 +118,52 @@ def test_layernorm_backward_deterministic_in_place_and_accumulating(device, dtyp
     ops.layernorm_backward(in_place, x, weight, mean, rstd, torch.zeros_like(weight), torch.zeros_like(weight),
                            dinp=in_place)
     assert torch.equal(in_place, runs[0][0]), "dinp computed in place (dinp = dout) differs"
+    over_inp = x.clone()
+    ops.layernorm_backward(dout, over_inp, weight, mean, rstd, torch.zeros_like(weight), torch.zeros_like(weight),
+                           dinp=over_inp)
+    assert torch.equal(over_inp, runs[0][0]), "dinp computed over its input (dinp = inp) differs"
 
 
-_FRESH_PROCESS_WIDTHS = """
-import torch, torch.nn.functional as F
+# Ascending, so each kernel's smallest width is its first call in the process: 8 / 520 / 1288 open the one-, two-
+# and four-warp backward kernels; 768 and 1536 ask exactly 48 KB of dynamic shared memory (two- and four-warp teams).
+FRESH_PROCESS_WIDTHS = (8, 264, 512, 520, 768, 1024, 1032, 1280, 1288, 1536, 1600, 2048)
+_FRESH_PROCESS_SCRIPT = """
+import sys, torch
 import llmc.ops as ops
-torch.manual_seed(0)
-for C in (8, 264, 512, 520, 768, 1024, 1032, 1280, 1288, 1600, 2048):  # ascending: each kernel's smallest first
-    x = torch.randn(33, C, device="cuda")
-    w, b, dout = torch.rand(C, device="cuda") + 0.5, torch.randn(C, device="cuda"), torch.randn(33, C, device="cuda")
-    xr = x.clone().requires_grad_()
-    F.layer_norm(xr, (C,), w, b, 1e-5).backward(dout)
-    _, mean, rstd = torch.ops.aten.native_layer_norm(x, [C], w, b, 1e-5)
+cases = torch.load(sys.argv[1])
+outs = {}
+for C, (dout, x, w, mean, rstd) in sorted(cases.items()):
     dw, db = torch.zeros(C, device="cuda").bfloat16(), torch.zeros(C, device="cuda").bfloat16()
-    dinp = ops.layernorm_backward(dout.bfloat16(), x.bfloat16(), w.bfloat16(), mean.view(-1), rstd.view(-1), dw, db)
-    err = (dinp.float() - xr.grad).abs().max().item() / xr.grad.abs().max().item()
-    assert err < 0.05, (C, err)
-print("OK")
+    dinp = ops.layernorm_backward(*(t.cuda() for t in (dout, x, w, mean, rstd)), dw, db)
+    outs[C] = tuple(t.cpu() for t in (dinp, dw, db))
+torch.save(outs, sys.argv[2])
 """
 
 
 @requires_cuda
-def test_layernorm_backward_first_call_in_a_fresh_process():
+def test_layernorm_backward_first_call_in_a_fresh_process(tmp_path):
     # Kernel attributes (the shared-memory opt-in) persist in a process: a launch that only works after a wider
     # call of the same kernel passes in-process tests run in the wrong order. Each width here is the first call
-    # of its kernel in a new process.
+    # of its kernel, or of its shared-memory size, in a new process.
     import subprocess
     import sys
-    done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_WIDTHS], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-2000:]
+    cases, expected = {}, {}
+    for C in FRESH_PROCESS_WIDTHS:
+        x, weight, bias = ln_inputs((33, C), torch.bfloat16, "cpu")
+        dout = randn((33, C), torch.bfloat16, "cpu")
+        mean, rstd = torch_stats(x)
+        cases[C] = (dout, x, weight, mean, rstd)
+        xr, wr, br = (t.float().requires_grad_(True) for t in (x, weight, bias))
+        F.layer_norm(xr, (C,), wr, br, EPS).backward(dout.float())
+        expected[C] = (xr.grad, wr.grad, br.grad)
+    torch.save(cases, tmp_path / "in.pt")
+    done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_SCRIPT, str(tmp_path / "in.pt"),
+                           str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = torch.load(tmp_path / "out.pt")
+    for C in FRESH_PROCESS_WIDTHS:
+        for name, a, e in zip(("dinp", "dweight", "dbias"), got[C], expected[C]):
+            assert_close(a, e, torch.bfloat16, f"C={C} {name}")
 
 
 def test_layernorm_rejects_bad_input():
@@ -175,6 +194,11 @@ def test_layernorm_rejects_bad_input():
         ops.layernorm_backward(torch.randn(5, 8), x, w, mean, rstd, dw, db)
     with pytest.raises(ValueError, match="mean has shape"):
         ops.layernorm_backward(x, x, w, torch.randn(5), rstd, dw, db)
+    big = torch.randn(5, 8)
+    with pytest.raises(ValueError, match="dinp partly overlaps dout"):
+        ops.layernorm_backward(big[:4], x, w, mean, rstd, dw, db, dinp=big[1:])
+    with pytest.raises(ValueError, match="dinp partly overlaps inp"):
+        ops.layernorm_backward(x, big[1:], w, mean, rstd, dw, db, dinp=big[:4])
     with pytest.raises(ValueError, match="dinp must be given"):
         ops.layernorm_backward(x, x, w, mean, rstd, dw, db, accumulate=True)
     with pytest.raises(TypeError, match="accumulate"):

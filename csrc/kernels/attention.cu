@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkv_kernel(
 
 template <class Kernel, class... Args>
 void launch(Kernel kernel, int B, int T, int NH, size_t smem_bytes, cudaStream_t stream, Args... args) {
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes));
+  ensure_dynamic_smem(kernel, smem_bytes);
   const dim3 grid(ceil_div(T, kTile), NH, B);
   kernel<<<grid, kThreads, smem_bytes, stream>>>(args...);
   CUDA_CHECK(cudaGetLastError());

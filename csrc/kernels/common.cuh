@@ -2,6 +2,8 @@
 // 128-bit packed loads/stores and fp32 warp/block reductions (device side, CUDA only).
 #pragma once
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -38,6 +40,22 @@ inline int current_device_sm_count() {
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   if (dev < 64) cached[dev] = sms;
   return sms;
+}
+
+// Raise a kernel's dynamic shared-memory limit to at least `bytes` on the current device. The attribute persists
+// for the process, so it is set only when this launch needs more than any earlier one did (a launcher that only
+// set it above 48 KB would miss that the kernel's static shared memory counts too). Thread-safe.
+template <class Kernel>
+void ensure_dynamic_smem(Kernel kernel, size_t bytes) {
+  static std::mutex lock;
+  static std::map<std::pair<int, const void*>, size_t> granted;  // (device, kernel) -> limit set
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> guard(lock);
+  size_t& have = granted[{dev, reinterpret_cast<const void*>(kernel)}];
+  if (bytes <= have) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  have = bytes;
 }
 
 // The bias gradient dbias[c] += sum over rows r < N of dout[r, c] (matmul.cu; fp8.cu's cast also computes it),
@@ -106,6 +124,10 @@ __device__ inline void store128cs(T* p, Packed128<T> v) {
 // 16 bytes global -> shared memory without passing through registers (cp.async, sm_80+; cached in L2 only).
 // The copies a thread issued land after its cp_async_commit() and cp_async_wait_all(); only that thread may rely
 // on them then (other threads need a barrier too).
+// The package builds for sm_80 and sm_90a only (CMakeLists.txt); an older target fails here, at compile time.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "llmc's kernels need sm_80 or newer (cp.async)"
+#endif
 template <class T>
 __device__ inline void cp_async16(Packed128<T>* smem_dst, const T* global_src) {
   const unsigned dst = (unsigned)__cvta_generic_to_shared(smem_dst);

@@ -570,9 +570,7 @@ LaunchConfig plan_smem_launch(Kernel kernel, SmemFn smem_bytes, int N, int C, co
   const size_t smem = smem_bytes(C, warps);
   LLMC_REQUIRE(smem <= (size_t)limit, std::string(what) + ": C = " + std::to_string(C) +
                                           " needs more shared memory than one block has");
-  if (smem > 48 * 1024) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  }
+  ensure_dynamic_smem(kernel, smem);
   return resident_launch(kernel, warps, smem, N);
 }
 
@@ -610,8 +608,8 @@ LaunchConfig backward_config(int N, int C) {
     // per team: the sums (2C floats) and two row buffers of dout and inp (4C bf16)
     const size_t smem = (size_t)teams * (2 * C * sizeof(float) + 4 * C * sizeof(floatX));
     // The opt-in above 48 KB counts the kernel's static shared memory (the row-sum exchange) too: at C = 768 the
-    // dynamic part alone is exactly 48 KB. So the limit is always set to what this launch asks.
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    // dynamic part alone is exactly 48 KB. So the limit is raised to whatever this launch asks.
+    ensure_dynamic_smem(kernel, smem);
     cfg = resident_launch(kernel, teams * team, smem, N * team);  // `teams` rows per block
   });
   return cfg;

@@ -442,6 +442,13 @@ def layernorm_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tens
     dinp = _output(dinp, "dinp", inp.shape, dtype, device)
     _check_writes_disjoint(dict(dweight=dweight, dbias=dbias),
                            dict(dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd, dinp=dinp))
+    _check_writes_disjoint(dict(dinp=dinp), dict(weight=weight, mean=mean, rstd=rstd))
+    for name, t in (("dout", dout), ("inp", inp)):
+        # a row is read whole before its dinp row is written, so dinp may BE dout or inp, but a shifted overlap
+        # would let one row's write land in a row another warp has yet to read
+        if _overlaps(dinp, t) and dinp.data_ptr() != t.data_ptr():
+            raise ValueError(f"dinp partly overlaps {name}: pass {name} itself as dinp (in place) or a separate "
+                             f"buffer")
     if device.type == "cuda":
         ext = _ext()
         scratch = torch.empty(ext.layernorm_backward_scratch_floats(N, C), dtype=torch.float32, device=device)
