@@ -49,6 +49,21 @@ std::vector<T> download(const T* d, size_t n) {
   return h;
 }
 
+// The ceiling the probes report against: a kernel copying `bytes` (a multiple of 16) from src to dst, 16 bytes per
+// thread, grid-stride. Not cudaMemcpyAsync: inside a CUDA graph that is a memcpy node run by a copy engine, about
+// 2.7 TB/s on an H200 where kernels move 4.2 TB/s (session 8).
+__global__ void copy16_kernel(int4* __restrict__ dst, const int4* __restrict__ src, size_t n16) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n16; i += (size_t)gridDim.x * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+inline void copy_kernel(void* dst, const void* src, size_t bytes, cudaStream_t st) {
+  const size_t n16 = bytes / 16;
+  const int blocks = (int)std::min<size_t>((n16 + 255) / 256, 132 * 16);
+  copy16_kernel<<<blocks, 256, 0, st>>>(static_cast<int4*>(dst), static_cast<const int4*>(src), n16);
+  CUDA_CHECK(cudaGetLastError());
+}
+
 // Microseconds per call: `iters` calls of launch(i % sets, stream) captured in one CUDA graph; median of 15
 // replays after 3 warm-up ones, divided by iters.
 inline double graph_us(const std::function<void(int, cudaStream_t)>& launch, int sets, int iters, cudaStream_t st) {

@@ -20,7 +20,7 @@
 //
 // Timing as benchmarks/common.py does it: `iters` launches rotating over the (idx, out) sets (their bytes exceed
 // 120 MiB, so ids come from HBM and out is not L2-resident) captured into one CUDA graph, 3 warm-up replays,
-// median of 15 timed replays / iters. "copy" is cudaMemcpyAsync of 2NC bytes (read + write = 4NC), the ceiling.
+// median of 15 timed replays / iters. "copy" is a copy kernel moving 2NC bytes (read + write = 4NC), the ceiling.
 //
 // Build and run: run.sh (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math).
 // nvcc 13 warns (#20012-D) about the `__device__ Packed128() = default;` in common.cuh, which this probe must not
@@ -246,7 +246,7 @@ void probe(int B, int T, int C) {
 
   const double copy_us = probe_kit::graph_us(
       [&](int i, cudaStream_t s) {
-        CK(cudaMemcpyAsync(out[i], out[(i + 1) % sets], nc * sizeof(floatX), cudaMemcpyDeviceToDevice, s));
+        probe_kit::copy_kernel(out[i], out[(i + 1) % sets], nc * sizeof(floatX), s);
       },
       sets, iters, stream);
   const double copy_gbs = 4.0 * nc / copy_us * 1e-3;

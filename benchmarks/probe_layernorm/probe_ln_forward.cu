@@ -13,6 +13,9 @@
 //   wearly    weight and bias loaded with the row, before the reductions
 //   nostats   mean and rstd not written (a diagnostic: what those 8 bytes per row cost; not a candidate)
 //   w2 / w8   2 or 8 rows (warps) per block instead of 4
+//   gs / gs8 / gs4x4: a resident grid (4 or 8 warps per block; gs4x4 at most 4 blocks per SM), each warp striding
+//             over rows and loading its next row into registers before working the current one (session 8)
+//   rows2 / rows2w2: each warp loads two rows before working either (4 or 2 warps per block; session 8)
 //   team2 / team3 / team4: each row shared by 2 / 3 / 4 warps (row sums exchanged through shared memory and a
 //             named barrier per team); fewer packs per lane. These sum in another order: mean/rstd and so out
 //             may differ from the library in the last bits (reported, with the largest difference).
@@ -177,6 +180,136 @@ Variant make_variant(const char* name, bool exact) {
   return v;
 }
 
+// One row of the library kernel's math on a warp's registers (x: the row; y: the second input, kRes): residual
+// and out stored streaming, stats written. The same operations in the same order as the library, so bit-identical.
+template <bool kRes, int kPacks>
+__device__ inline void ln_fwd_row(x128 (&x)[kPacks], const x128 (&y)[kRes ? kPacks : 1], int row, int lane, int C8,
+                                  int C, float eps, floatX* out, float* mean, float* rstd, floatX* residual,
+                                  const floatX* weight, const floatX* bias) {
+  const int64_t off = (int64_t)row * C;
+  float sum = 0.0f;
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    const int j = lane + u * WARP_SIZE;
+    if (j < C8) {
+      if constexpr (kRes) {
+        x[u] = add_packs(x[u], y[u]);
+        store128cs(residual + off + j * x128::size, x[u]);
+      }
+      add_pack_sum(sum, x[u]);
+    }
+  }
+  const float m = warp_reduce_sum(sum) / C;
+  float var = 0.0f;
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    if (lane + u * WARP_SIZE < C8) add_pack_sq_dev(var, x[u], m);
+  }
+  const float s = rsqrtf(warp_reduce_sum(var) / C + eps);
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    const int j = lane + u * WARP_SIZE;
+    if (j < C8) {
+      const x128 w = load128(weight + j * x128::size), b = load128(bias + j * x128::size);
+      store128cs(out + off + j * x128::size, normalize_pack(x[u], w, b, m, s));
+    }
+  }
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = s;
+  }
+}
+
+template <bool kRes, int kPacks>
+__device__ inline void ln_fwd_load(x128 (&x)[kPacks], x128 (&y)[kRes ? kPacks : 1], int row, int lane, int C8, int C,
+                                   const floatX* inp1, const floatX* inp2) {
+  const int64_t off = (int64_t)row * C;
+#pragma unroll
+  for (int u = 0; u < kPacks; u++) {
+    const int j = lane + u * WARP_SIZE;
+    if (j < C8) {
+      x[u] = load128cs(inp1 + off + j * x128::size);
+      if constexpr (kRes) y[u] = load128cs(inp2 + off + j * x128::size);
+    }
+  }
+}
+
+// "gs": a resident grid; warp w of the grid works rows w, w + G, ... (G warps in all) and loads its next row into
+// registers before it works the current one.
+template <bool kRes, int kPacks, int kWarps>
+__global__ void __launch_bounds__(kWarps * WARP_SIZE)
+    ln_fwd_gs(floatX* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+              floatX* __restrict__ residual, const floatX* __restrict__ inp1, const floatX* __restrict__ inp2,
+              const floatX* __restrict__ weight, const floatX* __restrict__ bias, int N, int C, float eps) {
+  const int lane = threadIdx.x % WARP_SIZE, C8 = C / x128::size;
+  const int G = gridDim.x * kWarps;
+  int row = blockIdx.x * kWarps + threadIdx.x / WARP_SIZE;
+  if (row >= N) return;
+  x128 x[kPacks], y[kRes ? kPacks : 1];
+  ln_fwd_load<kRes, kPacks>(x, y, row, lane, C8, C, inp1, inp2);
+  for (; row < N; row += G) {
+    x128 nx[kPacks], ny[kRes ? kPacks : 1];
+    if (row + G < N) ln_fwd_load<kRes, kPacks>(nx, ny, row + G, lane, C8, C, inp1, inp2);
+    ln_fwd_row<kRes, kPacks>(x, y, row, lane, C8, C, eps, out, mean, rstd, residual, weight, bias);
+#pragma unroll
+    for (int u = 0; u < kPacks; u++) {
+      x[u] = nx[u];
+      if constexpr (kRes) y[u] = ny[u];
+    }
+  }
+}
+
+// "rows2": each warp loads two rows (2w, 2w + 1 of its block's rows) before working either.
+template <bool kRes, int kPacks, int kWarps>
+__global__ void __launch_bounds__(kWarps * WARP_SIZE)
+    ln_fwd_rows2(floatX* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+                 floatX* __restrict__ residual, const floatX* __restrict__ inp1, const floatX* __restrict__ inp2,
+                 const floatX* __restrict__ weight, const floatX* __restrict__ bias, int N, int C, float eps) {
+  const int lane = threadIdx.x % WARP_SIZE, C8 = C / x128::size;
+  const int row = 2 * (blockIdx.x * kWarps + threadIdx.x / WARP_SIZE);
+  if (row >= N) return;
+  x128 x0[kPacks], y0[kRes ? kPacks : 1], x1[kPacks], y1[kRes ? kPacks : 1];
+  ln_fwd_load<kRes, kPacks>(x0, y0, row, lane, C8, C, inp1, inp2);
+  if (row + 1 < N) ln_fwd_load<kRes, kPacks>(x1, y1, row + 1, lane, C8, C, inp1, inp2);
+  ln_fwd_row<kRes, kPacks>(x0, y0, row, lane, C8, C, eps, out, mean, rstd, residual, weight, bias);
+  if (row + 1 < N) ln_fwd_row<kRes, kPacks>(x1, y1, row + 1, lane, C8, C, eps, out, mean, rstd, residual, weight, bias);
+}
+
+template <bool kRes, int kPacks, int kWarps, int kBlocksPerSm>
+Variant make_gs_variant(const char* name) {
+  auto kernel = ln_fwd_gs<kRes, kPacks, kWarps>;
+  cudaFuncAttributes attr{};
+  CK(cudaFuncGetAttributes(&attr, kernel));
+  int per_sm = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * WARP_SIZE, 0));
+  const int blocks_per_sm = kBlocksPerSm > 0 ? std::min(kBlocksPerSm, per_sm) : per_sm;
+  const int grid = current_device_sm_count() * blocks_per_sm;
+  printf("  %-8s %3d regs, %zu B local, %2d blocks/SM x %d threads, grid %d\n", name, attr.numRegs,
+         attr.localSizeBytes, per_sm, kWarps * WARP_SIZE, grid);
+  Variant v{name, true, nullptr};
+  v.run = [=](const Bufs& s, const floatX* w, const floatX* b, int n, int c, cudaStream_t st) {
+    const int g = std::min(grid, ceil_div(n, kWarps));
+    kernel<<<g, kWarps * WARP_SIZE, 0, st>>>(s.out, s.mean, s.rstd, s.residual, s.inp1, s.inp2, w, b, n, c, 1e-5f);
+    CK(cudaGetLastError());
+  };
+  return v;
+}
+
+template <bool kRes, int kPacks, int kWarps>
+Variant make_rows2_variant(const char* name) {
+  auto kernel = ln_fwd_rows2<kRes, kPacks, kWarps>;
+  cudaFuncAttributes attr{};
+  CK(cudaFuncGetAttributes(&attr, kernel));
+  printf("  %-8s %3d regs, %zu B local, %d threads\n", name, attr.numRegs, attr.localSizeBytes, kWarps * WARP_SIZE);
+  Variant v{name, true, nullptr};
+  v.run = [=](const Bufs& s, const floatX* w, const floatX* b, int n, int c, cudaStream_t st) {
+    kernel<<<ceil_div(n, 2 * kWarps), kWarps * WARP_SIZE, 0, st>>>(s.out, s.mean, s.rstd, s.residual, s.inp1,
+                                                                   s.inp2, w, b, n, c, 1e-5f);
+    CK(cudaGetLastError());
+  };
+  return v;
+}
+
 template <bool kRes, int kP>
 void add_variants(std::vector<Variant>& vs) {
   vs.push_back(make_variant<kRes, kP, 1, 4, kLdCs, false, true, false>("same", true));
@@ -191,6 +324,11 @@ void add_variants(std::vector<Variant>& vs) {
   vs.push_back(make_variant<kRes, (kP + 1) / 2, 2, 4, kLdCs, false, true, false>("team2", false));
   vs.push_back(make_variant<kRes, (kP * 32 + 95) / 96, 3, 2, kLdCs, false, true, false>("team3", false));
   vs.push_back(make_variant<kRes, (kP + 3) / 4, 4, 2, kLdCs, false, true, false>("team4", false));
+  vs.push_back(make_gs_variant<kRes, kP, 4, 0>("gs"));
+  vs.push_back(make_gs_variant<kRes, kP, 8, 0>("gs8"));
+  vs.push_back(make_gs_variant<kRes, kP, 4, 4>("gs4x4"));
+  vs.push_back(make_rows2_variant<kRes, kP, 4>("rows2"));
+  vs.push_back(make_rows2_variant<kRes, kP, 2>("rows2w2"));
 }
 
 float bf2f(floatX v) { return __bfloat162float(v); }
@@ -222,11 +360,11 @@ void probe(int N, int C, cudaStream_t st) {
   floatX* weight = probe_kit::upload(probe_kit::random_values<floatX>(C, 7, 0.5f, 1.5f));
   floatX* bias = probe_kit::upload(probe_kit::random_values<floatX>(C, 8, -0.5f, 0.5f));
 
-  // the ceiling: a device-to-device copy of 2 N C bytes per call, read + written
+  // the ceiling: a copy kernel moving 2 N C bytes per call, read + written
   floatX* copy_dst = dev_alloc<floatX>(nc);
   const double copy_us = probe_kit::graph_us(
       [&](int i, cudaStream_t s) {
-        CK(cudaMemcpyAsync(copy_dst, bufs[i].inp1, nc * sizeof(floatX), cudaMemcpyDeviceToDevice, s));
+        probe_kit::copy_kernel(copy_dst, bufs[i].inp1, nc * sizeof(floatX), s);
       },
       sets, iters, st);
   const double copy_gbps = 4.0 * nc / copy_us * 1e-3;
