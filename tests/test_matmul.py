@@ -94,6 +94,29 @@ def _gelu_tanh_grad(x):
     return x.grad
 
 
+@requires_cuda
+@pytest.mark.cuda
+def test_matmul_backward_dgelu_at_gpt2_350m_fcproj():
+    """fcproj's input gradient at d24 (C = 1024, B*T = 32768), where cuBLASLt on an H200 offers one DGELU algorithm
+    and matmul_backward takes the plain GEMM + gelu_backward instead (either path must give the gradient, twice
+    the same). The reference is fp32 torch on the GPU (a CPU reference of this size would take minutes)."""
+    N, K, M = 32768, 4096, 1024
+    dtype = torch.bfloat16
+    w = randn((M, K), dtype, "cuda", std=K ** -0.5)
+    pre = randn((N, K), dtype, "cuda", std=2.0)
+    x = F.gelu(pre.float(), approximate="tanh").to(dtype)
+    dout = randn((N, M), dtype, "cuda")
+    outs = []
+    for _ in range(2):
+        dinp = poisoned((N, K), dtype, "cuda")
+        ops.matmul_backward(dout, x, w, torch.zeros_like(w), dinp=dinp, pre_gelu=pre)
+        outs.append(dinp)
+    assert torch.equal(outs[0], outs[1]), "dinp differs between identical calls"
+    p32 = pre.float().requires_grad_(True)
+    F.linear(F.gelu(p32, approximate="tanh"), w.float()).backward(dout.float())
+    assert_close(outs[0], p32.grad, dtype, "dinp")
+
+
 @pytest.mark.parametrize("device,dtype", devices_and_dtypes())
 def test_matmul_backward_is_deterministic(device, dtype):
     """Bit-identical gradients on a repeat, with enough rows that the bias reduction splits them over many blocks."""
