@@ -97,9 +97,9 @@ def _gelu_tanh_grad(x):
 @requires_cuda
 @pytest.mark.cuda
 def test_matmul_backward_dgelu_at_gpt2_350m_fcproj():
-    """fcproj's input gradient at d24 (C = 1024, B*T = 32768), where cuBLASLt on an H200 offers one DGELU algorithm
-    and matmul_backward takes the plain GEMM + gelu_backward instead (either path must give the gradient, twice
-    the same). The reference is fp32 torch on the GPU (a CPU reference of this size would take minutes)."""
+    """fcproj's input gradient at d24 (C = 1024, B*T = 32768), where cuBLASLt on an H200 offers a single DGELU
+    algorithm, an sm80 CUTLASS kernel (benchmarks/probe_dgelu.py, session 8): whatever runs there must give the
+    gradient, twice the same. The reference is fp32 torch on the GPU (on the CPU this size would take minutes)."""
     N, K, M = 32768, 4096, 1024
     dtype = torch.bfloat16
     w = randn((M, K), dtype, "cuda", std=K ** -0.5)
