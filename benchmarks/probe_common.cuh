@@ -59,7 +59,7 @@ __global__ void copy16_kernel(int4* __restrict__ dst, const int4* __restrict__ s
 }
 inline void copy_kernel(void* dst, const void* src, size_t bytes, cudaStream_t st) {
   const size_t n16 = bytes / 16;
-  const int blocks = (int)std::min<size_t>((n16 + 255) / 256, 132 * 16);
+  const int blocks = (int)std::min<size_t>((n16 + 255) / 256, (size_t)current_device_sm_count() * 16);
   copy16_kernel<<<blocks, 256, 0, st>>>(static_cast<int4*>(dst), static_cast<const int4*>(src), n16);
   CUDA_CHECK(cudaGetLastError());
 }
