@@ -29,13 +29,19 @@
 // the dweight/dbias partials differently: those are compared against the baseline with a tolerance, and all
 // against themselves (run twice, bit for bit).
 //
-// Build and run: run.sh (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math).
+//   ahead1..ahead4 (session 9): the library's kernel and launch with 1-4 rows per team in flight (ahead1 = t2ca /
+//            t4ca as they went into the library in session 7); the library runs kBackwardAhead.
+//   old1..old3 (session 9, accumulating only): the same with dinp's old values copied in with each row.
+// Build and run: run.sh [variant names...] (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math); names pick
+// variants (the library's own launch always runs first, as the baseline).
 #include "../../csrc/kernels/layernorm.cu"
 #include "../probe_common.cuh"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace {
@@ -262,9 +268,23 @@ __global__ void reduce_after_wait(floatX* __restrict__ dweight, floatX* __restri
   }
 }
 
+// Variants named on the command line (all when none is): main's arguments.
+std::vector<std::string> g_only;
+bool wanted(const char* name) {
+  return g_only.empty() || std::find(g_only.begin(), g_only.end(), std::string(name)) != g_only.end();
+}
+
+void print_launch(const char* name, const void* kernel, int per_sm, int threads, int blocks) {
+  cudaFuncAttributes attr{};
+  CK(cudaFuncGetAttributes(&attr, kernel));
+  printf("  %-8s %d regs, %zu B local, %d blocks/SM x %d threads, grid %d\n", name, attr.numRegs,
+         attr.localSizeBytes, per_sm, threads, blocks);
+}
+
 template <int kPacks, int kTeam, int kTeamsPerBlock, int kMinBlocks, bool kEarly, bool kSplit, int kPrefetch = 0,
           bool kTrigger = false>
 Variant make_variant(const char* name, int N, int C, bool reduce = true) {
+  if (!wanted(name)) return Variant{name, 0, nullptr};
   auto kernel = ln_bwd_variant<kPacks, kTeam, kTeamsPerBlock, kMinBlocks, kEarly, kSplit, kPrefetch, kTrigger>;
   const size_t smem = (size_t)kTeamsPerBlock * 2 * C * sizeof(float) +
                       (kPrefetch == 2 ? (size_t)kTeamsPerBlock * 4 * C * sizeof(floatX) : 0);
@@ -273,10 +293,7 @@ Variant make_variant(const char* name, int N, int C, bool reduce = true) {
   int per_sm = 0;
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
   const int blocks = std::min(ceil_div(N, kTeamsPerBlock), current_device_sm_count() * std::max(per_sm, 1));
-  cudaFuncAttributes attr{};
-  CK(cudaFuncGetAttributes(&attr, kernel));
-  printf("  %-8s %d regs, %zu B local, %d blocks/SM x %d threads, grid %d\n", name, attr.numRegs,
-         attr.localSizeBytes, per_sm, threads, blocks);
+  print_launch(name, reinterpret_cast<const void*>(kernel), per_sm, threads, blocks);
   Variant v{name, blocks, nullptr};
   v.run = [=](floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout, const floatX* inp,
               const floatX* weight, const float* mean, const float* rstd, int n, int c, bool accumulate) {
@@ -302,10 +319,38 @@ Variant make_variant(const char* name, int N, int C, bool reduce = true) {
   return v;
 }
 
+// The library's own kernel and launch (dispatch_backward's team, a resident grid, its reduction kernel) with
+// kAhead rows in flight per team instead of kBackwardAhead: "ahead1" is the kernel of sessions 7-8 (one row
+// prefetched; t2ca / t4ca), "ahead<kBackwardAhead>" is the library's.
+template <int kAhead, bool kOld = false>
+Variant make_ahead_variant(const char* name, int N, int C, bool accumulate) {
+  Variant v{name, 0, nullptr};
+  if (!wanted(name) || (kOld && !accumulate)) return v;
+  dispatch_backward<kAhead, kOld>(C, [&](auto kernel, int team, int ahead) {
+    const size_t smem = reg_backward_smem_bytes(C, team, ahead, kOld);
+    ensure_dynamic_smem(kernel, smem);
+    const LaunchConfig cfg = resident_launch(kernel, reg_backward_teams(team) * team, smem, N * team);
+    int per_sm = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, cfg.warps * WARP_SIZE, smem));
+    print_launch(name, reinterpret_cast<const void*>(kernel), per_sm, cfg.warps * WARP_SIZE, cfg.blocks);
+    v.blocks = cfg.blocks;
+    v.run = [=](floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout, const floatX* inp,
+                const floatX* weight, const float* mean, const float* rstd, int n, int c, bool accumulate) {
+      kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem>>>(dinp, scratch, dout, inp, weight, mean, rstd, n, c,
+                                                              accumulate);
+      CK(cudaGetLastError());
+      layernorm_param_grad_reduce_kernel<<<ceil_div(2 * c, WARP_SIZE), dim3(WARP_SIZE, kReduceRows)>>>(
+          dweight, dbias, scratch, cfg.blocks, c);
+      CK(cudaGetLastError());
+    };
+  });
+  return v;
+}
+
 float bf2f(floatX v) { return __bfloat162float(v); }
 
 template <int kPacks>
-void add_variants(std::vector<Variant>& vs, int N, int C) {
+void add_variants(std::vector<Variant>& vs, int N, int C, bool accumulate) {
   constexpr int kB = kPacks <= 5 ? 3 : 2;
   vs.push_back(make_variant<kPacks, 1, 4, kB, false, false>("same", N, C));  // the library's loop, recompiled
   vs.push_back(make_variant<kPacks, 1, 4, kB, true, false>("early", N, C));
@@ -338,6 +383,15 @@ void add_variants(std::vector<Variant>& vs, int N, int C) {
   // programmatic dependent of the row kernel (its launch overlapping the row kernel's tail)
   vs.push_back(make_variant<kHalfPacks, 2, 4, 2, false, false, 2, true>("t2caPDL", N, C));
   vs.push_back(make_variant<kQuarterPacks, 4, 2, 2, false, false, 2, true>("t4caPDL", N, C));
+  // session 9: the library's kernel with 1 to 4 rows in flight per team (cp.async into shared memory)
+  vs.push_back(make_ahead_variant<1>("ahead1", N, C, accumulate));
+  vs.push_back(make_ahead_variant<2>("ahead2", N, C, accumulate));
+  vs.push_back(make_ahead_variant<3>("ahead3", N, C, accumulate));
+  vs.push_back(make_ahead_variant<4>("ahead4", N, C, accumulate));
+  // accumulating: dinp's old values copied in with the row too (not loaded after the row sums)
+  vs.push_back(make_ahead_variant<1, true>("old1", N, C, accumulate));
+  vs.push_back(make_ahead_variant<2, true>("old2", N, C, accumulate));
+  vs.push_back(make_ahead_variant<3, true>("old3", N, C, accumulate));
 }
 
 void probe(int N, int C, bool accumulate, int sets, int iters) {
@@ -366,7 +420,8 @@ void probe(int N, int C, bool accumulate, int sets, int iters) {
     layernorm_backward(di, dw, db, sc, g, x, w, m, r, n, c, acc, 0);
   };
   vs.push_back(base);
-  dispatch_packs(packs, [&](auto p) { add_variants<decltype(p)::value>(vs, N, C); });
+  dispatch_packs(packs, [&](auto p) { add_variants<decltype(p)::value>(vs, N, C, accumulate); });
+  vs.erase(std::remove_if(vs.begin() + 1, vs.end(), [](const Variant& v) { return !v.run; }), vs.end());
   float* scratch = nullptr;
   CK(cudaMalloc(&scratch, sizeof(float) * std::max<int64_t>(lib_scratch, (int64_t)4 * 264 * 4 * 2 * C)));
 
@@ -459,7 +514,8 @@ void probe(int N, int C, bool accumulate, int sets, int iters) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; i++) g_only.emplace_back(argv[i]);  // variant names to run (all when none given)
   probe_kit::print_device();
   for (bool acc : {true, false}) {
     probe(8192, 1600, acc, 4, 40);

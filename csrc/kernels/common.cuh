@@ -135,6 +135,9 @@ __device__ inline void cp_async16(Packed128<T>* smem_dst, const T* global_src) {
 }
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+// Until at most `kPending` of this thread's most recent commit groups are still in flight.
+template <int kPending>
+__device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
 
 __device__ inline float warp_reduce_sum(float v) {
 #pragma unroll

@@ -21,6 +21,7 @@
 // memory of one block: C = 8192 at least), so the row is still read from HBM exactly once; the backward's
 // blocks then work in rounds of one row per warp, and after a round the block's threads sum the staged rows
 // column by column into the block's partials. Both paths compute the same per-element math (helpers below).
+#include <algorithm>
 #include <type_traits>
 
 #include "common.cuh"
@@ -38,6 +39,12 @@ constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resid
 // registers), two-warp rows 4 teams and four-warp rows 2 teams (256 threads) x 2 blocks (at most 128 registers).
 __host__ __device__ constexpr int reg_backward_teams(int team) { return team == 4 ? 2 : 4; }
 constexpr int reg_backward_blocks_per_sm(int team) { return team == 1 ? 3 : 2; }
+// Rows each team of the register backward kernel has in flight (cp.async into shared memory) ahead of the one it
+// works: see layernorm_backward_regs_kernel.
+constexpr int kBackwardAhead = 2;
+// Whether an accumulating launch copies dinp's old values into shared memory with each row (else they are loaded
+// after the row sums).
+constexpr bool kBackwardOld = false;
 
 // Per-element math shared by both paths, in one place so that they round identically.
 __device__ inline x128 add_packs(const x128& a, const x128& b) {
@@ -164,9 +171,9 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // t + 2G, ... (G teams in all). Lane l of a team (0 .. 32 kTeam - 1) holds packs l, l + 32 kTeam, ... of the row.
 // Teams of several warps add their warps' row sums through shared memory (warp 0's first), which divides the
 // registers a row needs and so multiplies the warps per SM.
-// While a row is worked, the team's next row (dout and inp) is already on its way into shared memory by
-// cp.async (two buffers per team, alternating): each lane copies, and later reads, only its own packs, so its
-// own cp.async.wait_group is all the synchronisation needed, and no register holds the next row.
+// While a row is worked, the team's next kAhead rows (dout and inp) are already on their way into shared memory
+// by cp.async (kAhead + 1 buffers per team, in turn): each lane copies, and later reads, only its own packs, so its
+// own cp.async.wait_group is all the synchronisation needed, and no register holds a row ahead.
 // Measured against the one-row-at-a-time kernel on an H100 (benchmarks/probe_layernorm,
 // results/layernorm_backward_variants_h100_2026-11-28.log, session 7: "t2ca", "t4ca"): two-warp teams with the
 // prefetch 3-4% faster at C = 768, 6-9% at 1024, 1-3% at 1280; four-warp teams 6% faster at 1600.
@@ -175,9 +182,9 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // to consecutive packs hit distinct banks. The block then adds its teams' slices in team order and writes its
 // partials [dweight | dbias] to partials[blockIdx.x * 2C ...]. dinp may be dout or inp: a team reads a row
 // before it writes that row, and no other team touches it.
-// Shared memory (dynamic): the teams' sums (kTeams x 4 x C8 f128), then the teams' row buffers (kTeams x 2
-// buffers x [dout | inp] x C8 x128): kTeams * 16 * C bytes.
-template <int kPacks, int kTeam>
+// Shared memory (dynamic): the teams' sums (kTeams x 4 x C8 f128), then the teams' row buffers (kTeams x
+// (kAhead + 1) buffers x [dout | inp] x C8 x128): reg_backward_smem_bytes.
+template <int kPacks, int kTeam, int kAhead, bool kOld>
 __global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE, reg_backward_blocks_per_sm(kTeam))
     layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
                                    const floatX* inp, const floatX* __restrict__ weight,
@@ -191,8 +198,10 @@ __global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE,
   const int team = warp / kTeam, member = warp % kTeam, tl = member * WARP_SIZE + lane;
   const int C8 = C / x128::size;
   constexpr int kHalf = f128::size;  // 4 of a pack's 8 columns per plane
+  constexpr int kPlanes = kOld ? 3 : 2;  // rows per buffer: dout, inp (and dinp's old values with kOld)
   f128* sums = reinterpret_cast<f128*>(smem) + team * 4 * C8;
-  x128* rows = reinterpret_cast<x128*>(reinterpret_cast<f128*>(smem) + kTeams * 4 * C8) + team * 4 * C8;
+  x128* rows = reinterpret_cast<x128*>(reinterpret_cast<f128*>(smem) + kTeams * 4 * C8) +
+               team * kPlanes * (kAhead + 1) * C8;
 #pragma unroll
   for (int u = 0; u < kPacks; u++) {
     const int j = tl + u * kLanes;
@@ -202,41 +211,49 @@ __global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE,
     }
   }
 
-  // Row r's dout and inp into buffer buf (dout at rows[2 buf C8], inp at rows[(2 buf + 1) C8]), and its mean and
-  // rstd into next_m, next_s.
-  float next_m = 0.0f, next_s = 0.0f;
+  // Row r's dout and inp (and with kOld dinp's) into buffer buf (plane p at rows[(kPlanes buf + p) C8]) as one
+  // commit group; an empty group past the last row, so that every iteration commits exactly one.
   auto fetch_row = [&](int r, int buf) {
     const int64_t o = (int64_t)r * C;
+    if (r < N) {
 #pragma unroll
-    for (int u = 0; u < kPacks; u++) {
-      const int j = tl + u * kLanes;
-      if (j < C8) {
-        cp_async16(rows + 2 * buf * C8 + j, dout + o + j * x128::size);
-        cp_async16(rows + (2 * buf + 1) * C8 + j, inp + o + j * x128::size);
+      for (int u = 0; u < kPacks; u++) {
+        const int j = tl + u * kLanes;
+        if (j < C8) {
+          cp_async16(rows + kPlanes * buf * C8 + j, dout + o + j * x128::size);
+          cp_async16(rows + (kPlanes * buf + 1) * C8 + j, inp + o + j * x128::size);
+          if constexpr (kOld) cp_async16(rows + (kPlanes * buf + 2) * C8 + j, dinp + o + j * x128::size);
+        }
       }
     }
     cp_async_commit();
-    next_m = mean[r];
-    next_s = rstd[r];
   };
   const int first = blockIdx.x * kTeams + team, stride = gridDim.x * kTeams;
-  if (first < N) fetch_row(first, 0);
+  // kAhead rows in flight: the team's k-th row goes to buffer k % (kAhead + 1); the buffer refilled in an iteration
+  // is the one the previous iteration read into registers. The mean and rstd are loaded one row ahead.
+  for (int k = 0; k < kAhead; k++) fetch_row(first + k * stride, k);
+  float next_m = first < N ? mean[first] : 0.0f, next_s = first < N ? rstd[first] : 0.0f;
   int parity = 0, buf = 0;
   for (int row = first; row < N; row += stride) {
     const int64_t off = (int64_t)row * C;
     const float m = next_m, s = next_s;
     x128 g[kPacks], x[kPacks], old[kPacks];
-    cp_async_wait_all();  // this row's copies (the only ones in flight)
+    cp_async_wait<kAhead - 1>();  // this row's group: the oldest of the kAhead in flight
+    const int cur = buf;  // refilled by the next iteration, once this one is done with it
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
       const int j = tl + u * kLanes;
       if (j < C8) {
-        g[u] = rows[2 * buf * C8 + j];
-        x[u] = rows[(2 * buf + 1) * C8 + j];
+        g[u] = rows[kPlanes * cur * C8 + j];
+        x[u] = rows[(kPlanes * cur + 1) * C8 + j];
       }
     }
-    if (row + stride < N) fetch_row(row + stride, buf ^ 1);
-    buf ^= 1;
+    fetch_row(row + kAhead * stride, cur == 0 ? kAhead : cur - 1);
+    buf = cur == kAhead ? 0 : cur + 1;
+    if (row + stride < N) {
+      next_m = mean[row + stride];
+      next_s = rstd[row + stride];
+    }
     float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
@@ -264,11 +281,15 @@ __global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE,
     }
     const float mean_dn = sum_dn / C, mean_dn_xhat = sum_dn_xhat / C;
     // read here rather than with dout and inp: the registers the row sums no longer need (loading them early
-    // was 3-35% slower in the probe)
+    // was 3-35% slower in the probe); with kOld (launched only when accumulating) they came with the row
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
       const int j = tl + u * kLanes;
-      old[u] = accumulate && j < C8 ? load128(dinp + off + j * x128::size) : x128::zeros();
+      if constexpr (kOld) {
+        old[u] = j < C8 ? rows[(kPlanes * cur + 2) * C8 + j] : x128::zeros();
+      } else {
+        old[u] = accumulate && j < C8 ? load128(dinp + off + j * x128::size) : x128::zeros();
+      }
     }
 #pragma unroll
     for (int u = 0; u < kPacks; u++) {
@@ -521,28 +542,38 @@ void dispatch_packs(int packs, Fn&& fn) {
   }
 }
 
-// fn(kernel, team) with the register backward kernel for rows of C channels (C <= 32 * kMaxRegPacks * 8) and
-// its warps per row (the team): one up to 64 packs (C <= 512), two up to 160 (C <= 1280), four beyond; the
+// fn(kernel, team, kAhead) with the register backward kernel for rows of C channels (C <= 32 * kMaxRegPacks * 8),
+// its warps per row (the team) and its rows in flight (kAhead; the library's kBackwardAhead, others for the
+// probe): one up to 64 packs (C <= 512), two up to 160 (C <= 1280), four beyond; the
 // probe's fastest at 768, 1024, 1280 (two) and 1600 (four). 2048 was not probed: four warps there too (2 packs
 // per lane, as at 1600).
-template <class Fn>
+template <int kAhead = kBackwardAhead, bool kOld = false, class Fn>
 void dispatch_backward(int C, Fn&& fn) {
   const int packs = reg_packs(C);
   if (packs > 5) {
     // 6-8 packs per warp give 2 per lane of a four-warp team: only that is instantiated
-    fn(layernorm_backward_regs_kernel<2, 4>, 4);
+    fn(layernorm_backward_regs_kernel<2, 4, kAhead, kOld>, 4, kAhead);
   } else if (packs > 2) {
     dispatch_packs(ceil_div(packs, 2), [&](auto p) {
       // 3-5 packs per warp give 2-3 per lane of a two-warp team
       if constexpr (decltype(p)::value >= 2 && decltype(p)::value <= 3) {
-        fn(layernorm_backward_regs_kernel<decltype(p)::value, 2>, 2);
+        fn(layernorm_backward_regs_kernel<decltype(p)::value, 2, kAhead, kOld>, 2, kAhead);
       }
     });
   } else {
     dispatch_packs(packs, [&](auto p) {
-      if constexpr (decltype(p)::value <= 2) fn(layernorm_backward_regs_kernel<decltype(p)::value, 1>, 1);
+      if constexpr (decltype(p)::value <= 2) {
+        fn(layernorm_backward_regs_kernel<decltype(p)::value, 1, kAhead, kOld>, 1, kAhead);
+      }
     });
   }
+}
+
+// Dynamic shared memory of the register backward kernel: per team, the sums (2C floats) and kAhead + 1 row
+// buffers of dout and inp (2C bf16 each).
+size_t reg_backward_smem_bytes(int C, int team, int ahead, bool old = false) {
+  return (size_t)reg_backward_teams(team) *
+         (2 * C * sizeof(float) + (size_t)(ahead + 1) * (old ? 3 : 2) * C * sizeof(floatX));
 }
 
 struct LaunchConfig {
@@ -596,23 +627,27 @@ void launch_forward(floatX* out, float* mean, float* rstd, floatX* residual, con
   CUDA_CHECK(cudaGetLastError());
 }
 
-// The grid, and so the number of partials (layernorm_backward_scratch_floats), depends on N and C only.
-LaunchConfig backward_config(int N, int C) {
-  const int packs = reg_packs(C);
-  if (packs == 0) {
-    return plan_smem_launch(layernorm_backward_smem_kernel, backward_smem_bytes, N, C, "layernorm_backward");
-  }
+template <bool kOld>
+LaunchConfig reg_backward_config(int N, int C) {
   LaunchConfig cfg{};
-  dispatch_backward(C, [&](auto kernel, int team) {
+  dispatch_backward<kBackwardAhead, kOld>(C, [&](auto kernel, int team, int ahead) {
     const int teams = reg_backward_teams(team);
-    // per team: the sums (2C floats) and two row buffers of dout and inp (4C bf16)
-    const size_t smem = (size_t)teams * (2 * C * sizeof(float) + 4 * C * sizeof(floatX));
-    // The opt-in above 48 KB counts the kernel's static shared memory (the row-sum exchange) too: at C = 768 the
-    // dynamic part alone is exactly 48 KB. So the limit is raised to whatever this launch asks.
+    const size_t smem = reg_backward_smem_bytes(C, team, ahead, kOld);
+    // The opt-in above 48 KB counts the kernel's static shared memory (the row-sum exchange) too. So the limit is
+    // raised to whatever this launch asks.
     ensure_dynamic_smem(kernel, smem);
     cfg = resident_launch(kernel, teams * team, smem, N * team);  // `teams` rows per block
   });
   return cfg;
+}
+
+// The grid, and so the number of partials (layernorm_backward_scratch_floats), depends on N, C and `old` only
+// (old: an accumulating launch of the register kernel with kBackwardOld).
+LaunchConfig backward_config(int N, int C, bool old) {
+  if (reg_packs(C) == 0) {
+    return plan_smem_launch(layernorm_backward_smem_kernel, backward_smem_bytes, N, C, "layernorm_backward");
+  }
+  return old ? reg_backward_config<true>(N, C) : reg_backward_config<false>(N, C);
 }
 
 }  // namespace
@@ -636,7 +671,9 @@ void fused_residual_layernorm_forward(floatX* residual, floatX* out, float* mean
 int64_t layernorm_backward_scratch_floats(int N, int C) {
   LLMC_REQUIRE(C % x128::size == 0 && C > 0, "layernorm_backward: C must be a positive multiple of 8");
   if (N == 0) return 0;
-  return (int64_t)backward_config(N, C).blocks * 2 * C;
+  int blocks = backward_config(N, C, false).blocks;
+  if (kBackwardOld) blocks = std::max(blocks, backward_config(N, C, true).blocks);
+  return (int64_t)blocks * 2 * C;
 }
 
 void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
@@ -644,13 +681,17 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
                         bool accumulate, cudaStream_t stream) {
   LLMC_REQUIRE(C % x128::size == 0 && C > 0, "layernorm_backward: C must be a positive multiple of 8");
   if (N == 0) return;
-  const LaunchConfig cfg = backward_config(N, C);
   const int packs = reg_packs(C);
-  if (packs > 0) {
-    dispatch_backward(C, [&](auto kernel, int team) {
-      kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N,
-                                                                     C, accumulate);
-    });
+  const bool old = kBackwardOld && accumulate && packs > 0;
+  const LaunchConfig cfg = backward_config(N, C, old);
+  auto launch = [&](auto kernel, int, int) {
+    kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
+                                                                   accumulate);
+  };
+  if (old) {
+    dispatch_backward<kBackwardAhead, true>(C, launch);
+  } else if (packs > 0) {
+    dispatch_backward<kBackwardAhead, false>(C, launch);
   } else {
     layernorm_backward_smem_kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(
         dinp, scratch, dout, inp, weight, mean, rstd, N, C, accumulate);
