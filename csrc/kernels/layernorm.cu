@@ -40,11 +40,14 @@ constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resid
 __host__ __device__ constexpr int reg_backward_teams(int team) { return team == 4 ? 2 : 4; }
 constexpr int reg_backward_blocks_per_sm(int team) { return team == 1 ? 3 : 2; }
 // Rows each team of the register backward kernel has in flight (cp.async into shared memory) ahead of the one it
-// works: see layernorm_backward_regs_kernel.
-constexpr int kBackwardAhead = 2;
-// Whether an accumulating launch copies dinp's old values into shared memory with each row (else they are loaded
-// after the row sums).
-constexpr bool kBackwardOld = false;
+// works: see layernorm_backward_regs_kernel. One: on an H200 (probe_ln_backward.cu "ahead1".."ahead4", session 9,
+// results/layernorm_backward_variants_h200_aa94077.log) two rows ahead were 0-9% slower than one at every GPT-2
+// width, three and four slower still.
+constexpr int kBackwardAhead = 1;
+// Whether an accumulating launch (the residual stream's gradient, dinp +=) copies dinp's old values into shared
+// memory with each row instead of loading them after the row sums: 7-16% faster on an H200 at every GPT-2 width
+// (the same log, "old1" against "ahead1": 45.2 -> 39.2 us at 8192 x 1600, 135.7 -> 113.8 us at 65536 x 768).
+constexpr bool kBackwardOld = true;
 
 // Per-element math shared by both paths, in one place so that they round identically.
 __device__ inline x128 add_packs(const x128& a, const x128& b) {
