@@ -6,8 +6,11 @@ import torch.nn.functional as F
 import llmc.ops as ops
 from conftest import assert_close, devices_and_dtypes, poisoned, randn, requires_cuda
 
-# (N, V, Vp): GPT-2's padded vocabulary and a small one, at odd and even row counts.
+# (N, V, Vp): GPT-2's padded vocabulary and a small one, at odd and even row counts; on CUDA both rows fit in
+# shared memory (the staged kernel), so a 128256-column vocabulary (Llama 3's; 250 KB a row) covers the two-pass
+# kernel that takes rows too wide for it.
 CASES = [(N, V, Vp) for N in (1, 7, 1023, 4096) for V, Vp in ((50257, 50304), (1000, 1024))]
+CASES += [(7, 128000, 128256), (1023, 128000, 128256)]
 CPU_MAX_ELEMENTS = 2**25  # the CPU reference at 4096 x 50304 takes GBs and minutes; CUDA runs every case
 
 
