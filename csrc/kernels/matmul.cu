@@ -26,11 +26,13 @@
 // So the first call of a plan that overwrites its output (forward, dinp) times every offered algorithm on the
 // call's own inputs (3 runs each) and keeps the fastest whose output has exactly the bits of the heuristic's first
 // choice (compared by a hash of every output element). The probe found every algorithm offered for those GEMMs
-// bit-identical, as expected of kernels that split only the output, not k; accumulating GEMMs (dweight +=, where
-// cuBLASLt splits k and other algorithms round differently) always take the first choice, since a pattern-filled
-// scratch could hide their differences. So the choice changes speed only, not results, in any run or process.
-// dinp written over pre_gelu is tuned in a scratch (pre_gelu filled with a fixed pattern) when it fits
-// kTuneScratchBytes. No tuning during CUDA graph capture (it synchronizes), nor with LLMC_GEMM_AUTOTUNE=0 (read
+// bit-identical, as expected of kernels that split only the output, not k. Accumulating GEMMs (dweight +=, where
+// cuBLASLt may split k, and algorithms that do round differently) are tuned in a scratch output, run twice per
+// algorithm: from zeros (the output is the rounded product alone, at full resolution: a different order of the k
+// sums shows) and from a fixed pattern of values up to 2 in magnitude (how the old values are added shows); an
+// algorithm is a candidate only when both runs give the first choice's bits. So the choice changes speed only, not
+// results, in any run or process. dinp written over pre_gelu is tuned in a scratch too (pre_gelu filled with the
+// pattern). Both only when the scratch fits kTuneScratchBytes. No tuning during CUDA graph capture (it synchronizes), nor with LLMC_GEMM_AUTOTUNE=0 (read
 // at each call: it is part of the plan key). Tuning holds the plan lock while it synchronizes its stream: matmuls
 // of other threads wait for it (once per shape).
 #include <cublasLt.h>
@@ -307,7 +309,7 @@ void enqueue_gemm(DeviceState& s, const Gemm& g, const Plan& plan, cudaStream_t 
 
 constexpr int kTuneAsk = 16;                     // algorithms asked of the heuristic
 constexpr int kTuneRuns = 3;                     // timed runs per algorithm (the fastest counts)
-constexpr size_t kTuneScratchBytes = 512u << 20; // largest dinp-over-pre_gelu tuned in a scratch
+constexpr size_t kTuneScratchBytes = 512u << 20; // largest output tuned in a scratch (dweight +=, dinp over pre_gelu)
 
 // A buffer and two events for tuning that free themselves.
 struct DeviceBuffer {
@@ -332,12 +334,13 @@ struct EventPair {
 };
 
 // The plan whose algorithm is the fastest of those giving the heuristic first choice's bits (see the top of the
-// file); `first` when there is nothing to choose from, or no scratch could be had. Not for accumulating GEMMs.
+// file); `first` when there is nothing to choose from, or no scratch could be had.
 std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_ptr<Plan> first, int offered,
                                 cudaStream_t stream) {
   Gemm g = call;  // what the tuning runs: the call, or its output moved to the scratch
   const int64_t elems = g.m * g.n;
-  const bool in_scratch = g.epilogue == CUBLASLT_EPILOGUE_DGELU && g.d == g.aux;
+  const bool in_scratch = (g.epilogue == CUBLASLT_EPILOGUE_DGELU && g.d == g.aux) || g.accumulate;
+  const int fills = g.accumulate ? 2 : 1;  // the scratch's starting values per hashed run: see the top of the file
   DeviceBuffer scratch;
   if (in_scratch) {
     const size_t bytes = (size_t)elems * sizeof(floatX);
@@ -352,20 +355,26 @@ std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_pt
   if (s.hash == nullptr) CUDA_CHECK(cudaMalloc(&s.hash, sizeof(unsigned long long)));
   const bool writes_aux = g.epilogue == CUBLASLT_EPILOGUE_GELU_AUX || g.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
   const int grid = current_device_sm_count() * 4, block = 256;
-  auto refill = [&] {
-    if (in_scratch) {
+  // The scratch's starting values: zeros for an accumulating GEMM's first hashed run, else the pattern.
+  auto refill = [&](int fill) {
+    if (!in_scratch) return;
+    if (g.accumulate && fill == 0) {
+      CUDA_CHECK(cudaMemsetAsync(g.d, 0, (size_t)elems * sizeof(floatX), stream));
+    } else {
       fill_pattern_kernel<<<grid, block, 0, stream>>>(g.d, elems);
       CUDA_CHECK(cudaGetLastError());
     }
   };
-  // The hash of the outputs of one run of `plan`, or false when cuBLASLt refuses to run it.
+  // The hash of the outputs of `fills` runs of `plan` (summed), or false when cuBLASLt refuses to run it.
   auto output_hash = [&](const Plan& plan, unsigned long long* h) {
-    refill();
-    if (try_enqueue_gemm(s, g, plan, stream) != CUBLAS_STATUS_SUCCESS) return false;
     CUDA_CHECK(cudaMemsetAsync(s.hash, 0, sizeof(unsigned long long), stream));
-    hash_kernel<<<grid, block, 0, stream>>>(s.hash, g.d, elems);
-    if (writes_aux) hash_kernel<<<grid, block, 0, stream>>>(s.hash, static_cast<const floatX*>(g.aux), elems);
-    CUDA_CHECK(cudaGetLastError());
+    for (int fill = 0; fill < fills; fill++) {
+      refill(fill);
+      if (try_enqueue_gemm(s, g, plan, stream) != CUBLAS_STATUS_SUCCESS) return false;
+      hash_kernel<<<grid, block, 0, stream>>>(s.hash, g.d, elems);
+      if (writes_aux) hash_kernel<<<grid, block, 0, stream>>>(s.hash, static_cast<const floatX*>(g.aux), elems);
+      CUDA_CHECK(cudaGetLastError());
+    }
     CUDA_CHECK(cudaMemcpyAsync(h, s.hash, sizeof(*h), cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
     return true;
@@ -374,7 +383,7 @@ std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_pt
   auto fastest_ms = [&](const Plan& plan) {  // after output_hash ran it once
     float best = 0.0f;
     for (int i = 0; i < kTuneRuns; i++) {
-      refill();
+      refill(fills - 1);
       CUDA_CHECK(cudaEventRecord(events.start, stream));
       enqueue_gemm(s, g, plan, stream);
       CUDA_CHECK(cudaEventRecord(events.stop, stream));
@@ -424,9 +433,9 @@ const Plan* find_plan(DeviceState& s, const Gemm& g, cudaStream_t stream) {
   auto it = s.plans.find(key);
   if (it == s.plans.end()) {
     int offered = 0;
-    const bool autotune = !g.accumulate && autotune_enabled() && !capturing(stream);
+    const bool autotune = autotune_enabled() && !capturing(stream);
     // A DGELU plan always learns how many algorithms the heuristic offers (matmul_backward's rule reads it); other
-    // GEMMs ask for one unless tuned, so an accumulating GEMM's choice is the heuristic's first, as before.
+    // GEMMs ask for one unless tuned.
     const int ask = autotune || g.epilogue == CUBLASLT_EPILOGUE_DGELU ? kTuneAsk : 1;
     std::unique_ptr<Plan> plan = make_plan(s.handle, g, 0, ask, &offered);
     if (plan && autotune && offered > 1) plan = tune_plan(s, g, std::move(plan), offered, stream);
