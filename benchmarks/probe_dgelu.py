@@ -1,6 +1,5 @@
 """fcproj's input gradient through the GELU: cuBLASLt's DGELU epilogue (what llmc runs) against the plain GEMM
-followed by llmc's gelu_backward kernel in place, at the d12 / d24 / d48 shapes of bench_train; and the MLP's
-backward with fc's bias gradient summed in fc's backward or by fcproj's GELU backward (pre_gelu_dbias). Session 8's d24
+followed by llmc's gelu_backward kernel in place, at the d12 / d24 / d48 shapes of bench_train. Session 8's d24
 profile on an H200 showed the DGELU GEMM there as an sm80 CUTLASS kernel (cutlass_80_tensorop_..._dgelu) at about
 340 TFLOP/s, the only algorithm cuBLASLt's heuristic offered; this measures what the unfused path would give.
 Device time from CUDA graph replays (common.time_cuda); each side autotuned first, as the Trainer's calls are.
@@ -46,28 +45,6 @@ def main():
         print(f"{name} N={N} C={C}: dinp with DGELU epilogue {f_ms:.4f} ms ({flops / f_ms / 1e9:.0f} TFLOP/s), "
               f"plain GEMM + gelu_backward {p_ms:.4f} ms; (dweight GEMM {ms['dweight']:.4f} ms subtracted from both); "
               f"max |fused - plain| {diff:.3g} of max |dinp| {scale:.3g}")
-
-        # The MLP's backward from fcproj's output gradient to fc's input gradient, fc's bias gradient summed in
-        # fc's own backward (a pass over its output gradient; the DGELU epilogue where the rule keeps it) or by
-        # fcproj's GELU backward (pre_gelu_dbias: the plain GEMM and gelu_backward_dbias).
-        ln2 = torch.randn(N, C, device="cuda").bfloat16()
-        fcw = (torch.randn(4 * C, C, device="cuda") * 0.02).bfloat16()
-        dfcw, fcb = torch.zeros_like(fcw), torch.zeros(4 * C, device="cuda").bfloat16()
-        dfch, dln2 = torch.empty_like(pre), torch.empty_like(ln2)
-
-        def mlp_bias_in_fc(i):
-            ops.matmul_backward(dout, act, w, dw, None, dinp=dfch, pre_gelu=pre)
-            ops.matmul_backward(dfch, ln2, fcw, dfcw, fcb, dinp=dln2)
-
-        def mlp_bias_in_gelu(i):
-            ops.matmul_backward(dout, act, w, dw, None, dinp=dfch, pre_gelu=pre, pre_gelu_dbias=fcb)
-            ops.matmul_backward(dfch, ln2, fcw, dfcw, None, dinp=dln2)
-
-        old_ms = float(common.time_cuda(mlp_bias_in_fc, 1))
-        new_ms = float(common.time_cuda(mlp_bias_in_gelu, 1))
-        print(f"{name} MLP backward (fcproj + fc, both GEMMs each): fc's bias gradient in fc's backward "
-              f"{old_ms:.4f} ms, in fcproj's GELU backward {new_ms:.4f} ms ({(old_ms - new_ms) * 1000:+.1f} us per "
-              f"layer saved)")
     print("tuning log:")
     for line in ops.matmul_tuning_log():
         print("  ", line)
