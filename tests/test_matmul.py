@@ -88,35 +88,6 @@ def test_matmul_backward_dinp_may_alias_pre_gelu(device, dtype, N, K, M):
     assert_close(in_place, expected, dtype, "dinp written over pre_gelu")
 
 
-@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
-@pytest.mark.parametrize("N,K,M", [(1, 40, 24), (7, 3072, 768), (1023, 4096, 1024), (64, 6400, 1600)])
-@pytest.mark.parametrize("in_place", [False, True], ids=["dinp", "over_pre_gelu"])
-def test_matmul_backward_pre_gelu_dbias(device, dtype, N, K, M, in_place):
-    """fcproj's backward also giving fc's bias gradient (pre_gelu_dbias): dinp as without it, and pre_gelu_dbias
-    += dinp's column sums with the bits fc's own matmul_backward would give from that dinp; dbias (fcproj's)
-    and dweight as usual."""
-    pre = randn((N, K), dtype, device, std=2.0)
-    x = F.gelu(pre.float(), approximate="tanh").to(dtype)
-    w = randn((M, K), dtype, device, std=K ** -0.5)
-    dout = randn((N, M), dtype, device)
-    dweight = randn((M, K), dtype, device, std=0.1)
-    dbias = randn((M,), dtype, device, std=0.1)
-    fc_dbias = randn((K,), dtype, device, std=0.1)
-    starts = [t.clone() for t in (dweight, dbias, fc_dbias)]
-    dinp = pre.clone() if in_place else poisoned((N, K), dtype, device)
-    ops.matmul_backward(dout, x, w, dweight, dbias, dinp=dinp, pre_gelu=dinp if in_place else pre,
-                        pre_gelu_dbias=fc_dbias)
-    dout32, w32, pre32 = _cpu32(dout, w, pre)
-    assert_close(dinp, (dout32 @ w32) * _gelu_tanh_grad(pre32), dtype, "dinp")
-    assert_close(dweight, starts[0].float().cpu() + dout32.t() @ _cpu32(x)[0], dtype, "dweight")
-    assert_close(dbias, starts[1].float().cpu() + dout32.sum(0), dtype, "dbias")
-    assert_close(fc_dbias, starts[2].float().cpu() + dinp.float().cpu().sum(0), dtype, "pre_gelu_dbias")
-    by_fc = starts[2].clone()
-    ops.matmul_backward(dinp, randn((N, 8), dtype, device), randn((K, 8), dtype, device),
-                        torch.zeros((K, 8), dtype=dtype, device=device), by_fc, compute_dinp=False)
-    assert torch.equal(fc_dbias, by_fc), "pre_gelu_dbias differs from fc's matmul_backward dbias from that dinp"
-
-
 def _gelu_tanh_grad(x):
     x = x.detach().clone().requires_grad_(True)
     F.gelu(x, approximate="tanh").sum().backward()
@@ -304,15 +275,6 @@ def test_matmul_rejects_bad_input():
         ops.matmul_backward(square_dout, torch.randn(4, 8), square_w, torch.zeros(8, 8), dinp=square_dout)
     with pytest.raises(ValueError, match="shares memory"):
         ops.matmul_backward(dout, x, w, w)
-    pre = torch.randn(4, 16)
-    with pytest.raises(ValueError, match="needs pre_gelu"):
-        ops.matmul_backward(dout, x, w, dweight, pre_gelu_dbias=torch.zeros(16))
-    with pytest.raises(ValueError, match="pre_gelu_dbias"):
-        ops.matmul_backward(dout, x, w, dweight, pre_gelu=pre, pre_gelu_dbias=torch.zeros(8))
-    with pytest.raises(ValueError, match="pre_gelu_dbias shares memory"):
-        ops.matmul_backward(dout, x, w, dweight, pre_gelu=pre, pre_gelu_dbias=pre[0])
-    with pytest.raises(ValueError, match="compute_dinp=False"):
-        ops.matmul_backward(dout, x, w, dweight, pre_gelu=pre, pre_gelu_dbias=torch.zeros(16), compute_dinp=False)
 
 
 @requires_cuda

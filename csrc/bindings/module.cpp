@@ -67,18 +67,11 @@ PYBIND11_MODULE(_llmc, m) {
                    ptr<const floatX>(bias), N, K, M, gelu, as_stream(s));
   }, "out = [gelu](inp @ weight^T + bias) via cuBLASLt, bf16; pre_gelu and bias may be 0");
   m.def("matmul_backward", [](uintptr_t dinp, uintptr_t dweight, uintptr_t dbias, uintptr_t dout, uintptr_t inp,
-                              uintptr_t weight, uintptr_t pre_gelu, uintptr_t pre_gelu_dbias, int64_t N, int64_t K,
-                              int64_t M, uintptr_t s) {
+                              uintptr_t weight, uintptr_t pre_gelu, int64_t N, int64_t K, int64_t M, uintptr_t s) {
     matmul_backward(ptr<floatX>(dinp), ptr<floatX>(dweight), ptr<floatX>(dbias), ptr<const floatX>(dout),
-                    ptr<const floatX>(inp), ptr<const floatX>(weight), ptr<const floatX>(pre_gelu),
-                    ptr<floatX>(pre_gelu_dbias), N, K, M, as_stream(s));
-  }, "dinp = (dout @ weight) [* gelu'(pre_gelu)]; dweight += dout^T @ inp; dbias += colsum(dout); "
-     "pre_gelu_dbias += colsum(dinp); bf16");
-  m.def("gelu_backward_dbias", [](uintptr_t dinp, uintptr_t dbias, uintptr_t dout, uintptr_t inp, int64_t N,
-                                  int64_t M, uintptr_t scratch, int64_t scratch_floats, uintptr_t s) {
-    gelu_backward_dbias(ptr<floatX>(dinp), ptr<floatX>(dbias), ptr<const floatX>(dout), ptr<const floatX>(inp), N, M,
-                        ptr<float>(scratch), scratch_floats, as_stream(s));
-  }, "gelu_backward of (N, M) that also adds dinp's column sums to dbias (M), as matmul_backward's dbias");
+                    ptr<const floatX>(inp), ptr<const floatX>(weight), ptr<const floatX>(pre_gelu), N, K, M,
+                    as_stream(s));
+  }, "dinp = (dout @ weight) [* gelu'(pre_gelu)]; dweight += dout^T @ inp; dbias += colsum(dout); bf16");
   m.def("matmul_fp8", [](uintptr_t out, uintptr_t aux, uintptr_t x, uintptr_t w, bool x_e5m2, bool w_e5m2,
                          uintptr_t x_scale_inv, uintptr_t w_scale_inv, uintptr_t bias, int64_t N, int64_t K, int64_t M,
                          int epilogue, bool fast_accum, uintptr_t s) {

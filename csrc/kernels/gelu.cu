@@ -1,7 +1,6 @@
 // GELU, tanh approximation (GPT-2's): out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 // Forward reads inp, writes out. Backward reads dout and inp, writes dinp = dout * gelu'(inp); dinp may be
 // dout itself, so the MLP's backward can recompute nothing and allocate nothing. bf16 storage, fp32 math.
-// gelu_backward_dbias also adds dinp's column sums to a bias gradient in the same pass.
 #include "common.cuh"
 #include "kernels.h"
 
@@ -59,32 +58,6 @@ __global__ void __launch_bounds__(kBlock)
   store128(dinp + p * x128::size, d);
 }
 
-// gelu_backward_kernel's dinp for (N, M) row-major, plus dinp's column sums: the bias gradient of the matmul whose
-// output inp was (the MLP's fc), summed while dinp is written instead of in a second pass over it. The blocks and
-// the order of additions are bias_grad_partial_kernel's (common.cuh) over the rounded bf16 dinp, so dbias has the
-// bits matmul_backward would give from the same dinp. dinp may alias dout: each thread reads a pack, then writes it.
-__global__ void gelu_backward_dbias_kernel(floatX* dinp, float* partials, const floatX* dout, const floatX* inp,
-                                           int64_t N, int M) {
-  const int col = (blockIdx.x * WARP_SIZE + threadIdx.x) * x128::size;
-  float acc[x128::size] = {};
-  if (col < M) {
-    const int64_t step = (int64_t)gridDim.y * kBiasBlockRows;
-    for (int64_t row = (int64_t)blockIdx.y * kBiasBlockRows + threadIdx.y; row < N; row += step) {
-      const int64_t i = row * M + col;
-      const x128 x = load128cs(inp + i);
-      const x128 g = load128(dout + i);
-      x128 d;
-#pragma unroll
-      for (int k = 0; k < x128::size; k++) {
-        d[k] = (floatX)((float)g[k] * gelu_tanh_grad((float)x[k]));
-        acc[k] += (float)d[k];
-      }
-      store128(dinp + i, d);  // cached: the weight-gradient GEMM of fc reads dinp next
-    }
-  }
-  bias_grad_store_partials(partials, acc, M);
-}
-
 unsigned elementwise_grid(int64_t n) {
   const int64_t blocks = ceil_div<int64_t>(n / x128::size, kBlock);
   LLMC_REQUIRE(blocks < ((int64_t)1 << 31), "gelu: tensor too large for one launch");
@@ -105,18 +78,4 @@ void gelu_backward(floatX* dinp, const floatX* dout, const floatX* inp, int64_t 
   if (n == 0) return;
   gelu_backward_kernel<<<elementwise_grid(n), kBlock, 0, stream>>>(dinp, dout, inp, n / x128::size);
   CUDA_CHECK(cudaGetLastError());
-}
-
-void gelu_backward_dbias(floatX* dinp, floatX* dbias, const floatX* dout, const floatX* inp, int64_t N, int64_t M,
-                         float* scratch, int64_t scratch_floats, cudaStream_t stream) {
-  LLMC_REQUIRE(N >= 0 && M > 0 && M % x128::size == 0 && M < ((int64_t)1 << 31),
-               "gelu_backward_dbias: need N >= 0 and M > 0 a multiple of 8 (16-byte rows)");
-  if (N == 0) return;
-  const int row_blocks = bias_grad_row_blocks(N, M);
-  LLMC_REQUIRE(scratch_floats >= (int64_t)row_blocks * M, "gelu_backward_dbias: scratch smaller than "
-               "bias_grad_scratch_floats(N, M)");
-  gelu_backward_dbias_kernel<<<dim3(bias_grad_col_blocks(M), row_blocks), dim3(WARP_SIZE, kBiasBlockRows), 0,
-                               stream>>>(dinp, scratch, dout, inp, N, (int)M);
-  CUDA_CHECK(cudaGetLastError());
-  bias_grad_reduce(dbias, scratch, row_blocks, M, stream);
 }

@@ -16,10 +16,6 @@ typedef __nv_bfloat16 floatX;
 void gelu_forward(floatX* out, const floatX* inp, int64_t n, cudaStream_t stream);
 // dinp may alias dout (in-place backward).
 void gelu_backward(floatX* dinp, const floatX* dout, const floatX* inp, int64_t n, cudaStream_t stream);
-// The same for dout, inp (N, M), and dbias (M) += dinp's column sums, bit for bit as matmul_backward's dbias from
-// that dinp. M a multiple of 8; scratch: bias_grad_scratch_floats(N, M) floats (matmul.cu).
-void gelu_backward_dbias(floatX* dinp, floatX* dbias, const floatX* dout, const floatX* inp, int64_t N, int64_t M,
-                         float* scratch, int64_t scratch_floats, cudaStream_t stream);
 
 // ---- encoder.cu ----
 void encoder_forward(floatX* out, const int* idx, const floatX* wte, const floatX* wpe, int B, int T, int C,
@@ -51,12 +47,10 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
 void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floatX* weight, const floatX* bias,
                     int64_t N, int64_t K, int64_t M, bool gelu, cudaStream_t stream);
 // dinp (N,K) = dout (N,M) @ weight (M,K), times gelu_tanh'(pre_gelu (N,K)) when pre_gelu is not null (dinp may then
-// be pre_gelu); dweight += dout^T @ inp; dbias (may be null) += column sums of dout, deterministically;
-// pre_gelu_dbias (K; may be null, needs pre_gelu and dinp) += column sums of dinp, the bias gradient of the matmul
-// whose output pre_gelu was.
+// be pre_gelu); dweight += dout^T @ inp; dbias (may be null) += column sums of dout, deterministically.
 void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp,
-                     const floatX* weight, const floatX* pre_gelu, floatX* pre_gelu_dbias, int64_t N, int64_t K,
-                     int64_t M, cudaStream_t stream);
+                     const floatX* weight, const floatX* pre_gelu, int64_t N, int64_t K, int64_t M,
+                     cudaStream_t stream);
 // FP8 (sm_89+): out (N,M) = (x (N,K) @ w (M,K)^T) * x_scale_inv * w_scale_inv [+ bias (M)], x and w FP8 (e4m3, or
 // e5m2 for at most one of them), the scales device scalars, fp32 accumulation (fast_accum: Hopper's faster
 // accumulation), bf16 out. epilogue 0: none (bias optional); 1: GELU, out = gelu(.) and aux (N,M) = the value

@@ -508,46 +508,33 @@ void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floa
 }
 
 void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp,
-                     const floatX* weight, const floatX* pre_gelu, floatX* pre_gelu_dbias, int64_t N, int64_t K,
-                     int64_t M, cudaStream_t stream) {
+                     const floatX* weight, const floatX* pre_gelu, int64_t N, int64_t K, int64_t M,
+                     cudaStream_t stream) {
   require_gemm_dims(N, K, M, "matmul_backward");
-  LLMC_REQUIRE(pre_gelu_dbias == nullptr || (pre_gelu != nullptr && dinp != nullptr),
-               "matmul_backward: pre_gelu_dbias needs pre_gelu and dinp");
   if (N == 0) return;
   std::lock_guard<std::mutex> lock(state_mutex);
   DeviceState& s = device_state();
-  float* scratch = static_cast<float*>(s.workspace);
-  if (dbias) bias_grad_accumulate(dbias, dout, N, M, scratch, stream);
+  if (dbias) bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), stream);
   run_gemm(s, dweight_gemm(dweight, dout, inp, N, K, M), stream);
   if (dinp == nullptr) return;  // the caller computes dinp itself (matmul_fp8)
   Gemm g{K, N, M, /*trans_a=*/false, /*trans_b=*/false, weight, dout, dinp, /*accumulate=*/false,
          pre_gelu ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, nullptr, pre_gelu};
   if (pre_gelu != nullptr && dinp != pre_gelu) {
-    // The plain GEMM, then the GELU backward in place, where the caller wants the bias gradient of the GELU's
-    // input too (fc's, from fcproj's backward): one pass over dinp gives both, against the DGELU epilogue plus a
-    // bias-gradient pass. Otherwise the same where the heuristic offers a single DGELU algorithm: at GPT-2 350M's
-    // fcproj (C = 1024, N = 32768) an sm80 CUTLASS kernel, 0.82 ms at 335 TFLOP/s on an H200, against 0.58 ms for
-    // the plain GEMM and the GELU backward (benchmarks/probe_dgelu.py, session 8; at d12 and d48 it offers 8, and
-    // the fused epilogue was as fast or faster). Both rules depend on the call and the heuristic's answer, not on
-    // timing, so a given GPU and library always take the same path (the paths' dinp differ in the last bf16 bit).
-    const Plan* fused = pre_gelu_dbias ? nullptr : find_plan(s, g, stream);
+    // Where the heuristic offers a single DGELU algorithm, it was an sm80 CUTLASS kernel at GPT-2 350M's fcproj
+    // (C = 1024, N = 32768): 0.82 ms at 335 TFLOP/s on an H200, against 0.58 ms for the plain GEMM and then the
+    // GELU backward in place (benchmarks/probe_dgelu.py, session 8; at d12 and d48 it offers 8, and the fused
+    // epilogue was as fast or faster). The rule depends on the heuristic's answer only, not on timing, so a
+    // given GPU and library always take the same path (the two paths' dinp differ in the last bf16 bit).
+    const Plan* fused = find_plan(s, g, stream);
     if (fused == nullptr || fused->offered <= 1) {
       g.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
       g.aux = nullptr;
       run_gemm(s, g, stream);
-      if (pre_gelu_dbias) {
-        LLMC_REQUIRE(bias_grad_scratch_floats(N, K) * (int64_t)sizeof(float) <= (int64_t)kWorkspaceBytes,
-                     "matmul_backward: bias gradient partials do not fit the workspace");
-        gelu_backward_dbias(dinp, pre_gelu_dbias, dinp, pre_gelu, N, K, scratch, kWorkspaceBytes / sizeof(float),
-                            stream);
-      } else {
-        gelu_backward(dinp, dinp, pre_gelu, N * K, stream);
-      }
+      gelu_backward(dinp, dinp, pre_gelu, N * K, stream);
       return;
     }
   }
   run_gemm(s, g, stream);
-  if (pre_gelu_dbias) bias_grad_accumulate(pre_gelu_dbias, dinp, N, K, scratch, stream);  // dinp is pre_gelu
 }
 
 void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e5m2, bool w_e5m2,

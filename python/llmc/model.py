@@ -596,15 +596,13 @@ class GPT:
                 ln1, ln2, fch_gelu = self._layer_ln(a, "ln1", l), self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
                 if self.recompute >= 1:
                     ops.gelu_forward(a["fch"][l], out=fch_gelu)
-                # bf16 even with fp8: see _Fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow). fc's bias
-                # gradient is summed by the GELU backward here, unless fc's FP8 input gradient's cast sums it.
-                fc_dbias_here = not (self.fp8 and self._fp8.dinp)
+                # bf16 even with fp8: see _Fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow)
                 ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], g["fcprojb"][l], dinp=dbt4c,
-                                    pre_gelu=a["fch"][l], pre_gelu_dbias=g["fcb"][l] if fc_dbias_here else None)
+                                    pre_gelu=a["fch"][l])
                 if self.recompute >= 2:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
-                self._linear_backward(a, dbt4c, ln2, "fc", l, dbtc, _Fp8.FC_DOUT, bias_done=fc_dbias_here)
+                self._linear_backward(a, dbt4c, ln2, "fc", l, dbtc, _Fp8.FC_DOUT)
                 ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
                                        g["ln2w"][l], g["ln2b"][l], dinp=dres, accumulate=True)
                 ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], g["attprojb"][l],
@@ -622,19 +620,18 @@ class GPT:
             ops.encoder_backward(dres.view(B, T, C), a["inputs"][0], g["wte"], g["wpe"], validate=False)
             self._grads_ready(-1)
 
-    def _linear_backward(self, a, dout, inp, name: str, l: int, dinp, fp8_slot: int, bias_done: bool = False) -> None:
+    def _linear_backward(self, a, dout, inp, name: str, l: int, dinp, fp8_slot: int) -> None:
         """Gradients of layer l's linear `name` ("fc" or "qkv"): weight and bias accumulated, dinp written. Where
         the FP8 policy has input gradients in FP8, dinp comes from an FP8 matmul whose e5m2 cast of dout also sums
-        the bias gradient (fp8_slot: the cast's delayed-scaling slot, _Fp8.FC_DOUT or QKV_DOUT). bias_done: the
-        bias gradient was already accumulated (fc's, by fcproj's GELU backward)."""
+        the bias gradient (fp8_slot: the cast's delayed-scaling slot, _Fp8.FC_DOUT or QKV_DOUT)."""
         g = self.grad_tensors
         w, gw, gb = self.param_tensors[name + "w"][l], g[name + "w"][l], g[name + "b"][l]
         if self.fp8 and self._fp8.dinp:
             ops.matmul_backward(dout, inp, w, gw, None, compute_dinp=False)
             self._fp8.linear_dinp(a, dout, w, self._fp8.w_amax[name + "w"][l:l + 1], dinp,
-                                  self._fp8.slot(l, fp8_slot), dbias=None if bias_done else gb)
+                                  self._fp8.slot(l, fp8_slot), dbias=gb)
         else:
-            ops.matmul_backward(dout, inp, w, gw, None if bias_done else gb, dinp=dinp)
+            ops.matmul_backward(dout, inp, w, gw, gb, dinp=dinp)
 
     def _grads_ready(self, layer: int) -> None:
         if self.grad_ready_hook is not None:

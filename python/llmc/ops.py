@@ -222,43 +222,20 @@ def gelu_forward(inp: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch
     return out
 
 
-def gelu_backward(dout: torch.Tensor, inp: torch.Tensor, dinp: Optional[torch.Tensor] = None, *,
-                  dbias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """dinp = dout * GELU'(inp). `dinp` may be `dout` itself (in-place). dbias (M,), for inp (..., M): += dinp
-    summed over rows, in the same pass (the bias gradient of the matmul whose output inp was; on CUDA bit for bit
-    as matmul_backward's dbias from that dinp)."""
+def gelu_backward(dout: torch.Tensor, inp: torch.Tensor, dinp: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """dinp = dout * GELU'(inp). `dinp` may be `dout` itself (in-place)."""
     _check_float(dout, "dout")
     _check_float(inp, "inp")
-    device = _check_same_device(dout=dout, inp=inp, dinp=dinp, dbias=dbias)
+    device = _check_same_device(dout=dout, inp=inp, dinp=dinp)
     _check_shape(dout, "dout", inp.shape)
     if dout.dtype != inp.dtype:
         raise TypeError(f"dout ({dout.dtype}) and inp ({inp.dtype}) must have the same dtype")
-    M = inp.shape[-1] if inp.dim() else 1
-    if dbias is not None:
-        _check_float(dbias, "dbias")
-        _check_same_dtype(inp=inp, dbias=dbias)
-        if inp.dim() < 1:
-            raise ValueError("dbias needs inp of at least one dimension (rows, M)")
-        _check_shape(dbias, "dbias", (M,))
     dinp = _output(dinp, "dinp", inp.shape, inp.dtype, device)
-    if dbias is not None:
-        _check_writes_disjoint(dict(dbias=dbias), dict(dinp=dinp, dout=dout, inp=inp))
     if device.type == "cuda":
-        ext, stream = _ext(), _stream(device)
-        if dbias is None:
-            _check_multiple_of(inp.numel(), 8, "inp.numel()")
-            ext.gelu_backward(dinp.data_ptr(), dout.data_ptr(), inp.data_ptr(), inp.numel(), stream)
-        elif inp.numel():  # (with nothing to sum, dbias stays as it is)
-            _check_multiple_of(M, 8, "inp.shape[-1]")
-            N = inp.numel() // M
-            floats = ext.bias_grad_scratch_floats(N, M)
-            scratch = torch.empty(floats, dtype=torch.float32, device=device)
-            ext.gelu_backward_dbias(dinp.data_ptr(), dbias.data_ptr(), dout.data_ptr(), inp.data_ptr(), N, M,
-                                    scratch.data_ptr(), floats, stream)
+        _check_multiple_of(inp.numel(), 8, "inp.numel()")
+        _ext().gelu_backward(dinp.data_ptr(), dout.data_ptr(), inp.data_ptr(), inp.numel(), _stream(device))
     else:
         dinp.copy_(reference.gelu_backward(dout, inp))
-        if dbias is not None:
-            dbias.add_(dinp.float().reshape(-1, M).sum(0).to(dbias.dtype))
     return dinp
 
 
@@ -552,31 +529,25 @@ def matmul_forward(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, dweight: torch.Tensor,
                     dbias: Optional[torch.Tensor] = None, dinp: Optional[torch.Tensor] = None,
-                    pre_gelu: Optional[torch.Tensor] = None, *, compute_dinp: bool = True,
-                    pre_gelu_dbias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+                    pre_gelu: Optional[torch.Tensor] = None, *, compute_dinp: bool = True) -> Optional[torch.Tensor]:
     """Backward of matmul_forward. Returns dinp = dout @ weight (N, K), overwritten; accumulates
     dweight (M, K) += dout.T @ inp and, when given, dbias (M) += dout summed over rows (deterministically).
 
     With pre_gelu (shaped like inp) given, inp was gelu(pre_gelu) and dinp = (dout @ weight) * gelu'(pre_gelu),
     the gradient with respect to pre_gelu (fused into the cuBLASLt epilogue on CUDA); dinp may then be pre_gelu
-    itself. pre_gelu_dbias (K,), with pre_gelu: += dinp summed over rows, the bias gradient of the matmul whose
-    output pre_gelu was (an MLP's first layer), which CUDA sums while the GELU backward writes dinp (where dinp
-    is not pre_gelu; bit for bit as that matmul's own dbias from this dinp). compute_dinp=False: only dweight
-    and dbias (returns None; the caller computes dinp otherwise, e.g. with matmul_fp8).
+    itself. compute_dinp=False: only dweight and dbias (returns None; the caller computes dinp otherwise, e.g.
+    with matmul_fp8).
     """
     if not compute_dinp and (dinp is not None or pre_gelu is not None):
         raise ValueError("compute_dinp=False takes neither dinp nor pre_gelu")
-    if pre_gelu_dbias is not None and pre_gelu is None:
-        raise ValueError("pre_gelu_dbias is the bias gradient of the GELU's input: it needs pre_gelu")
     for t, name in ((dout, "dout"), (inp, "inp"), (weight, "weight"), (dweight, "dweight")):
         _check_float(t, name)
-    for t, name in ((dbias, "dbias"), (pre_gelu, "pre_gelu"), (pre_gelu_dbias, "pre_gelu_dbias")):
+    for t, name in ((dbias, "dbias"), (pre_gelu, "pre_gelu")):
         if t is not None:
             _check_float(t, name)
     device = _check_same_device(dout=dout, inp=inp, weight=weight, dweight=dweight, dbias=dbias, dinp=dinp,
-                                pre_gelu=pre_gelu, pre_gelu_dbias=pre_gelu_dbias)
-    dtype = _check_same_dtype(dout=dout, inp=inp, weight=weight, dweight=dweight, dbias=dbias, pre_gelu=pre_gelu,
-                              pre_gelu_dbias=pre_gelu_dbias)
+                                pre_gelu=pre_gelu)
+    dtype = _check_same_dtype(dout=dout, inp=inp, weight=weight, dweight=dweight, dbias=dbias, pre_gelu=pre_gelu)
     N, K, M = _matmul_dims(inp, weight, device)
     _check_shape(dout, "dout", (*inp.shape[:-1], M))
     _check_shape(dweight, "dweight", (M, K))
@@ -584,16 +555,14 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
         _check_shape(dbias, "dbias", (M,))
     if pre_gelu is not None:
         _check_shape(pre_gelu, "pre_gelu", inp.shape)
-    if pre_gelu_dbias is not None:
-        _check_shape(pre_gelu_dbias, "pre_gelu_dbias", (K,))
     if compute_dinp:
         dinp = _output(dinp, "dinp", inp.shape, dtype, device)
     in_place = pre_gelu is not None and dinp.numel() > 0 and dinp.data_ptr() == pre_gelu.data_ptr()
-    _check_writes_disjoint(dict(dinp=dinp, dweight=dweight, dbias=dbias, pre_gelu_dbias=pre_gelu_dbias),
+    _check_writes_disjoint(dict(dinp=dinp, dweight=dweight, dbias=dbias),
                            dict(dout=dout, inp=inp, weight=weight, pre_gelu=None if in_place else pre_gelu))
     if device.type == "cuda":
         _ext().matmul_backward(_ptr(dinp), dweight.data_ptr(), _ptr(dbias), dout.data_ptr(), inp.data_ptr(),
-                               weight.data_ptr(), _ptr(pre_gelu), _ptr(pre_gelu_dbias), N, K, M, _stream(device))
+                               weight.data_ptr(), _ptr(pre_gelu), N, K, M, _stream(device))
     else:
         d_inp, d_weight, d_bias = reference.matmul_backward(dout, inp, weight, pre_gelu)
         dweight.add_(d_weight)
@@ -601,8 +570,6 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
             dbias.add_(d_bias)
         if dinp is not None:
             dinp.copy_(d_inp)
-        if pre_gelu_dbias is not None:
-            pre_gelu_dbias.add_(dinp.float().reshape(-1, K).sum(0).to(pre_gelu_dbias.dtype))
     return dinp
 
 
@@ -611,9 +578,9 @@ def matmul_tuning_log() -> list:
     (cuBLASLt's column-major m, n, k), its epilogue, and which of the heuristic's algorithms was kept, with its
     time against the heuristic's first choice. A forward or dinp GEMM is tuned the first time its shape runs:
     every algorithm the heuristic offers is timed on that call's inputs, and only those whose output has the
-    first choice's exact bits may be chosen, so tuning changes speed, not results (accumulating GEMMs, dweight +=,
-    run in a scratch output from zeros and from a pattern, and an algorithm must match both times). Nothing is
-    tuned or listed with LLMC_GEMM_AUTOTUNE=0 or while a CUDA graph is being captured."""
+    first choice's exact bits may be chosen, so tuning changes speed, not results. Accumulating GEMMs (dweight
+    +=) keep the first choice and are not listed; so is everything with LLMC_GEMM_AUTOTUNE=0 or while a CUDA
+    graph is being captured."""
     return list(_ext().matmul_tuning_log())
 
 
