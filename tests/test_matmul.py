@@ -73,9 +73,11 @@ def test_matmul_backward_matches_autograd(device, dtype, N, K, M, with_bias, wit
 
 
 @pytest.mark.parametrize("device,dtype", devices_and_dtypes())
-@pytest.mark.parametrize("N,K,M", [(7, 768, 3072), (1023, 3072, 768), (64, 6400, 1600)])
+@pytest.mark.parametrize("N,K,M", [(1, 40, 24), (7, 768, 3072), (7, 3072, 768), (1023, 3072, 768), (64, 6400, 1600)])
 def test_matmul_backward_dinp_may_alias_pre_gelu(device, dtype, N, K, M):
-    """The in-place DGELU (dinp is pre_gelu), including a small-N, large-M shape where cuBLASLt picks split-K."""
+    """The in-place DGELU (dinp is pre_gelu), including a small-N, large-M shape where cuBLASLt picks split-K; at
+    (1, 40, 24) and (7, 3072, 768) cuBLASLt's DGELU epilogue written over its own aux input gave wrong values on
+    an H200 (session 10), hence the temporary in ops.matmul_backward."""
     pre = randn((N, K), dtype, device, std=2.0)
     x = F.gelu(pre.float(), approximate="tanh").to(dtype)
     w = randn((M, K), dtype, device, std=K ** -0.5)

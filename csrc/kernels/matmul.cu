@@ -2,7 +2,9 @@
 // Forward reads inp (N,K), weight (M,K), bias (M) and writes out (N,M); with the GELU epilogue out = gelu(pre) and,
 // when asked, pre_gelu (N,M) receives pre (the input of the GELU, kept for backward). Backward reads dout (N,M),
 // inp, weight and optionally pre_gelu (N,K): dinp (N,K) is overwritten, with gelu'(pre_gelu) applied in the
-// epilogue when pre_gelu is given (dinp may then be pre_gelu itself); dweight and dbias are accumulated (+=).
+// epilogue when pre_gelu is given (dinp must then be another buffer: cuBLASLt's DGELU epilogue reads its aux input
+// while it writes D, and some of its kernels, e.g. at N = 7, K = 3072, M = 768 on an H200, clobbered pre_gelu when
+// the two were one; llmc.ops runs an in-place call through a temporary); dweight and dbias are accumulated (+=).
 // bf16 operands, fp32 accumulation. dbias is reduced by the kernels below in an order fixed by (N, M) alone, and
 // split-K "in place" reductions are excluded, so a backward gives the same bits every run. (cuBLASLt's BGRADB
 // epilogue was measured as the alternative: on an H100 it runs a separate reduction kernel, slower than these.)
@@ -31,9 +33,8 @@
 // algorithm: from zeros (the output is the rounded product alone, at full resolution: a different order of the k
 // sums shows) and from a fixed pattern of values up to 2 in magnitude (how the old values are added shows); an
 // algorithm is a candidate only when both runs give the first choice's bits. So the choice changes speed only, not
-// results, in any run or process. dinp written over pre_gelu is tuned in a scratch too (pre_gelu filled with the
-// pattern). Both only when the scratch fits kTuneScratchBytes. No tuning during CUDA graph capture (it synchronizes), nor with LLMC_GEMM_AUTOTUNE=0 (read
-// at each call: it is part of the plan key). Tuning holds the plan lock while it synchronizes its stream: matmuls
+// results, in any run or process; only when the scratch fits kTuneScratchBytes. No tuning during CUDA graph
+// capture (it synchronizes), nor with LLMC_GEMM_AUTOTUNE=0 (read at each call: it is part of the plan key). Tuning holds the plan lock while it synchronizes its stream: matmuls
 // of other threads wait for it (once per shape).
 #include <cublasLt.h>
 
@@ -166,12 +167,11 @@ bool autotune_enabled() {
 }
 
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int, uint32_t, uint32_t, uint32_t, uint32_t,
-                           uint32_t, bool, bool, int, int, bool>;
+                           uint32_t, bool, int, int, bool>;
 PlanKey plan_key(const Gemm& g) {
-  const bool in_place = g.aux != nullptr && g.aux == g.d;  // dinp over pre_gelu: tuned as such, separately
   return PlanKey(g.m, g.n, g.k, g.trans_a, g.trans_b, g.accumulate, (int)g.epilogue, pointer_alignment(g.a),
                  pointer_alignment(g.b), pointer_alignment(g.d), pointer_alignment(g.bias), pointer_alignment(g.aux),
-                 autotune_enabled(), in_place, (int)g.a_type, (int)g.b_type, g.fast_accum);
+                 autotune_enabled(), (int)g.a_type, (int)g.b_type, g.fast_accum);
 }
 
 struct Plan {
@@ -247,9 +247,8 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const Gemm& g, int rank
   set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, pointer_alignment(g.b));
   set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, pointer_alignment(g.d));
   set_preference(raw_pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, pointer_alignment(g.d));
-  // No split-K reduced "in place" in D: it is the one scheme whose partial sums pass through the output buffer,
-  // which would clobber pre_gelu when dinp aliases it. The other schemes keep partials in the workspace and
-  // reduce them in a fixed order.
+  // No split-K reduced "in place" in D: it is the one scheme whose partial sums pass through the output buffer.
+  // The other schemes keep partials in the workspace and reduce them in a fixed order.
   set_preference(raw_pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
                  (uint32_t)(CUBLASLT_REDUCTION_SCHEME_MASK & ~CUBLASLT_REDUCTION_SCHEME_INPLACE));
 
@@ -309,7 +308,7 @@ void enqueue_gemm(DeviceState& s, const Gemm& g, const Plan& plan, cudaStream_t 
 
 constexpr int kTuneAsk = 16;                     // algorithms asked of the heuristic
 constexpr int kTuneRuns = 3;                     // timed runs per algorithm (the fastest counts)
-constexpr size_t kTuneScratchBytes = 512u << 20; // largest output tuned in a scratch (dweight +=, dinp over pre_gelu)
+constexpr size_t kTuneScratchBytes = 512u << 20; // largest output tuned in a scratch (dweight +=)
 
 // A buffer and two events for tuning that free themselves.
 struct DeviceBuffer {
@@ -339,7 +338,7 @@ std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_pt
                                 cudaStream_t stream) {
   Gemm g = call;  // what the tuning runs: the call, or its output moved to the scratch
   const int64_t elems = g.m * g.n;
-  const bool in_scratch = (g.epilogue == CUBLASLT_EPILOGUE_DGELU && g.d == g.aux) || g.accumulate;
+  const bool in_scratch = g.accumulate;
   const int fills = g.accumulate ? 2 : 1;  // the scratch's starting values per hashed run: see the top of the file
   DeviceBuffer scratch;
   if (in_scratch) {
@@ -350,7 +349,6 @@ std::unique_ptr<Plan> tune_plan(DeviceState& s, const Gemm& call, std::unique_pt
       return first;
     }
     g.d = static_cast<floatX*>(scratch.p);
-    if (g.epilogue == CUBLASLT_EPILOGUE_DGELU) g.aux = g.d;
   }
   if (s.hash == nullptr) CUDA_CHECK(cudaMalloc(&s.hash, sizeof(unsigned long long)));
   const bool writes_aux = g.epilogue == CUBLASLT_EPILOGUE_GELU_AUX || g.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
@@ -511,6 +509,8 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
                      const floatX* weight, const floatX* pre_gelu, int64_t N, int64_t K, int64_t M,
                      cudaStream_t stream) {
   require_gemm_dims(N, K, M, "matmul_backward");
+  LLMC_REQUIRE(pre_gelu == nullptr || dinp != pre_gelu, "matmul_backward: dinp must not be pre_gelu (cuBLASLt's "
+               "DGELU epilogue reads pre_gelu while it writes dinp); pass another buffer");
   if (N == 0) return;
   std::lock_guard<std::mutex> lock(state_mutex);
   DeviceState& s = device_state();
@@ -519,7 +519,7 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
   if (dinp == nullptr) return;  // the caller computes dinp itself (matmul_fp8)
   Gemm g{K, N, M, /*trans_a=*/false, /*trans_b=*/false, weight, dout, dinp, /*accumulate=*/false,
          pre_gelu ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, nullptr, pre_gelu};
-  if (pre_gelu != nullptr && dinp != pre_gelu) {
+  if (pre_gelu != nullptr) {
     // Where the heuristic offers a single DGELU algorithm, it was an sm80 CUTLASS kernel at GPT-2 350M's fcproj
     // (C = 1024, N = 32768): 0.82 ms at 335 TFLOP/s on an H200, against 0.58 ms for the plain GEMM and then the
     // GELU backward in place (benchmarks/probe_dgelu.py, session 8; at d12 and d48 it offers 8, and the fused

@@ -535,7 +535,8 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
 
     With pre_gelu (shaped like inp) given, inp was gelu(pre_gelu) and dinp = (dout @ weight) * gelu'(pre_gelu),
     the gradient with respect to pre_gelu (fused into the cuBLASLt epilogue on CUDA); dinp may then be pre_gelu
-    itself. compute_dinp=False: only dweight and dbias (returns None; the caller computes dinp otherwise, e.g.
+    itself (on CUDA through a temporary of its size and a copy: cuBLASLt's epilogue reads pre_gelu while it
+    writes dinp, and some of its kernels clobbered pre_gelu when the two were one buffer). compute_dinp=False: only dweight and dbias (returns None; the caller computes dinp otherwise, e.g.
     with matmul_fp8).
     """
     if not compute_dinp and (dinp is not None or pre_gelu is not None):
@@ -561,8 +562,11 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
     _check_writes_disjoint(dict(dinp=dinp, dweight=dweight, dbias=dbias),
                            dict(dout=dout, inp=inp, weight=weight, pre_gelu=None if in_place else pre_gelu))
     if device.type == "cuda":
-        _ext().matmul_backward(_ptr(dinp), dweight.data_ptr(), _ptr(dbias), dout.data_ptr(), inp.data_ptr(),
+        target = torch.empty_like(dinp) if in_place else dinp
+        _ext().matmul_backward(_ptr(target), dweight.data_ptr(), _ptr(dbias), dout.data_ptr(), inp.data_ptr(),
                                weight.data_ptr(), _ptr(pre_gelu), N, K, M, _stream(device))
+        if in_place:
+            dinp.copy_(target)
     else:
         d_inp, d_weight, d_bias = reference.matmul_backward(dout, inp, weight, pre_gelu)
         dweight.add_(d_weight)
@@ -578,9 +582,9 @@ def matmul_tuning_log() -> list:
     (cuBLASLt's column-major m, n, k), its epilogue, and which of the heuristic's algorithms was kept, with its
     time against the heuristic's first choice. A forward or dinp GEMM is tuned the first time its shape runs:
     every algorithm the heuristic offers is timed on that call's inputs, and only those whose output has the
-    first choice's exact bits may be chosen, so tuning changes speed, not results. Accumulating GEMMs (dweight
-    +=) keep the first choice and are not listed; so is everything with LLMC_GEMM_AUTOTUNE=0 or while a CUDA
-    graph is being captured."""
+    first choice's exact bits may be chosen, so tuning changes speed, not results (accumulating GEMMs, dweight +=,
+    run in a scratch output from zeros and from a pattern, and an algorithm must match both times). Nothing is
+    tuned or listed with LLMC_GEMM_AUTOTUNE=0 or while a CUDA graph is being captured."""
     return list(_ext().matmul_tuning_log())
 
 
