@@ -144,15 +144,6 @@ def wait_for_device(device, what: str) -> None:
         return
     done = torch.cuda.Event()
     done.record(torch.cuda.current_stream(device))
-    wait_for_event(done, what)
-
-
-def wait_for_event(done, what: str) -> None:
-    """Wait until the work queued before the CUDA event `done` (recorded earlier) has finished, the later work
-    not included; in an NCCL job with the same timeout and exit as wait_for_device."""
-    if _wait_timeout_s is None:
-        done.synchronize()
-        return
     start = time.monotonic()
     while not done.query():
         if time.monotonic() - start > _wait_timeout_s:

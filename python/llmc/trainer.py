@@ -518,54 +518,20 @@ class Trainer:
 
         log = RunLog(out_dir if main else None, resume=resume_step is not None, total_steps=num_steps, start_step=step,
                      quiet=not main)
-        pending = None  # the last step enqueued whose loss and norm the host has not read yet (_PendingStep)
-        last_read = None  # when the host read the previous step's values (perf_counter)
-
-        def finish(p):
-            """Read a step's loss and norm (waiting for its work only, not for what was queued after it) and log it.
-            A step's time runs from the later of its start and the previous step's read: with the host a step ahead
-            of the GPU, the interval between two reads, which is the GPU's time per step."""
-            nonlocal last_read
-            loss, norm = p.read()
-            now = time.perf_counter()
-            seconds = now - (p.t0 if last_read is None else max(p.t0, last_read))
-            last_read = now
-            zloss, znorm = p.z if p.z is not None else (loss_detector.update(loss), norm_detector.update(norm))
-            record = {"step": p.step, "loss": loss, "norm": norm, "lr": p.lr, "ms": 1000 * seconds,
-                      "tokens_per_s": total_batch / seconds, "skipped": p.skipped}
-            mfu = f" | {100 * flops_per_step / seconds / peak:.1f}% bf16 MFU" if peak else ""
-            log.train(record, f"step {p.step + 1:4d}/{num_steps} | loss {loss:.6f} ({zloss:+.2f}z) | norm "
-                              f"{norm:.4f} ({znorm:+.2f}z) | lr {p.lr:.2e} | {record['ms']:.2f} ms{mfu} | "
-                              f"{record['tokens_per_s']:.0f} tok/s")
-            self.history.append(record)
-
-        def flush():
-            nonlocal pending
-            p, pending = pending, None
-            if p is not None:
-                finish(p)
-
         try:
             for step in range(step, num_steps + 1):
                 last_step = step == num_steps
-                do_val = val_loader is not None and c.val_every > 0 and (step % c.val_every == 0 or last_step)
-                do_hellaswag = bool(hellaswag) and ((step > 0 and c.val_every > 0 and step % c.val_every == 0) or
-                                                    last_step)
-                do_sample = main and c.sample_every > 0 and ((step > 0 and step % c.sample_every == 0) or last_step)
-                do_ckpt = ckpt is not None and c.checkpoint_every > 0 and step != resume_step and \
-                    ((step > 0 and step % c.checkpoint_every == 0) or last_step)
-                if do_val or do_hellaswag or do_sample or do_ckpt or last_step:
-                    flush()  # the previous step is logged (and the detectors updated) before anything else happens
-                if do_val:
+                if val_loader is not None and c.val_every > 0 and (step % c.val_every == 0 or last_step):
                     log.val(step, all_reduce_mean(val_loss(model, val_loader, B, T, val_batches, self.rank,
                                                            self.world_size), device))
-                if do_hellaswag:
+                if hellaswag and ((step > 0 and c.val_every > 0 and step % c.val_every == 0) or last_step):
                     mine = hellaswag_eval(model, hellaswag, B, T, self.rank, self.world_size)
                     result = HellaSwagResult(*all_reduce_sum([mine.correct, mine.correct_norm, mine.total], device))
                     log.hellaswag(step, result.acc_norm, result.total)
-                if do_sample:
+                if main and c.sample_every > 0 and ((step > 0 and step % c.sample_every == 0) or last_step):
                     log.sample(step, self._sample(model))
-                if do_ckpt:
+                if ckpt is not None and c.checkpoint_every > 0 and step != resume_step and \
+                        ((step > 0 and step % c.checkpoint_every == 0) or last_step):
                     log.print(f"writing checkpoint at step {step}")
                     ckpt.save(step, model, {
                         "step": step, "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
@@ -576,10 +542,9 @@ class Trainer:
                 if last_step:
                     break
 
-                # One optimization step over total_batch tokens. The host does not wait for the GPU inside a step
-                # (tokens are checked on the host, clipping happens in the AdamW kernel), and on a GPU it reads
-                # the step's loss and norm only after it has queued the next step, so the GPU never waits for the
-                # host between steps; unless outlier skipping needs them before the update.
+                # One optimization step over total_batch tokens. The host does not wait for the GPU until the
+                # step's loss and norm are read at its end (unless outlier skipping needs them before the update):
+                # tokens are checked on the host, clipping happens in the AdamW kernel.
                 t0 = time.perf_counter()
                 loss_t = None
                 for micro_step in range(grad_accum):
@@ -599,34 +564,31 @@ class Trainer:
                 lr = learning_rate(step, schedule=c.lr_schedule, max_lr=c.learning_rate,
                                    warmup=c.warmup_iterations, total=num_steps, final_fraction=c.final_lr_fraction)
                 checked = loss_detector.threshold or norm_detector.threshold
-                what = f"step {step + 1}"
                 if checked:  # the z-scores decide whether to update: they need the values now
-                    this = _PendingStep(step, t0, lr, loss_t, norm_sq, what)
-                    loss, norm = this.read()
-                    this.z = loss_detector.update(loss), norm_detector.update(norm)
-                    this.skipped = loss_detector.is_outlier(this.z[0]) or norm_detector.is_outlier(this.z[1])
-                if checked and this.skipped:
-                    log.print(f"skipping the update of step {step}: loss z-score {this.z[0]:+.2f}, norm z-score "
-                              f"{this.z[1]:+.2f}")
+                    loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
+                    zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
+                skipped = bool(checked) and (loss_detector.is_outlier(zloss) or norm_detector.is_outlier(znorm))
+                if skipped:
+                    log.print(f"skipping the update of step {step}: loss z-score {zloss:+.2f}, norm z-score "
+                              f"{znorm:+.2f}")
                 else:
                     optimizer.step(lr, grad_norm_squared=norm_sq, max_grad_norm=GRAD_CLIP)
                     sync.gather_params()
                 model.zero_grad()
+                if not checked:
+                    loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
+                    zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
                 if checked:  # the loss was read before the update: wait for the update and its collectives too
-                    wait_for_device(device, what)
-                    finish(this)
-                    continue
-                this = _PendingStep(step, t0, lr, loss_t, norm_sq, what)
-                flush()  # the previous step, read while the GPU works on this one
-                pending = this
-                if device.type != "cuda":
-                    flush()
-        except BaseException:
-            try:
-                flush()  # log the last step the error did not interrupt, if it can still be read
-            except Exception:
-                pass
-            raise
+                    wait_for_device(device, f"step {step + 1}")
+                seconds = time.perf_counter() - t0
+
+                record = {"step": step, "loss": loss, "norm": norm, "lr": lr, "ms": 1000 * seconds,
+                          "tokens_per_s": total_batch / seconds, "skipped": skipped}
+                mfu = f" | {100 * flops_per_step / seconds / peak:.1f}% bf16 MFU" if peak else ""
+                log.train(record, f"step {step + 1:4d}/{num_steps} | loss {loss:.6f} ({zloss:+.2f}z) | norm "
+                                  f"{norm:.4f} ({znorm:+.2f}z) | lr {lr:.2e} | {record['ms']:.2f} ms{mfu} | "
+                                  f"{record['tokens_per_s']:.0f} tok/s")
+                self.history.append(record)
         finally:
             log.close()
         return self.history
@@ -649,36 +611,16 @@ class Trainer:
             return None
 
 
-class _PendingStep:
-    """One step's mean loss and squared gradient norm on their way to the host, with what its log line needs. On
-    a GPU both are copied into pinned memory behind the step's work and an event marks the copy, so read() waits
-    for that step only (in an NCCL job with the collective timeout, see distributed.wait_for_event); on the CPU
-    they are ready at once."""
+def _read_loss_and_norm(loss, norm_squared, what: str) -> tuple[float, float]:
+    """The step's mean loss and global gradient norm as floats: the host waits for the GPU here (one sync; in an
+    NCCL job with the collective timeout, see distributed.wait_for_device)."""
+    import torch
 
-    def __init__(self, step: int, t0: float, lr: float, loss, norm_squared, what: str):
-        import torch
+    from .distributed import wait_for_device
 
-        self.step, self.t0, self.lr, self.what = step, t0, lr, what
-        self.z, self.skipped, self.values = None, False, None
-        both = torch.stack([loss.reshape(()).double(), norm_squared.reshape(()).double()])
-        if both.device.type == "cuda":
-            self.host = torch.empty(2, dtype=torch.float64, pin_memory=True)
-            self.host.copy_(both, non_blocking=True)
-            self.done = torch.cuda.Event()
-            self.done.record()
-        else:
-            self.host, self.done = both, None
-
-    def read(self) -> tuple[float, float]:
-        """(loss, gradient norm) as floats; the first call waits for the step."""
-        from .distributed import wait_for_event
-
-        if self.values is None:
-            if self.done is not None:
-                wait_for_event(self.done, self.what)
-            loss, norm_sq = self.host.tolist()
-            self.values = loss, math.sqrt(norm_sq)
-        return self.values
+    wait_for_device(loss.device, what)
+    loss_value, norm_sq = torch.stack([loss.reshape(()), norm_squared.reshape(()).double()]).tolist()
+    return loss_value, math.sqrt(norm_sq)
 
 
 def rng_state() -> dict:
