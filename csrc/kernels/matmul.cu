@@ -34,8 +34,9 @@
 // sums shows) and from a fixed pattern of values up to 2 in magnitude (how the old values are added shows); an
 // algorithm is a candidate only when both runs give the first choice's bits. So the choice changes speed only, not
 // results, in any run or process; only when the scratch fits kTuneScratchBytes. No tuning during CUDA graph
-// capture (it synchronizes), nor with LLMC_GEMM_AUTOTUNE=0 (read at each call: it is part of the plan key). Tuning holds the plan lock while it synchronizes its stream: matmuls
-// of other threads wait for it (once per shape).
+// capture (it synchronizes), nor with LLMC_GEMM_AUTOTUNE=0 (read at each call: it is part of the plan key).
+// Tuning holds the plan lock while it synchronizes its stream: matmuls of other threads wait for it (once per
+// shape).
 #include <cublasLt.h>
 
 #include <algorithm>

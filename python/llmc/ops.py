@@ -536,8 +536,8 @@ def matmul_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
     With pre_gelu (shaped like inp) given, inp was gelu(pre_gelu) and dinp = (dout @ weight) * gelu'(pre_gelu),
     the gradient with respect to pre_gelu (fused into the cuBLASLt epilogue on CUDA); dinp may then be pre_gelu
     itself (on CUDA through a temporary of its size and a copy: cuBLASLt's epilogue reads pre_gelu while it
-    writes dinp, and some of its kernels clobbered pre_gelu when the two were one buffer). compute_dinp=False: only dweight and dbias (returns None; the caller computes dinp otherwise, e.g.
-    with matmul_fp8).
+    writes dinp, and some of its kernels clobbered pre_gelu when the two were one buffer). compute_dinp=False:
+    only dweight and dbias (returns None; the caller computes dinp otherwise, e.g. with matmul_fp8).
     """
     if not compute_dinp and (dinp is not None or pre_gelu is not None):
         raise ValueError("compute_dinp=False takes neither dinp nor pre_gelu")
