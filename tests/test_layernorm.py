@@ -98,6 +98,43 @@ def test_layernorm_backward_accumulates_into_dinp(device, dtype, shape):
     run_backward(shape, dtype, device, accumulate=True)
 
 
+# dinp_colsum: the fused column sums (C <= 2048 in the register kernel, except where they would cost resident
+# blocks, e.g. C = 1280) and the separate pass (8192, 1280): both accumulate modes, odd row counts.
+@pytest.mark.parametrize("device,dtype", devices_and_dtypes())
+@pytest.mark.parametrize("shape", [(1, 768), (7, 1600), (1023, 768), (4097, 1600), (2049, 1280), (1023, 1288),
+                                   (3, 8), (5, 8192)])
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+def test_layernorm_backward_sums_dinp_columns(device, dtype, shape, accumulate):
+    x, weight, bias = ln_inputs(shape, dtype, device)
+    dout = randn(shape, dtype, device)
+    mean, rstd = (t.to(device) for t in torch_stats(x))
+    dweight, dbias = torch.zeros_like(weight), torch.zeros_like(weight)
+    dinp0 = randn(shape, dtype, device) if accumulate else poisoned(shape, dtype, device)
+    colsum0 = randn(weight.shape, dtype, device)
+    dinp, colsum = dinp0.clone(), colsum0.clone()
+    ops.layernorm_backward(dout, x, weight, mean, rstd, dweight, dbias, dinp=dinp, accumulate=accumulate,
+                           dinp_colsum=colsum)
+
+    xr, wr, br = (t.float().cpu().requires_grad_(True) for t in (x, weight, bias))
+    F.layer_norm(xr, (shape[-1],), wr, br, EPS).backward(dout.float().cpu())
+    expected_dinp = xr.grad + (dinp0.float().cpu() if accumulate else 0.0)
+    assert_close(dinp, expected_dinp, dtype, "dinp")
+    assert_close(dweight, wr.grad, dtype, "dweight")
+    assert_close(dbias, br.grad, dtype, "dbias")
+    # the column sums of the dinp written (as stored), added to colsum's old values
+    assert_close(colsum, colsum0.float().cpu() + dinp.float().cpu().sum(0), dtype, "dinp_colsum")
+    # the same bits as without the sums, and the same sums every run
+    dinp2, colsum2 = dinp0.clone(), colsum0.clone()
+    dweight2, dbias2 = torch.zeros_like(weight), torch.zeros_like(weight)
+    ops.layernorm_backward(dout, x, weight, mean, rstd, dweight2, dbias2, dinp=dinp2, accumulate=accumulate,
+                           dinp_colsum=colsum2)
+    assert torch.equal(colsum, colsum2), "dinp_colsum differs between identical calls"
+    plain, dweight3, dbias3 = dinp0.clone(), torch.zeros_like(weight), torch.zeros_like(weight)
+    ops.layernorm_backward(dout, x, weight, mean, rstd, dweight3, dbias3, dinp=plain, accumulate=accumulate)
+    for name, a, b in (("dinp", dinp, plain), ("dweight", dweight, dweight3), ("dbias", dbias, dbias3)):
+        assert torch.equal(a, b), f"{name} differs with dinp_colsum"
+
+
 @pytest.mark.parametrize("device,dtype", devices_and_dtypes())
 def test_layernorm_backward_deterministic_in_place_and_accumulating(device, dtype):
     shape = (4097, 768)
@@ -206,6 +243,15 @@ def test_layernorm_rejects_bad_input():
     grads = torch.zeros(12)
     with pytest.raises(ValueError, match="shares memory"):
         ops.layernorm_backward(x, x, w, mean, rstd, grads[:8], grads[4:12])
+    with pytest.raises(ValueError, match=r"dinp_colsum has shape \(9,\)"):
+        ops.layernorm_backward(x, x, w, mean, rstd, dw, db, dinp_colsum=torch.zeros(9))
+    for bad in (torch.float64, torch.int32):
+        with pytest.raises(TypeError, match="dinp_colsum has dtype"):
+            ops.layernorm_backward(x, x, w, mean, rstd, dw, db, dinp_colsum=torch.zeros(8, dtype=bad))
+    with pytest.raises(ValueError, match="shares memory"):
+        ops.layernorm_backward(x, x, w, mean, rstd, dw, db, dinp_colsum=dw)
+    with pytest.raises(ValueError, match="shares memory"):
+        ops.layernorm_backward(x, x.clone(), w, mean, rstd, dw, db, dinp=x.clone(), dinp_colsum=x[0])
 
 
 @requires_cuda

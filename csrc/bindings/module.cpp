@@ -54,11 +54,13 @@ PYBIND11_MODULE(_llmc, m) {
         "number of fp32 scratch elements layernorm_backward needs for N rows of C (on the current device)");
   m.def("layernorm_backward", [](uintptr_t dinp, uintptr_t dweight, uintptr_t dbias, uintptr_t scratch,
                                  uintptr_t dout, uintptr_t inp, uintptr_t weight, uintptr_t mean, uintptr_t rstd,
-                                 int N, int C, bool accumulate, uintptr_t s) {
+                                 int N, int C, bool accumulate, uintptr_t s, uintptr_t colsum) {
     layernorm_backward(ptr<floatX>(dinp), ptr<floatX>(dweight), ptr<floatX>(dbias), ptr<float>(scratch),
                        ptr<const floatX>(dout), ptr<const floatX>(inp), ptr<const floatX>(weight),
-                       ptr<const float>(mean), ptr<const float>(rstd), N, C, accumulate, as_stream(s));
-  }, "dinp = (or += with accumulate) input gradient; dweight += , dbias += (deterministic)");
+                       ptr<const float>(mean), ptr<const float>(rstd), N, C, accumulate, as_stream(s),
+                       ptr<floatX>(colsum));
+  }, "dinp = (or += with accumulate) input gradient; dweight += , dbias += ; colsum (0: none) += dinp's column "
+     "sums (deterministic)");
 
   // ---- matmul.cu ----
   m.def("matmul_forward", [](uintptr_t out, uintptr_t pre_gelu, uintptr_t inp, uintptr_t weight, uintptr_t bias,

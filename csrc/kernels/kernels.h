@@ -37,9 +37,11 @@ void fused_residual_layernorm_forward(floatX* residual, floatX* out, float* mean
 // fp32 scratch the backward needs for N rows of C (llmc.ops allocates it).
 int64_t layernorm_backward_scratch_floats(int N, int C);
 // dinp = (or += with accumulate) the input gradient; dweight += , dbias += ; deterministic. dinp may alias dout.
+// colsum (C, may be null) += the column sums of the dinp written (its final values): the bias gradient of the
+// linear layer whose output gradient dinp is, summed in the same pass where the row fits the register kernel.
 void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
                         const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N, int C,
-                        bool accumulate, cudaStream_t stream);
+                        bool accumulate, cudaStream_t stream, floatX* colsum = nullptr);
 
 // ---- matmul.cu ----
 // out (N,M) = inp (N,K) @ weight (M,K)^T [+ bias (M)], through cuBLASLt. With gelu, out = gelu_tanh of that and
@@ -62,6 +64,8 @@ void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e
 // the floats of scratch its partial sums take for N rows of M columns, and dbias (M) += the `rows` rows of
 // partials (rows x M), added in order.
 int64_t bias_grad_scratch_floats(int64_t N, int64_t M);
+// dbias (M) += column sums of dout (N, M), deterministically, through `scratch` (bias_grad_scratch_floats(N, M)).
+void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch, cudaStream_t stream);
 void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream);
 // One line per GEMM plan autotuning looked at on the current device so far: its shape and the algorithm kept.
 std::vector<std::string> matmul_tuning_log();

@@ -185,9 +185,12 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // to consecutive packs hit distinct banks. The block then adds its teams' slices in team order and writes its
 // partials [dweight | dbias] to partials[blockIdx.x * 2C ...]. dinp may be dout or inp: a team reads a row
 // before it writes that row, and no other team touches it.
-// Shared memory (dynamic): the teams' sums (kTeams x 4 x C8 f128), then the teams' row buffers (kTeams x
+// kColSum: the team also sums the columns of the dinp it writes (its final values, after accumulation, as rounded
+// to bf16) in two more planes, and the partials are [dweight | dbias | dinp's column sums]: the bias gradient of
+// the linear layer whose output gradient dinp is (the residual stream's), without another pass over dinp.
+// Shared memory (dynamic): the teams' sums (kTeams x (4 or 6) x C8 f128), then the teams' row buffers (kTeams x
 // (kAhead + 1) buffers x [dout | inp] x C8 x128): reg_backward_smem_bytes.
-template <int kPacks, int kTeam, int kAhead, bool kOld>
+template <int kPacks, int kTeam, int kAhead, bool kOld, bool kColSum = false>
 __global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE, reg_backward_blocks_per_sm(kTeam))
     layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
                                    const floatX* inp, const floatX* __restrict__ weight,
@@ -202,15 +205,16 @@ __global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE,
   const int C8 = C / x128::size;
   constexpr int kHalf = f128::size;  // 4 of a pack's 8 columns per plane
   constexpr int kPlanes = kOld ? 3 : 2;  // rows per buffer: dout, inp (and dinp's old values with kOld)
-  f128* sums = reinterpret_cast<f128*>(smem) + team * 4 * C8;
-  x128* rows = reinterpret_cast<x128*>(reinterpret_cast<f128*>(smem) + kTeams * 4 * C8) +
+  constexpr int kSumPlanes = kColSum ? 6 : 4;  // dweight, dbias (and dinp's column sums), two planes each
+  f128* sums = reinterpret_cast<f128*>(smem) + team * kSumPlanes * C8;
+  x128* rows = reinterpret_cast<x128*>(reinterpret_cast<f128*>(smem) + kTeams * kSumPlanes * C8) +
                team * kPlanes * (kAhead + 1) * C8;
 #pragma unroll
   for (int u = 0; u < kPacks; u++) {
     const int j = tl + u * kLanes;
     if (j < C8) {
 #pragma unroll
-      for (int plane = 0; plane < 4; plane++) sums[plane * C8 + j] = f128::zeros();
+      for (int plane = 0; plane < kSumPlanes; plane++) sums[plane * C8 + j] = f128::zeros();
     }
   }
 
@@ -299,7 +303,18 @@ __global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE,
       const int j = tl + u * kLanes;
       if (j < C8) {
         const x128 w = load128(weight + j * x128::size);
-        store128(dinp + off + j * x128::size, dinp_pack(g[u], x[u], w, old[u], m, s, mean_dn, mean_dn_xhat));
+        const x128 d = dinp_pack(g[u], x[u], w, old[u], m, s, mean_dn, mean_dn_xhat);
+        store128(dinp + off + j * x128::size, d);
+        if constexpr (kColSum) {
+          f128 lo = sums[4 * C8 + j], hi = sums[5 * C8 + j];
+#pragma unroll
+          for (int k = 0; k < kHalf; k++) {
+            lo[k] += (float)d[k];
+            hi[k] += (float)d[kHalf + k];
+          }
+          sums[4 * C8 + j] = lo;
+          sums[5 * C8 + j] = hi;
+        }
         float dw[x128::size], db[x128::size];
         const f128 dw_lo = sums[j], dw_hi = sums[C8 + j], db_lo = sums[2 * C8 + j], db_hi = sums[3 * C8 + j];
 #pragma unroll
@@ -327,16 +342,18 @@ __global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE,
   }
   __syncthreads();
 
-  // Column i of [dweight | dbias]: plane (i / C) * 2 + (column % 8) / 4 of each team's slice, team 0 first.
+  // Column i of [dweight | dbias (| colsum)]: plane (i / C) * 2 + (column % 8) / 4 of each team's slice, team 0
+  // first.
+  constexpr int kParts = kSumPlanes / 2;
   const float* all = reinterpret_cast<const float*>(smem);
-  for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
-    const int col = i < C ? i : i - C;
-    const int plane = (i < C ? 0 : 2) + (col % x128::size) / kHalf;
+  for (int i = threadIdx.x; i < kParts * C; i += blockDim.x) {
+    const int part = i / C, col = i - part * C;
+    const int plane = part * 2 + (col % x128::size) / kHalf;
     const int at = (plane * C8 + col / x128::size) * kHalf + col % kHalf;
     float v = 0.0f;
 #pragma unroll
-    for (int t = 0; t < kTeams; t++) v += all[t * 4 * C8 * kHalf + at];
-    partials[(int64_t)blockIdx.x * 2 * C + i] = v;
+    for (int t = 0; t < kTeams; t++) v += all[t * kSumPlanes * C8 * kHalf + at];
+    partials[(int64_t)blockIdx.x * kParts * C + i] = v;
   }
 }
 
@@ -488,23 +505,26 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
   for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) mine[i] = acc[i];
 }
 
-// Block (32, kReduceRows): x picks one of 32 consecutive columns of [dweight | dbias], y strides over the
-// partials; the y-sums are then added in y order. Fixed order everywhere, so the result is deterministic.
+// Block (32, kReduceRows): x picks one of 32 consecutive columns of [dweight | dbias], or of [dweight | dbias |
+// colsum] when colsum is given (partials of 3C then), y strides over the partials; the y-sums are then added in y
+// order. Fixed order everywhere, so the result is deterministic.
 constexpr int kReduceRows = 16;
 __global__ void layernorm_param_grad_reduce_kernel(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
-                                                   const float* __restrict__ partials, int num_partials, int C) {
+                                                   const float* __restrict__ partials, int num_partials, int C,
+                                                   floatX* __restrict__ colsum = nullptr) {
   __shared__ float sums[kReduceRows][WARP_SIZE + 1];
+  const int width = (colsum != nullptr ? 3 : 2) * C;
   const int col = blockIdx.x * WARP_SIZE + threadIdx.x;
   float v = 0.0f;
-  if (col < 2 * C) {
-    for (int g = threadIdx.y; g < num_partials; g += kReduceRows) v += partials[(int64_t)g * 2 * C + col];
+  if (col < width) {
+    for (int g = threadIdx.y; g < num_partials; g += kReduceRows) v += partials[(int64_t)g * width + col];
   }
   sums[threadIdx.y][threadIdx.x] = v;
   __syncthreads();
-  if (threadIdx.y == 0 && col < 2 * C) {
+  if (threadIdx.y == 0 && col < width) {
     float total = 0.0f;
     for (int y = 0; y < kReduceRows; y++) total += sums[y][threadIdx.x];
-    floatX* dst = col < C ? dweight + col : dbias + (col - C);
+    floatX* dst = col < C ? dweight + col : col < 2 * C ? dbias + (col - C) : colsum + (col - 2 * C);
     *dst = (floatX)((float)*dst + total);
   }
 }
@@ -550,33 +570,33 @@ void dispatch_packs(int packs, Fn&& fn) {
 // probe): one up to 64 packs (C <= 512), two up to 160 (C <= 1280), four beyond; the
 // probe's fastest at 768, 1024, 1280 (two) and 1600 (four). 2048 was not probed: four warps there too (2 packs
 // per lane, as at 1600).
-template <int kAhead = kBackwardAhead, bool kOld = false, class Fn>
+template <int kAhead = kBackwardAhead, bool kOld = false, bool kColSum = false, class Fn>
 void dispatch_backward(int C, Fn&& fn) {
   const int packs = reg_packs(C);
   if (packs > 5) {
     // 6-8 packs per warp give 2 per lane of a four-warp team: only that is instantiated
-    fn(layernorm_backward_regs_kernel<2, 4, kAhead, kOld>, 4, kAhead);
+    fn(layernorm_backward_regs_kernel<2, 4, kAhead, kOld, kColSum>, 4, kAhead);
   } else if (packs > 2) {
     dispatch_packs(ceil_div(packs, 2), [&](auto p) {
       // 3-5 packs per warp give 2-3 per lane of a two-warp team
       if constexpr (decltype(p)::value >= 2 && decltype(p)::value <= 3) {
-        fn(layernorm_backward_regs_kernel<decltype(p)::value, 2, kAhead, kOld>, 2, kAhead);
+        fn(layernorm_backward_regs_kernel<decltype(p)::value, 2, kAhead, kOld, kColSum>, 2, kAhead);
       }
     });
   } else {
     dispatch_packs(packs, [&](auto p) {
       if constexpr (decltype(p)::value <= 2) {
-        fn(layernorm_backward_regs_kernel<decltype(p)::value, 1, kAhead, kOld>, 1, kAhead);
+        fn(layernorm_backward_regs_kernel<decltype(p)::value, 1, kAhead, kOld, kColSum>, 1, kAhead);
       }
     });
   }
 }
 
-// Dynamic shared memory of the register backward kernel: per team, the sums (2C floats) and kAhead + 1 row
-// buffers of dout and inp (2C bf16 each).
-size_t reg_backward_smem_bytes(int C, int team, int ahead, bool old = false) {
+// Dynamic shared memory of the register backward kernel: per team, the sums (2C floats, 3C with colsum) and
+// kAhead + 1 row buffers of dout and inp (and with `old` dinp's old values; C bf16 each).
+size_t reg_backward_smem_bytes(int C, int team, int ahead, bool old = false, bool colsum = false) {
   return (size_t)reg_backward_teams(team) *
-         (2 * C * sizeof(float) + (size_t)(ahead + 1) * (old ? 3 : 2) * C * sizeof(floatX));
+         ((colsum ? 3 : 2) * C * sizeof(float) + (size_t)(ahead + 1) * (old ? 3 : 2) * C * sizeof(floatX));
 }
 
 struct LaunchConfig {
@@ -630,12 +650,12 @@ void launch_forward(floatX* out, float* mean, float* rstd, floatX* residual, con
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <bool kOld>
+template <bool kOld, bool kColSum = false>
 LaunchConfig reg_backward_config(int N, int C) {
   LaunchConfig cfg{};
-  dispatch_backward<kBackwardAhead, kOld>(C, [&](auto kernel, int team, int ahead) {
+  dispatch_backward<kBackwardAhead, kOld, kColSum>(C, [&](auto kernel, int team, int ahead) {
     const int teams = reg_backward_teams(team);
-    const size_t smem = reg_backward_smem_bytes(C, team, ahead, kOld);
+    const size_t smem = reg_backward_smem_bytes(C, team, ahead, kOld, kColSum);
     // The opt-in above 48 KB counts the kernel's static shared memory (the row-sum exchange) too. So the limit is
     // raised to whatever this launch asks.
     ensure_dynamic_smem(kernel, smem);
@@ -644,13 +664,22 @@ LaunchConfig reg_backward_config(int N, int C) {
   return cfg;
 }
 
-// The grid, and so the number of partials (layernorm_backward_scratch_floats), depends on N, C and `old` only
-// (old: an accumulating launch of the register kernel with kBackwardOld).
-LaunchConfig backward_config(int N, int C, bool old) {
+// The grid, and so the number of partials (layernorm_backward_scratch_floats), depends on N, C, `old` and
+// `colsum` only (old: an accumulating launch of the register kernel with kBackwardOld; colsum: the register kernel
+// that also sums dinp's columns).
+LaunchConfig backward_config(int N, int C, bool old, bool colsum = false) {
   if (reg_packs(C) == 0) {
     return plan_smem_launch(layernorm_backward_smem_kernel, backward_smem_bytes, N, C, "layernorm_backward");
   }
+  if (colsum) return old ? reg_backward_config<true, true>(N, C) : reg_backward_config<false, true>(N, C);
   return old ? reg_backward_config<true>(N, C) : reg_backward_config<false>(N, C);
+}
+
+// Whether the register kernel sums dinp's columns itself: only where its two extra planes of sums cost no resident
+// blocks (at C = 1280 they would halve them); elsewhere a separate pass (bias_grad_accumulate) does.
+bool fused_colsum(int N, int C, bool old) {
+  if (reg_packs(C) == 0) return false;
+  return backward_config(N, C, old, true).blocks >= backward_config(N, C, old, false).blocks;
 }
 
 }  // namespace
@@ -674,24 +703,34 @@ void fused_residual_layernorm_forward(floatX* residual, floatX* out, float* mean
 int64_t layernorm_backward_scratch_floats(int N, int C) {
   LLMC_REQUIRE(C % x128::size == 0 && C > 0, "layernorm_backward: C must be a positive multiple of 8");
   if (N == 0) return 0;
-  int blocks = backward_config(N, C, false).blocks;
-  if (kBackwardOld) blocks = std::max(blocks, backward_config(N, C, true).blocks);
-  return (int64_t)blocks * 2 * C;
+  int64_t floats = bias_grad_scratch_floats(N, C);  // colsum's separate pass, where it is not fused
+  for (const bool old : {false, kBackwardOld}) {
+    floats = std::max(floats, (int64_t)backward_config(N, C, old).blocks * 2 * C);
+    if (reg_packs(C) > 0) floats = std::max(floats, (int64_t)backward_config(N, C, old, true).blocks * 3 * C);
+  }
+  return floats;
 }
 
 void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
                         const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N, int C,
-                        bool accumulate, cudaStream_t stream) {
+                        bool accumulate, cudaStream_t stream, floatX* colsum) {
   LLMC_REQUIRE(C % x128::size == 0 && C > 0, "layernorm_backward: C must be a positive multiple of 8");
   if (N == 0) return;
   const int packs = reg_packs(C);
   const bool old = kBackwardOld && accumulate && packs > 0;
-  const LaunchConfig cfg = backward_config(N, C, old);
+  const bool fused = colsum != nullptr && fused_colsum(N, C, old);
+  const LaunchConfig cfg = backward_config(N, C, old, fused);
   auto launch = [&](auto kernel, int, int) {
     kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
                                                                    accumulate);
   };
-  if (old) {
+  if (fused) {
+    if (old) {
+      dispatch_backward<kBackwardAhead, true, true>(C, launch);
+    } else {
+      dispatch_backward<kBackwardAhead, false, true>(C, launch);
+    }
+  } else if (old) {
     dispatch_backward<kBackwardAhead, true>(C, launch);
   } else if (packs > 0) {
     dispatch_backward<kBackwardAhead, false>(C, launch);
@@ -701,7 +740,9 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
   }
   CUDA_CHECK(cudaGetLastError());
   const dim3 block(WARP_SIZE, kReduceRows);
-  layernorm_param_grad_reduce_kernel<<<ceil_div(2 * C, WARP_SIZE), block, 0, stream>>>(dweight, dbias, scratch,
-                                                                                      cfg.blocks, C);
+  layernorm_param_grad_reduce_kernel<<<ceil_div((fused ? 3 : 2) * C, WARP_SIZE), block, 0, stream>>>(
+      dweight, dbias, scratch, cfg.blocks, C, fused ? colsum : nullptr);
   CUDA_CHECK(cudaGetLastError());
+  // Not fused: the column sums of the dinp just written, in a pass of their own (the scratch is free again).
+  if (colsum != nullptr && !fused) bias_grad_accumulate(colsum, dinp, N, C, scratch, stream);
 }

@@ -450,17 +450,6 @@ void run_gemm(DeviceState& s, const Gemm& g, cudaStream_t stream) {
   enqueue_gemm(s, g, *plan, stream);
 }
 
-void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
-                          cudaStream_t stream) {  // the two-kernel path
-  const int row_blocks = bias_grad_row_blocks(N, M);
-  LLMC_REQUIRE(row_blocks * M * (int64_t)sizeof(float) <= (int64_t)kWorkspaceBytes,
-               "matmul_backward: bias gradient partials do not fit the workspace");
-  bias_grad_partial_kernel<<<dim3(bias_grad_col_blocks(M), (unsigned)row_blocks), dim3(WARP_SIZE, kBiasBlockRows),
-                             0, stream>>>(scratch, dout, N, (int)M);
-  CUDA_CHECK(cudaGetLastError());
-  bias_grad_reduce(dbias, scratch, row_blocks, M, stream);
-}
-
 // dweight^T (K,M) += inp^T (K,N) . dout (N,M), as the top of the file lays it out.
 Gemm dweight_gemm(floatX* dweight, const floatX* dout, const floatX* inp, int64_t N, int64_t K, int64_t M) {
   return Gemm{K, M, N, /*trans_a=*/false, /*trans_b=*/true, inp, dout, dweight, /*accumulate=*/true,
@@ -478,6 +467,17 @@ void require_gemm_dims(int64_t N, int64_t K, int64_t M, const char* who) {
 // ---------------------------------------------------------------------------------------------------------
 // launchers
 // ---------------------------------------------------------------------------------------------------------
+void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
+                          cudaStream_t stream) {  // the two-kernel path
+  const int row_blocks = bias_grad_row_blocks(N, M);
+  LLMC_REQUIRE(row_blocks * M * (int64_t)sizeof(float) <= (int64_t)kWorkspaceBytes,
+               "bias_grad_accumulate: the partials do not fit the workspace");
+  bias_grad_partial_kernel<<<dim3(bias_grad_col_blocks(M), (unsigned)row_blocks), dim3(WARP_SIZE, kBiasBlockRows),
+                             0, stream>>>(scratch, dout, N, (int)M);
+  CUDA_CHECK(cudaGetLastError());
+  bias_grad_reduce(dbias, scratch, row_blocks, M, stream);
+}
+
 int64_t bias_grad_scratch_floats(int64_t N, int64_t M) { return (int64_t)bias_grad_row_blocks(N, M) * M; }
 
 void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream) {

@@ -588,8 +588,11 @@ class GPT:
             if self._dlogits is not None:  # else the chunked forward did it (dbtc holds dlnf)
                 ops.matmul_backward(self._dlogits, a["lnf"][0], p["wte"], g["wte"], None, dinp=dbtc)
                 self._dlogits = None
+            # The residual stream's gradient dres is the output gradient of the attention's and the MLP's
+            # projections, so each layernorm backward that writes dres also sums its columns into the bias gradient
+            # of the projection that reads it next (fewer passes over dres than matmul_backward's dbias).
             ops.layernorm_backward(dbtc, a["residual3"][L - 1], p["lnfw"], a["lnf_mean"][0], a["lnf_rstd"][0],
-                                   g["lnfw"], g["lnfb"], dinp=dres)
+                                   g["lnfw"], g["lnfb"], dinp=dres, dinp_colsum=g["fcprojb"][L - 1])
             self._grads_ready(L)
             for l in reversed(range(L)):
                 residual = a["encoded"][0] if l == 0 else a["residual3"][l - 1]
@@ -597,16 +600,16 @@ class GPT:
                 if self.recompute >= 1:
                     ops.gelu_forward(a["fch"][l], out=fch_gelu)
                 # bf16 even with fp8: see _Fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow)
-                ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], g["fcprojb"][l], dinp=dbt4c,
+                ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], None, dinp=dbt4c,
                                     pre_gelu=a["fch"][l])
                 if self.recompute >= 2:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
                 self._linear_backward(a, dbt4c, ln2, "fc", l, dbtc, _Fp8.FC_DOUT)
                 ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
-                                       g["ln2w"][l], g["ln2b"][l], dinp=dres, accumulate=True)
-                ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], g["attprojb"][l],
-                                    dinp=dbtc)
+                                       g["ln2w"][l], g["ln2b"][l], dinp=dres, accumulate=True,
+                                       dinp_colsum=g["attprojb"][l])
+                ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], None, dinp=dbtc)
                 ops.attention_backward(dbtc.view(B, T, NH, HS), a["qkv"][l].view(B, T, 3, NH, HS),
                                        a["atty"][l].view(B, T, NH, HS), a["att_stats"][l], dqkv=dqkv,
                                        deterministic=self.deterministic)
@@ -615,7 +618,8 @@ class GPT:
                                           rstd=a["ln1_rstd"][l], eps=LN_EPS)
                 self._linear_backward(a, dqkv.view(B * T, 3 * C), ln1, "qkv", l, dbtc, _Fp8.QKV_DOUT)
                 ops.layernorm_backward(dbtc, residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l],
-                                       g["ln1w"][l], g["ln1b"][l], dinp=dres, accumulate=True)
+                                       g["ln1w"][l], g["ln1b"][l], dinp=dres, accumulate=True,
+                                       dinp_colsum=g["fcprojb"][l - 1] if l > 0 else None)
                 self._grads_ready(l)
             ops.encoder_backward(dres.view(B, T, C), a["inputs"][0], g["wte"], g["wpe"], validate=False)
             self._grads_ready(-1)

@@ -418,14 +418,20 @@ def fused_residual_layernorm_forward(inp1: torch.Tensor, inp2: torch.Tensor, wei
 
 def layernorm_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
                        rstd: torch.Tensor, dweight: torch.Tensor, dbias: torch.Tensor,
-                       dinp: Optional[torch.Tensor] = None, accumulate: bool = False) -> torch.Tensor:
+                       dinp: Optional[torch.Tensor] = None, accumulate: bool = False,
+                       dinp_colsum: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Gradients of layernorm_forward from dout (shaped like inp) and the saved mean and rstd (fp32).
 
     dweight (C) += and dbias (C) += (deterministic: fixed-order fp32 sums, no atomics). dinp is overwritten,
     or, with accumulate=True, dinp += the input gradient (the residual stream's gradient). dinp may be dout.
+    dinp_colsum (C), when given, += the column sums of dinp as written (its final values, after accumulate): the
+    bias gradient of a linear layer whose output gradient dinp is (the residual stream feeds GPT-2's attention and
+    MLP projections), summed in the same pass on a GPU where the row fits the register kernel (C <= 2048).
     """
     for t, name in ((dout, "dout"), (inp, "inp"), (weight, "weight"), (dweight, "dweight"), (dbias, "dbias")):
         _check_float(t, name)
+    if dinp_colsum is not None:
+        _check_float(dinp_colsum, "dinp_colsum")
     _check_fp32(mean, "mean")
     _check_fp32(rstd, "rstd")
     if not isinstance(accumulate, bool):
@@ -433,15 +439,16 @@ def layernorm_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tens
     if accumulate and dinp is None:
         raise ValueError("accumulate=True adds into dinp, so dinp must be given")
     device = _check_same_device(dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd, dweight=dweight,
-                                dbias=dbias, dinp=dinp)
-    dtype = _check_same_dtype(dout=dout, inp=inp, weight=weight, dweight=dweight, dbias=dbias)
-    N, C = _layernorm_dims(inp, device, weight=weight, dweight=dweight, dbias=dbias)
+                                dbias=dbias, dinp=dinp, dinp_colsum=dinp_colsum)
+    sums = dict(dweight=dweight, dbias=dbias) if dinp_colsum is None else \
+        dict(dweight=dweight, dbias=dbias, dinp_colsum=dinp_colsum)
+    dtype = _check_same_dtype(dout=dout, inp=inp, weight=weight, **sums)
+    N, C = _layernorm_dims(inp, device, weight=weight, **sums)
     _check_shape(dout, "dout", inp.shape)
     _check_shape(mean, "mean", inp.shape[:-1])
     _check_shape(rstd, "rstd", inp.shape[:-1])
     dinp = _output(dinp, "dinp", inp.shape, dtype, device)
-    _check_writes_disjoint(dict(dweight=dweight, dbias=dbias),
-                           dict(dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd, dinp=dinp))
+    _check_writes_disjoint(sums, dict(dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd, dinp=dinp))
     _check_writes_disjoint(dict(dinp=dinp), dict(weight=weight, mean=mean, rstd=rstd))
     for name, t in (("dout", dout), ("inp", inp)):
         # a row is read whole before its dinp row is written, so dinp may BE dout or inp, but a shifted overlap
@@ -454,7 +461,8 @@ def layernorm_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tens
         scratch = torch.empty(ext.layernorm_backward_scratch_floats(N, C), dtype=torch.float32, device=device)
         ext.layernorm_backward(dinp.data_ptr(), dweight.data_ptr(), dbias.data_ptr(), scratch.data_ptr(),
                                dout.data_ptr(), inp.data_ptr(), weight.data_ptr(), mean.data_ptr(),
-                               rstd.data_ptr(), N, C, accumulate, _stream(device))
+                               rstd.data_ptr(), N, C, accumulate, _stream(device),
+                               0 if dinp_colsum is None else dinp_colsum.data_ptr())
     else:
         grad_inp, grad_weight, grad_bias = reference.layernorm_backward(dout, inp, weight, mean, rstd)
         dweight.add_(grad_weight)
@@ -463,6 +471,8 @@ def layernorm_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tens
             dinp.add_(grad_inp)
         else:
             dinp.copy_(grad_inp)
+        if dinp_colsum is not None:
+            dinp_colsum.add_(dinp.reshape(-1, C).sum(0))
     return dinp
 
 
