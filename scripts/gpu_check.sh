@@ -4,6 +4,8 @@
 # BENCHES="gelu layernorm ..." picks benchmarks (default: every benchmarks/bench_*.py except bench_train; "none"
 # runs none). TESTS=0 skips the tests. The build is skipped when this machine already installed the same sources
 # (a stamp of csrc/, CMakeLists.txt and pyproject.toml in /tmp), so later calls on a warm machine go straight on.
+# The commit recorded in CSV rows is LLMC_COMMIT when set, else the tree's git HEAD; the GPU machine's copy of the
+# tree may carry a stale HEAD, so pass LLMC_COMMIT=<your HEAD> in the command that runs this.
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUTDIR}; shift
 mkdir -p "$out"
