@@ -35,6 +35,7 @@
 // Build and run: run.sh [variant names...] (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math); names pick
 // variants (the library's own launch always runs first, as the baseline).
 #include "../../csrc/kernels/layernorm.cu"
+#include "bias_grad_shim.cuh"
 #include "../probe_common.cuh"
 
 #include <algorithm>

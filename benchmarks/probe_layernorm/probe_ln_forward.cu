@@ -26,6 +26,7 @@
 //
 // Build and run: run_forward.sh (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math).
 #include "../../csrc/kernels/layernorm.cu"
+#include "bias_grad_shim.cuh"
 #include "../probe_common.cuh"
 
 #include <algorithm>
