@@ -38,7 +38,8 @@ void fused_residual_layernorm_forward(floatX* residual, floatX* out, float* mean
 int64_t layernorm_backward_scratch_floats(int N, int C);
 // dinp = (or += with accumulate) the input gradient; dweight += , dbias += ; deterministic. dinp may alias dout.
 // colsum (C, may be null) += the column sums of the dinp written (its final values): the bias gradient of the
-// linear layer whose output gradient dinp is, summed in the same pass where the row fits the register kernel.
+// linear layer whose output gradient dinp is, summed in the same pass where the row fits the register kernel and
+// the extra sums cost it no resident blocks, else in a separate pass (bias_grad_accumulate) over dinp.
 void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
                         const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N, int C,
                         bool accumulate, cudaStream_t stream, floatX* colsum = nullptr);

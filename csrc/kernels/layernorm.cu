@@ -183,8 +183,8 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // Each team sums its rows' dweight/dbias columns in fp32, in row order, in its own slice of shared memory: four
 // planes of C8 f128 (dweight elements 0-3 and 4-7 of each pack, then dbias's), so that a warp's 16-byte accesses
 // to consecutive packs hit distinct banks. The block then adds its teams' slices in team order and writes its
-// partials [dweight | dbias] to partials[blockIdx.x * 2C ...]. dinp may be dout or inp: a team reads a row
-// before it writes that row, and no other team touches it.
+// partials [dweight | dbias] to partials[blockIdx.x * 2C ...] (3C with kColSum, below). dinp may be dout or inp: a
+// team reads a row before it writes that row, and no other team touches it.
 // kColSum: the team also sums the columns of the dinp it writes (its final values, after accumulation, as rounded
 // to bf16) in two more planes, and the partials are [dweight | dbias | dinp's column sums]: the bias gradient of
 // the linear layer whose output gradient dinp is (the residual stream's), without another pass over dinp.

@@ -470,8 +470,9 @@ void require_gemm_dims(int64_t N, int64_t K, int64_t M, const char* who) {
 void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
                           cudaStream_t stream) {  // the two-kernel path
   const int row_blocks = bias_grad_row_blocks(N, M);
+  // matmul_backward passes cuBLASLt's workspace; layernorm_backward its scratch (sized for this pass too)
   LLMC_REQUIRE(row_blocks * M * (int64_t)sizeof(float) <= (int64_t)kWorkspaceBytes,
-               "bias_grad_accumulate: the partials do not fit the workspace");
+               "bias_grad_accumulate: the partials do not fit the scratch");
   bias_grad_partial_kernel<<<dim3(bias_grad_col_blocks(M), (unsigned)row_blocks), dim3(WARP_SIZE, kBiasBlockRows),
                              0, stream>>>(scratch, dout, N, (int)M);
   CUDA_CHECK(cudaGetLastError());

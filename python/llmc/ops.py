@@ -426,7 +426,8 @@ def layernorm_backward(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tens
     or, with accumulate=True, dinp += the input gradient (the residual stream's gradient). dinp may be dout.
     dinp_colsum (C), when given, += the column sums of dinp as written (its final values, after accumulate): the
     bias gradient of a linear layer whose output gradient dinp is (the residual stream feeds GPT-2's attention and
-    MLP projections), summed in the same pass on a GPU where the row fits the register kernel (C <= 2048).
+    MLP projections), summed on a GPU in the same pass where the row fits the register kernel (C <= 2048) and the
+    extra sums cost it no resident blocks (not at C = 1280), else in a separate pass over dinp.
     """
     for t, name in ((dout, "dout"), (inp, "inp"), (weight, "weight"), (dweight, "dweight"), (dbias, "dbias")):
         _check_float(t, name)
