@@ -675,13 +675,6 @@ LaunchConfig backward_config(int N, int C, bool old, bool colsum = false) {
   return old ? reg_backward_config<true>(N, C) : reg_backward_config<false>(N, C);
 }
 
-// Whether the register kernel sums dinp's columns itself: only where its two extra planes of sums cost no resident
-// blocks (at C = 1280 they would halve them); elsewhere a separate pass (bias_grad_accumulate) does.
-bool fused_colsum(int N, int C, bool old) {
-  if (reg_packs(C) == 0) return false;
-  return backward_config(N, C, old, true).blocks >= backward_config(N, C, old, false).blocks;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------
@@ -718,8 +711,15 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
   if (N == 0) return;
   const int packs = reg_packs(C);
   const bool old = kBackwardOld && accumulate && packs > 0;
-  const bool fused = colsum != nullptr && fused_colsum(N, C, old);
-  const LaunchConfig cfg = backward_config(N, C, old, fused);
+  // The register kernel sums dinp's columns itself only where its two extra planes of sums cost no resident blocks
+  // (at C = 1280 they would halve them); elsewhere a separate pass (bias_grad_accumulate) does.
+  LaunchConfig cfg = backward_config(N, C, old);
+  bool fused = false;
+  if (colsum != nullptr && packs > 0) {
+    const LaunchConfig with_sums = backward_config(N, C, old, true);
+    fused = with_sums.blocks >= cfg.blocks;
+    if (fused) cfg = with_sums;
+  }
   auto launch = [&](auto kernel, int, int) {
     kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
                                                                    accumulate);
