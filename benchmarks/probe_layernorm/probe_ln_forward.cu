@@ -13,6 +13,8 @@
 //   wearly    weight and bias loaded with the row, before the reductions
 //   nostats   mean and rstd not written (a diagnostic: what those 8 bytes per row cost; not a candidate)
 //   w2 / w8   2 or 8 rows (warps) per block instead of 4
+//   w1 / w1plain: 1 row (warp) per block, as Inductor launches its 124M LayerNorms; w1 with the library's
+//            streaming stores, w1plain with plain stores as Inductor's (session 12)
 //   gs / gs8 / gs4x4: a resident grid (4 or 8 warps per block; gs4x4 at most 4 blocks per SM), each warp striding
 //             over rows and loading its next row into registers before working the current one (session 8)
 //   rows2 / rows2w2: each warp loads two rows before working either (4 or 2 warps per block; session 8)
@@ -322,6 +324,10 @@ void add_variants(std::vector<Variant>& vs) {
   vs.push_back(make_variant<kRes, kP, 1, 4, kLdCs, false, false, false>("nostats", true));
   vs.push_back(make_variant<kRes, kP, 1, 2, kLdCs, false, true, false>("w2", true));
   vs.push_back(make_variant<kRes, kP, 1, 8, kLdCs, false, true, false>("w8", true));
+  // One warp per block, one row per block, as Inductor's 124M LayerNorm kernels (results/inductor_h200_8e468a9):
+  // with the library's streaming stores, and with plain stores as Inductor's.
+  vs.push_back(make_variant<kRes, kP, 1, 1, kLdCs, true, true, false>("w1", true));
+  vs.push_back(make_variant<kRes, kP, 1, 1, kLdCs, false, true, false>("w1plain", true));
   vs.push_back(make_variant<kRes, (kP + 1) / 2, 2, 4, kLdCs, false, true, false>("team2", false));
   vs.push_back(make_variant<kRes, (kP * 32 + 95) / 96, 3, 2, kLdCs, false, true, false>("team3", false));
   vs.push_back(make_variant<kRes, (kP + 3) / 4, 4, 2, kLdCs, false, true, false>("team4", false));
