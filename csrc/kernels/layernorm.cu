@@ -33,10 +33,7 @@ constexpr int kMaxWarpsPerBlock = 8;
 constexpr int kBatch = 4;  // 128-bit loads per lane (per input) issued before any is used
 
 constexpr int kMaxRegPacks = 8;  // packs per lane of a register-resident row: C <= 8 * 32 * 8 = 2048
-// Rows (warps) per block of the register-resident forward kernels. One, as Inductor launches its LayerNorms:
-// 0.3-1.2% faster than 4 at 65536 x 768 and 8192 x 1600, plain and fused residual, same bits (probe_ln_forward's
-// w1 against the library's 4, two passes; results/layernorm_forward_variants_h200_a6bbc5a.log).
-constexpr int kRegWarps = 1;
+constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resident kernels
 // The backward's register kernel gives a row to a team of 1, 2 or 4 warps (see dispatch_backward). Teams per
 // block and blocks per SM it is compiled for: one-warp rows 4 teams (128 threads) x 3 blocks (at most 168
 // registers), two-warp rows 4 teams and four-warp rows 2 teams (256 threads) x 2 blocks (at most 128 registers).
