@@ -136,6 +136,24 @@ def breakdown(B, T, C, label):
         for kname, us in sorted(per.items(), key=lambda kv: -kv[1]):
             print(f"  {us / iters:8.2f} us  {kname[:110]}")
 
+    # encoder_backward's dwpe kernel on the side stream (what llmc.ops does) against everything on one stream
+    ext = ops._ext()
+    V = PADDED_VOCAB
+    scratch = torch.empty(ext.encoder_backward_scratch_bytes(N, C, V), dtype=torch.uint8, device="cuda")
+
+    def serial(i):
+        s = torch.cuda.current_stream().cuda_stream
+        ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), scratch.numel(),
+                             douts[i].data_ptr(), ids[i].data_ptr(), B, T, C, V, s, s)
+
+    forked = runs["encoder_backward"]
+    res = defaultdict(list)
+    for order in ((serial, forked), (forked, serial)):
+        for fn in order:
+            res[fn].append(time_cuda(fn, k) * 1e3)
+    print(f"encoder_backward {label} graph replay: one stream {res[serial][0]:.1f}/{res[serial][1]:.1f} us, "
+          f"dwpe on the side stream (llmc.ops) {res[forked][0]:.1f}/{res[forked][1]:.1f} us")
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

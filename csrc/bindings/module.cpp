@@ -29,13 +29,16 @@ PYBIND11_MODULE(_llmc, m) {
     encoder_forward(ptr<floatX>(out), ptr<const int>(idx), ptr<const floatX>(wte), ptr<const floatX>(wpe), B, T, C,
                     as_stream(s));
   }, "out[b,t] = wte[idx[b,t]] + wpe[t], bf16; idx int32");
-  m.def("encoder_backward_scratch_floats", &encoder_backward_scratch_floats,
-        "number of fp32 scratch elements encoder_backward needs for N positions of C channels");
-  m.def("encoder_backward", [](uintptr_t dwte, uintptr_t dwpe, uintptr_t scratch, uintptr_t dout,
-                               uintptr_t sorted_ids, uintptr_t perm, int B, int T, int C, uintptr_t s) {
-    encoder_backward(ptr<floatX>(dwte), ptr<floatX>(dwpe), ptr<float>(scratch), ptr<const floatX>(dout),
-                     ptr<const int>(sorted_ids), ptr<const int64_t>(perm), B, T, C, as_stream(s));
-  }, "dwte += , dwpe += (deterministic) from dout and the stably sorted ids (int32) with their positions (int64)");
+  m.def("encoder_backward_scratch_bytes", &encoder_backward_scratch_bytes,
+        "bytes of device scratch encoder_backward needs for N positions of C channels and ids below V");
+  m.def("encoder_backward", [](uintptr_t dwte, uintptr_t dwpe, uintptr_t scratch, int64_t scratch_bytes,
+                               uintptr_t dout, uintptr_t idx, int B, int T, int C, int V, uintptr_t s,
+                               uintptr_t wpe_stream) {
+    encoder_backward(ptr<floatX>(dwte), ptr<floatX>(dwpe), ptr<void>(scratch), scratch_bytes,
+                     ptr<const floatX>(dout), ptr<const int>(idx), B, T, C, V, as_stream(s),
+                     as_stream(wpe_stream));
+  }, "dwte += , dwpe += (deterministic) from dout and the int32 ids (each in [0, V)); the dwpe kernel on "
+     "wpe_stream (the caller forks and joins it), the rest on s");
 
   // ---- layernorm.cu ----
   m.def("layernorm_forward", [](uintptr_t out, uintptr_t mean, uintptr_t rstd, uintptr_t inp, uintptr_t weight,

@@ -4,14 +4,18 @@
 //
 // The backward is deterministic (no float atomics; the same inputs give bit-identical gradients):
 //  * dwpe[t] += sum over b of dout[b,t], summed by one thread per (t, 8 channels) in increasing b.
-//  * dwte: llmc.ops sorts the B*T token ids on the device (stable radix sort), giving sorted_ids and the
-//    permutation perm (the row of dout behind each sorted position). The sorted array is cut into segments
-//    of 32 positions, one warp per (segment, 256 channels). A warp sums each run of equal ids inside its
-//    segment in position order. A run that starts and ends inside the segment is added to dwte directly;
-//    a run that crosses a segment boundary leaves fp32 partial sums in scratch (the run's first piece in
-//    carry_last of the segment where it starts, the other pieces in carry_first of the segments it
-//    continues into), and a second kernel adds those pieces in segment order. Every warp does the same
-//    work whatever the token distribution, so a frequent token (",", EOT) costs no more than a rare one.
+//  * dwte: the B*T token ids are sorted on the device (CUB's stable LSD radix sort of (id, position) pairs over only
+//    the ceil(log2 V) low bits an id can use: 2 passes of 8 bits for GPT-2's 50304 rows, where torch.sort of int32
+//    keys makes 4 and moves int64 positions), giving sorted_ids and the permutation perm (the row of dout behind each
+//    sorted position; increasing within a run of equal ids: the sort is stable). The sorted array is cut into
+//    segments of 32 positions, one warp per (segment, 256 channels). A warp sums each run of equal ids inside its
+//    segment in position order. A run that starts and ends inside the segment is added to dwte directly; a run that
+//    crosses a segment boundary leaves fp32 partial sums in scratch (the run's first piece in carry_last of the
+//    segment where it starts, the other pieces in carry_first of the segments it continues into), and a second kernel
+//    adds those pieces in segment order. Every warp does the same work whatever the token distribution, so a frequent
+//    token (",", EOT) costs no more than a rare one.
+#include <cub/device/device_radix_sort.cuh>
+
 #include "common.cuh"
 #include "kernels.h"
 
@@ -96,7 +100,7 @@ __global__ void wpe_backward_kernel(floatX* __restrict__ dwpe, const floatX* __r
 // One warp per (segment of 32 sorted positions, 256 channels); see the file comment.
 __global__ void wte_backward_segments_kernel(floatX* __restrict__ dwte, float* __restrict__ carry_first,
                                              float* __restrict__ carry_last, const floatX* __restrict__ dout,
-                                             const int* __restrict__ sorted_ids, const int64_t* __restrict__ perm,
+                                             const int* __restrict__ sorted_ids, const int* __restrict__ perm,
                                              int N, int C) {
   const int lane = threadIdx.x % WARP_SIZE;
   const int seg = blockIdx.x * kWarpsPerBlock + threadIdx.x / WARP_SIZE;
@@ -106,7 +110,7 @@ __global__ void wte_backward_segments_kernel(floatX* __restrict__ dwte, float* _
   const int c = blockIdx.y * kChannelsPerWarp + lane * x128::size;
   const bool active = c < C;
   const int my_id = lane < n_here ? sorted_ids[p0 + lane] : -1;
-  const int my_row = lane < n_here ? (int)perm[p0 + lane] : 0;
+  const int my_row = lane < n_here ? perm[p0 + lane] : 0;
   const int prev_id = p0 > 0 ? sorted_ids[p0 - 1] : -1;
   const int next_id = p0 + n_here < N ? sorted_ids[p0 + n_here] : -1;
   const int64_t carry_off = (int64_t)seg * C + c;
@@ -193,6 +197,55 @@ __global__ void wte_backward_carry_kernel(floatX* __restrict__ dwte, const float
 
 int num_segments(int N) { return ceil_div(N, kSegment); }
 
+// The scratch encoder_backward carves up, each piece 256-byte aligned: the carry sums (fp32, 2 x segments x C),
+// the sorted ids, the positions 0..N-1 and the permutation (int32, N each), and CUB's sort workspace.
+struct BackwardScratch {
+  float* carry;
+  unsigned* sorted_ids;
+  int* positions;
+  int* perm;
+  void* sort_temp;
+  size_t sort_temp_bytes;
+  size_t total;
+};
+
+constexpr size_t kScratchAlign = 256;
+size_t align_up(size_t n) { return (n + kScratchAlign - 1) / kScratchAlign * kScratchAlign; }
+
+// Bits of an id below V: the sort only looks at these (an id outside [0, V) is the caller's error).
+int id_bits(int V) {
+  int bits = 1;
+  while (bits < 31 && (int64_t(1) << bits) < V) bits++;
+  return bits;
+}
+
+BackwardScratch carve_scratch(void* base, int N, int C, int V) {
+  BackwardScratch s{};
+  // CUB's size query allocates nothing and launches nothing (it reads the current device's properties).
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, s.sort_temp_bytes, (const unsigned*)nullptr,
+                                             (unsigned*)nullptr, (const int*)nullptr, (int*)nullptr, N, 0,
+                                             id_bits(V)));
+  char* p = static_cast<char*>(base);
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    char* at = p ? p + off : nullptr;
+    off += align_up(bytes);
+    return at;
+  };
+  s.carry = reinterpret_cast<float*>(take(sizeof(float) * 2 * (size_t)num_segments(N) * C));
+  s.sorted_ids = reinterpret_cast<unsigned*>(take(sizeof(unsigned) * (size_t)N));
+  s.positions = reinterpret_cast<int*>(take(sizeof(int) * (size_t)N));
+  s.perm = reinterpret_cast<int*>(take(sizeof(int) * (size_t)N));
+  s.sort_temp = take(s.sort_temp_bytes);
+  s.total = off;
+  return s;
+}
+
+__global__ void iota_kernel(int* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = i;
+}
+
 }  // namespace
 
 void encoder_forward(floatX* out, const int* idx, const floatX* wte, const floatX* wpe, int B, int T, int C,
@@ -206,27 +259,43 @@ void encoder_forward(floatX* out, const int* idx, const floatX* wte, const float
   CUDA_CHECK(cudaGetLastError());
 }
 
-int64_t encoder_backward_scratch_floats(int N, int C) { return 2 * (int64_t)num_segments(N) * C; }
+int64_t encoder_backward_scratch_bytes(int N, int C, int V) {
+  LLMC_REQUIRE(N >= 0 && C >= 0 && V > 0, "encoder_backward_scratch_bytes: N, C >= 0 and V > 0");
+  return (int64_t)carve_scratch(nullptr, N, C, V).total;
+}
 
-void encoder_backward(floatX* dwte, floatX* dwpe, float* scratch, const floatX* dout, const int* sorted_ids,
-                      const int64_t* perm, int B, int T, int C, cudaStream_t stream) {
+void encoder_backward(floatX* dwte, floatX* dwpe, void* scratch, int64_t scratch_bytes, const floatX* dout,
+                      const int* idx, int B, int T, int C, int V, cudaStream_t stream, cudaStream_t wpe_stream) {
   LLMC_REQUIRE(C % x128::size == 0, "encoder_backward: C must be a multiple of 8");
   LLMC_REQUIRE((int64_t)B * T * C < INT32_MAX * (int64_t)x128::size,
                "encoder_backward: B*T*C/8 must be below 2^31");
+  LLMC_REQUIRE(V > 0, "encoder_backward: V must be positive");
   const int N = B * T;
   if (N == 0) return;
+  const BackwardScratch s = carve_scratch(scratch, N, C, V);
+  LLMC_REQUIRE(scratch_bytes >= (int64_t)s.total, "encoder_backward: scratch smaller than "
+               "encoder_backward_scratch_bytes(N, C, V)");
   const int block = 256;
   const int C8 = C / x128::size;
-  wpe_backward_kernel<<<ceil_div(T * C8, block), block, 0, stream>>>(dwpe, dout, B, T, C);
+  // dwpe needs only dout: on wpe_stream it can run beside the sort (a chain of small, latency-bound kernels)
+  // and the wte kernels; the caller orders wpe_stream after dout is ready and joins it back.
+  wpe_backward_kernel<<<ceil_div(T * C8, block), block, 0, wpe_stream>>>(dwpe, dout, B, T, C);
   CUDA_CHECK(cudaGetLastError());
 
+  iota_kernel<<<ceil_div(N, block), block, 0, stream>>>(s.positions, N);
+  CUDA_CHECK(cudaGetLastError());
+  size_t temp_bytes = s.sort_temp_bytes;
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.sort_temp, temp_bytes, reinterpret_cast<const unsigned*>(idx),
+                                             s.sorted_ids, s.positions, s.perm, N, 0, id_bits(V), stream));
+
   const int nseg = num_segments(N);
-  float* carry_first = scratch;
-  float* carry_last = scratch + (int64_t)nseg * C;
+  float* carry_first = s.carry;
+  float* carry_last = s.carry + (int64_t)nseg * C;
+  const int* sorted_ids = reinterpret_cast<const int*>(s.sorted_ids);
   const dim3 grid(ceil_div(nseg, kWarpsPerBlock), ceil_div(C, kChannelsPerWarp));
   const int threads = kWarpsPerBlock * WARP_SIZE;
   wte_backward_segments_kernel<<<grid, threads, 0, stream>>>(dwte, carry_first, carry_last, dout, sorted_ids,
-                                                             perm, N, C);
+                                                             s.perm, N, C);
   CUDA_CHECK(cudaGetLastError());
   wte_backward_carry_kernel<<<grid, threads, 0, stream>>>(dwte, carry_first, carry_last, sorted_ids, N, C);
   CUDA_CHECK(cudaGetLastError());

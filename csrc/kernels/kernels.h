@@ -20,12 +20,14 @@ void gelu_backward(floatX* dinp, const floatX* dout, const floatX* inp, int64_t 
 // ---- encoder.cu ----
 void encoder_forward(floatX* out, const int* idx, const floatX* wte, const floatX* wpe, int B, int T, int C,
                      cudaStream_t stream);
-// fp32 scratch the backward needs for B*T = N positions (llmc.ops allocates it).
-int64_t encoder_backward_scratch_floats(int N, int C);
-// dwte += , dwpe += ; deterministic. sorted_ids / perm: the B*T token ids stably sorted, and the flat
-// position each sorted entry came from (torch.sort(idx.flatten(), stable=True)); ids must lie in [0, V).
-void encoder_backward(floatX* dwte, floatX* dwpe, float* scratch, const floatX* dout, const int* sorted_ids,
-                      const int64_t* perm, int B, int T, int C, cudaStream_t stream);
+// Bytes of device scratch the backward needs for B*T = N positions of C channels and ids below V (llmc.ops
+// allocates it; 256-byte aligned). Allocates nothing, launches nothing (reads the current device's properties).
+int64_t encoder_backward_scratch_bytes(int N, int C, int V);
+// dwte += , dwpe += ; deterministic (the ids are sorted stably on the device; every sum has a fixed order).
+// idx: the B*T int32 token ids, each in [0, V). The dwpe kernel runs on wpe_stream (may equal stream), the rest
+// on stream: the caller makes wpe_stream wait for dout and then makes stream wait for wpe_stream.
+void encoder_backward(floatX* dwte, floatX* dwpe, void* scratch, int64_t scratch_bytes, const floatX* dout,
+                      const int* idx, int B, int T, int C, int V, cudaStream_t stream, cudaStream_t wpe_stream);
 
 // ---- layernorm.cu ----
 void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* weight,

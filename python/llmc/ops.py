@@ -155,6 +155,16 @@ def _output(out: Optional[torch.Tensor], name: str, shape: Sequence[int], dtype:
 _RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
+_SIDE_STREAMS = {}  # device index -> a stream for work that may overlap the caller's (see encoder_backward)
+
+
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
+    side = _SIDE_STREAMS.get(device.index)
+    if side is None:
+        side = _SIDE_STREAMS.setdefault(device.index, torch.cuda.Stream(device))
+    return side
+
+
 def _stream(device: torch.device) -> int:
     if _RAW_STREAM is not None:
         return _RAW_STREAM(device.index)
@@ -307,9 +317,10 @@ def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, 
     """dwte (V, C) += and dwpe (max_seq_len, C) += the gradients of encoder_forward, from dout (B, T, C).
 
     Deterministic: on CUDA the ids are sorted (stably) on the device and every token's rows are summed in a
-    fixed order, without atomics. The ids are checked against V (one synchronizing read on CUDA);
-    validate=False skips that check on CUDA and so the sync, as in encoder_forward (an id outside [0, V)
-    makes the kernels write out of bounds).
+    fixed order, without atomics. The ids are checked against V (one synchronizing read of their min and max on
+    CUDA); validate=False skips that check on CUDA and so the sync, as in encoder_forward (an id outside
+    [0, V) makes the kernels write out of bounds). On CUDA, dwpe's kernel runs on a side stream that forks from
+    and joins back into the current one.
     """
     _check_float(dout, "dout")
     _check_index(idx, "idx")
@@ -323,14 +334,17 @@ def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, 
     if idx.numel() == 0:
         return
     if device.type == "cuda":
-        sorted_ids, positions = torch.sort(idx.reshape(-1), stable=True)
         if validate:
-            # the extremes are the sorted ends: one small kernel and one copy back (no index tensor to upload)
-            _check_token_range(*torch.stack((sorted_ids[0], sorted_ids[-1])).tolist(), V)
+            _check_token_range(*_token_extremes(idx), V)
         ext = _ext()
-        scratch = torch.empty(ext.encoder_backward_scratch_floats(B * T, C), dtype=torch.float32, device=device)
-        ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), dout.data_ptr(),
-                             sorted_ids.data_ptr(), positions.data_ptr(), B, T, C, _stream(device))
+        scratch = torch.empty(ext.encoder_backward_scratch_bytes(B * T, C, V), dtype=torch.uint8, device=device)
+        # dwpe's kernel runs on a side stream, beside the id sort and the dwte kernels (fork and join, which
+        # CUDA graph capture keeps)
+        stream, side = torch.cuda.current_stream(device), _side_stream(device)
+        side.wait_stream(stream)
+        ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), scratch.numel(), dout.data_ptr(),
+                             idx.data_ptr(), B, T, C, V, stream.cuda_stream, side.cuda_stream)
+        stream.wait_stream(side)
     else:
         _check_token_range(*_token_extremes(idx), V)
         grad_wte, grad_wpe = reference.encoder_backward(dout, idx, V, dwpe.shape[0])
