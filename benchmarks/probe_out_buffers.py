@@ -100,6 +100,16 @@ def cases(B, T, C):
     return out
 
 
+def print_kernels(prof, iters, title):
+    per = defaultdict(float)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            per[ev.name] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+    print(f"{title}: {sum(per.values()) / iters:.1f} us of kernels per call")
+    for kname, us in sorted(per.items(), key=lambda kv: -kv[1]):
+        print(f"  {us / iters:8.2f} us  {kname[:110]}")
+
+
 def breakdown(B, T, C, label):
     """Per-kernel device microseconds per call of llmc's encoder_backward and layernorm_backward."""
     from torch.profiler import ProfilerActivity, profile
@@ -127,45 +137,62 @@ def breakdown(B, T, C, label):
             for i in range(iters):
                 fn(i % k)
             torch.cuda.synchronize()
-        per = defaultdict(float)
-        for ev in prof.events():
-            if ev.device_type == torch.autograd.DeviceType.CUDA:
-                per[ev.name] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
-        total = sum(per.values()) / iters
-        print(f"\n{name} {label}: {total:.1f} us of kernels per call")
-        for kname, us in sorted(per.items(), key=lambda kv: -kv[1]):
-            print(f"  {us / iters:8.2f} us  {kname[:110]}")
+        print_kernels(prof, iters, f"\n{name} {label}")
 
-    # encoder_backward's dwpe kernel on the side stream (what llmc.ops does) against everything on one stream
+    # encoder_backward's three orderings: all on one stream; the sort first, then dwpe on a side stream beside
+    # the dwte kernels (what llmc.ops does); dwpe from the start beside the sort and the dwte kernels (these on
+    # the side stream)
     ext = ops._ext()
     V = PADDED_VOCAB
     scratch = torch.empty(ext.encoder_backward_scratch_bytes(N, C, V), dtype=torch.uint8, device="cuda")
+    side = torch.cuda.Stream()
+
+    def step2(i, s, wpe_s):
+        ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), scratch.numel(),
+                             douts[i].data_ptr(), B, T, C, V, s, wpe_s)
+
+    def sort(i, s):
+        ext.encoder_backward_sort(scratch.data_ptr(), scratch.numel(), ids[i].data_ptr(), N, C, V, s)
 
     def serial(i):
         s = torch.cuda.current_stream().cuda_stream
-        ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), scratch.numel(),
-                             douts[i].data_ptr(), ids[i].data_ptr(), B, T, C, V, s, s)
+        sort(i, s)
+        step2(i, s, s)
 
-    forked = runs["encoder_backward"]
+    def wpe_beside_all(i):
+        main = torch.cuda.current_stream()
+        side.wait_stream(main)
+        sort(i, side.cuda_stream)
+        step2(i, side.cuda_stream, main.cuda_stream)
+        main.wait_stream(side)
+
+    variants = {"one stream": serial, "sort, then dwpe beside dwte (llmc.ops)": runs["encoder_backward"],
+                "dwpe beside sort and dwte": wpe_beside_all}
     res = defaultdict(list)
-    for order in ((serial, forked), (forked, serial)):
-        for fn in order:
-            res[fn].append(time_cuda(fn, k) * 1e3)
-    print(f"encoder_backward {label} graph replay: one stream {res[serial][0]:.1f}/{res[serial][1]:.1f} us, "
-          f"dwpe on the side stream (llmc.ops) {res[forked][0]:.1f}/{res[forked][1]:.1f} us")
+    for order in (list(variants), list(variants)[::-1]):
+        for v in order:
+            res[v].append(time_cuda(variants[v], k) * 1e3)
+    print(f"encoder_backward {label} graph replay: " + ", ".join(f"{v} {a:.1f}/{b:.1f} us"
+                                                                for v, (a, b) in res.items()))
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(iters):
+            serial(i % k)
+        torch.cuda.synchronize()
+    print_kernels(prof, iters, f"encoder_backward {label}, one stream")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="124M,1.5B")
     p.add_argument("--breakdown", action="store_true")
+    p.add_argument("--no-buffers", action="store_true", help="skip the first part (output-buffer conventions)")
     args = p.parse_args(argv)
     require_cuda()
     print(f"GPU: {torch.cuda.get_device_name()}")
     for name in args.shapes.split(","):
         s = GPT2_SHAPES[name]
         B, T, C = s["B"], s["T"], s["C"]
-        for op, (k, variants) in cases(B, T, C).items():
+        for op, (k, variants) in ({} if args.no_buffers else cases(B, T, C)).items():
             order = list(variants)
             res = defaultdict(list)
             for rnd in (order, order[::-1]):

@@ -31,14 +31,16 @@ PYBIND11_MODULE(_llmc, m) {
   }, "out[b,t] = wte[idx[b,t]] + wpe[t], bf16; idx int32");
   m.def("encoder_backward_scratch_bytes", &encoder_backward_scratch_bytes,
         "bytes of device scratch encoder_backward needs for N positions of C channels and ids below V");
+  m.def("encoder_backward_sort", [](uintptr_t scratch, int64_t scratch_bytes, uintptr_t idx, int N, int C, int V,
+                                    uintptr_t s) {
+    encoder_backward_sort(ptr<void>(scratch), scratch_bytes, ptr<const int>(idx), N, C, V, as_stream(s));
+  }, "step 1 of encoder_backward: the N int32 ids (each in [0, V)) sorted stably into scratch");
   m.def("encoder_backward", [](uintptr_t dwte, uintptr_t dwpe, uintptr_t scratch, int64_t scratch_bytes,
-                               uintptr_t dout, uintptr_t idx, int B, int T, int C, int V, uintptr_t s,
-                               uintptr_t wpe_stream) {
+                               uintptr_t dout, int B, int T, int C, int V, uintptr_t s, uintptr_t wpe_stream) {
     encoder_backward(ptr<floatX>(dwte), ptr<floatX>(dwpe), ptr<void>(scratch), scratch_bytes,
-                     ptr<const floatX>(dout), ptr<const int>(idx), B, T, C, V, as_stream(s),
-                     as_stream(wpe_stream));
-  }, "dwte += , dwpe += (deterministic) from dout and the int32 ids (each in [0, V)); the dwpe kernel on "
-     "wpe_stream (the caller forks and joins it), the rest on s");
+                     ptr<const floatX>(dout), B, T, C, V, as_stream(s), as_stream(wpe_stream));
+  }, "step 2: dwte += , dwpe += (deterministic) from dout and the sorted scratch of step 1; the dwpe kernel "
+     "on wpe_stream (the caller forks and joins it), the rest on s");
 
   // ---- layernorm.cu ----
   m.def("layernorm_forward", [](uintptr_t out, uintptr_t mean, uintptr_t rstd, uintptr_t inp, uintptr_t weight,

@@ -264,8 +264,22 @@ int64_t encoder_backward_scratch_bytes(int N, int C, int V) {
   return (int64_t)carve_scratch(nullptr, N, C, V).total;
 }
 
-void encoder_backward(floatX* dwte, floatX* dwpe, void* scratch, int64_t scratch_bytes, const floatX* dout,
-                      const int* idx, int B, int T, int C, int V, cudaStream_t stream, cudaStream_t wpe_stream) {
+void encoder_backward_sort(void* scratch, int64_t scratch_bytes, const int* idx, int N, int C, int V,
+                           cudaStream_t stream) {
+  LLMC_REQUIRE(V > 0 && N >= 0, "encoder_backward_sort: V must be positive, N >= 0");
+  if (N == 0) return;
+  const BackwardScratch s = carve_scratch(scratch, N, C, V);
+  LLMC_REQUIRE(scratch_bytes >= (int64_t)s.total, "encoder_backward_sort: scratch smaller than "
+               "encoder_backward_scratch_bytes(N, C, V)");
+  iota_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(s.positions, N);
+  CUDA_CHECK(cudaGetLastError());
+  size_t temp_bytes = s.sort_temp_bytes;
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.sort_temp, temp_bytes, reinterpret_cast<const unsigned*>(idx),
+                                             s.sorted_ids, s.positions, s.perm, N, 0, id_bits(V), stream));
+}
+
+void encoder_backward(floatX* dwte, floatX* dwpe, void* scratch, int64_t scratch_bytes, const floatX* dout, int B,
+                      int T, int C, int V, cudaStream_t stream, cudaStream_t wpe_stream) {
   LLMC_REQUIRE(C % x128::size == 0, "encoder_backward: C must be a multiple of 8");
   LLMC_REQUIRE((int64_t)B * T * C < INT32_MAX * (int64_t)x128::size,
                "encoder_backward: B*T*C/8 must be below 2^31");
@@ -277,16 +291,10 @@ void encoder_backward(floatX* dwte, floatX* dwpe, void* scratch, int64_t scratch
                "encoder_backward_scratch_bytes(N, C, V)");
   const int block = 256;
   const int C8 = C / x128::size;
-  // dwpe needs only dout: on wpe_stream it can run beside the sort (a chain of small, latency-bound kernels)
-  // and the wte kernels; the caller orders wpe_stream after dout is ready and joins it back.
+  // dwpe needs only dout: on wpe_stream it can run beside the wte kernels (or the sort); the caller orders
+  // wpe_stream after dout is ready and joins it back.
   wpe_backward_kernel<<<ceil_div(T * C8, block), block, 0, wpe_stream>>>(dwpe, dout, B, T, C);
   CUDA_CHECK(cudaGetLastError());
-
-  iota_kernel<<<ceil_div(N, block), block, 0, stream>>>(s.positions, N);
-  CUDA_CHECK(cudaGetLastError());
-  size_t temp_bytes = s.sort_temp_bytes;
-  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.sort_temp, temp_bytes, reinterpret_cast<const unsigned*>(idx),
-                                             s.sorted_ids, s.positions, s.perm, N, 0, id_bits(V), stream));
 
   const int nseg = num_segments(N);
   float* carry_first = s.carry;

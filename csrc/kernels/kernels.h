@@ -23,11 +23,15 @@ void encoder_forward(floatX* out, const int* idx, const floatX* wte, const float
 // Bytes of device scratch the backward needs for B*T = N positions of C channels and ids below V (llmc.ops
 // allocates it; 256-byte aligned). Allocates nothing, launches nothing (reads the current device's properties).
 int64_t encoder_backward_scratch_bytes(int N, int C, int V);
-// dwte += , dwpe += ; deterministic (the ids are sorted stably on the device; every sum has a fixed order).
-// idx: the B*T int32 token ids, each in [0, V). The dwpe kernel runs on wpe_stream (may equal stream), the rest
-// on stream: the caller makes wpe_stream wait for dout and then makes stream wait for wpe_stream.
-void encoder_backward(floatX* dwte, floatX* dwpe, void* scratch, int64_t scratch_bytes, const floatX* dout,
-                      const int* idx, int B, int T, int C, int V, cudaStream_t stream, cudaStream_t wpe_stream);
+// Step 1 of the backward: sorts the B*T = N int32 token ids idx (each in [0, V)) stably into scratch, with the
+// position each came from. Depends on idx only.
+void encoder_backward_sort(void* scratch, int64_t scratch_bytes, const int* idx, int N, int C, int V,
+                           cudaStream_t stream);
+// Step 2: dwte += , dwpe += ; deterministic (every sum has a fixed order), from dout and the scratch step 1
+// filled (ordered before this on stream). The dwpe kernel runs on wpe_stream (may equal stream), the rest on
+// stream: the caller makes wpe_stream wait for dout and then makes stream wait for wpe_stream.
+void encoder_backward(floatX* dwte, floatX* dwpe, void* scratch, int64_t scratch_bytes, const floatX* dout, int B,
+                      int T, int C, int V, cudaStream_t stream, cudaStream_t wpe_stream);
 
 // ---- layernorm.cu ----
 void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* weight,
