@@ -139,9 +139,8 @@ def breakdown(B, T, C, label):
             torch.cuda.synchronize()
         print_kernels(prof, iters, f"\n{name} {label}")
 
-    # encoder_backward's three orderings: all on one stream; the sort first, then dwpe on a side stream beside
-    # the dwte kernels (what llmc.ops does); dwpe from the start beside the sort and the dwte kernels (these on
-    # the side stream)
+    # encoder_backward: the id sort by CUB's onesweep radix sort (1) or its one-block segmented sort (2), with
+    # everything on one stream, or dwpe on a side stream beside the sort and the dwte kernels (llmc.ops's way)
     ext = ops._ext()
     V = PADDED_VOCAB
     scratch = torch.empty(ext.encoder_backward_scratch_bytes(N, C, V), dtype=torch.uint8, device="cuda")
@@ -151,34 +150,39 @@ def breakdown(B, T, C, label):
         ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), scratch.numel(),
                              douts[i].data_ptr(), B, T, C, V, s, wpe_s)
 
-    def sort(i, s):
-        ext.encoder_backward_sort(scratch.data_ptr(), scratch.numel(), ids[i].data_ptr(), N, C, V, s)
+    def sort(i, s, algorithm):
+        ext.encoder_backward_sort(scratch.data_ptr(), scratch.numel(), ids[i].data_ptr(), N, C, V, algorithm, s)
 
-    def serial(i):
-        s = torch.cuda.current_stream().cuda_stream
-        sort(i, s)
-        step2(i, s, s)
+    def serial(algorithm):
+        def run(i):
+            s = torch.cuda.current_stream().cuda_stream
+            sort(i, s, algorithm)
+            step2(i, s, s)
+        return run
 
-    def wpe_beside_all(i):
-        main = torch.cuda.current_stream()
-        side.wait_stream(main)
-        sort(i, side.cuda_stream)
-        step2(i, side.cuda_stream, main.cuda_stream)
-        main.wait_stream(side)
+    def beside(algorithm):
+        def run(i):
+            main = torch.cuda.current_stream()
+            side.wait_stream(main)
+            sort(i, main.cuda_stream, algorithm)
+            step2(i, main.cuda_stream, side.cuda_stream)
+            main.wait_stream(side)
+        return run
 
-    variants = {"one stream": serial, "sort, then dwpe beside dwte (llmc.ops)": runs["encoder_backward"],
-                "dwpe beside sort and dwte": wpe_beside_all}
+    variants = {"one stream, onesweep": serial(1), "one stream, one block": serial(2),
+                "beside, onesweep": beside(1), "beside, one block": beside(2), "llmc.ops": runs["encoder_backward"]}
     res = defaultdict(list)
     for order in (list(variants), list(variants)[::-1]):
         for v in order:
             res[v].append(time_cuda(variants[v], k) * 1e3)
     print(f"encoder_backward {label} graph replay: " + ", ".join(f"{v} {a:.1f}/{b:.1f} us"
                                                                 for v, (a, b) in res.items()))
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for i in range(iters):
-            serial(i % k)
-        torch.cuda.synchronize()
-    print_kernels(prof, iters, f"encoder_backward {label}, one stream")
+    for algorithm in (1, 2):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for i in range(iters):
+                serial(algorithm)(i % k)
+            torch.cuda.synchronize()
+        print_kernels(prof, iters, f"encoder_backward {label}, one stream, sort algorithm {algorithm}")
 
 
 def main(argv=None):

@@ -15,6 +15,7 @@
 //    adds those pieces in segment order. Every warp does the same work whatever the token distribution, so a frequent
 //    token (",", EOT) costs no more than a rare one.
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -204,12 +205,17 @@ struct BackwardScratch {
   unsigned* sorted_ids;
   int* positions;
   int* perm;
+  int* bounds;  // {0, N}: the one segment of the segmented sort
   void* sort_temp;
   size_t sort_temp_bytes;
   size_t total;
 };
 
 constexpr size_t kScratchAlign = 256;
+// The sort: CUB's onesweep radix sort (algorithm 1) makes 2 kernels per 8-bit pass plus a histogram and a memset,
+// each latency-bound at these sizes; its segmented sort of one segment (algorithm 2) runs every pass in one block.
+// Below this many ids the one block is expected to win (measured: benchmarks/probe_out_buffers.py --breakdown).
+constexpr int kOneBlockSortMaxN = 16384;
 size_t align_up(size_t n) { return (n + kScratchAlign - 1) / kScratchAlign * kScratchAlign; }
 
 // Bits of an id below V: the sort only looks at these (an id outside [0, V) is the caller's error).
@@ -222,9 +228,13 @@ int id_bits(int V) {
 BackwardScratch carve_scratch(void* base, int N, int C, int V) {
   BackwardScratch s{};
   // CUB's size query allocates nothing and launches nothing (it reads the current device's properties).
-  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, s.sort_temp_bytes, (const unsigned*)nullptr,
-                                             (unsigned*)nullptr, (const int*)nullptr, (int*)nullptr, N, 0,
-                                             id_bits(V)));
+  size_t onesweep = 0, one_block = 0;
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, onesweep, (const unsigned*)nullptr, (unsigned*)nullptr,
+                                             (const int*)nullptr, (int*)nullptr, N, 0, id_bits(V)));
+  CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(nullptr, one_block, (const unsigned*)nullptr,
+                                                      (unsigned*)nullptr, (const int*)nullptr, (int*)nullptr, N, 1,
+                                                      (const int*)nullptr, (const int*)nullptr, 0, id_bits(V)));
+  s.sort_temp_bytes = std::max(onesweep, one_block);
   char* p = static_cast<char*>(base);
   size_t off = 0;
   auto take = [&](size_t bytes) {
@@ -236,14 +246,17 @@ BackwardScratch carve_scratch(void* base, int N, int C, int V) {
   s.sorted_ids = reinterpret_cast<unsigned*>(take(sizeof(unsigned) * (size_t)N));
   s.positions = reinterpret_cast<int*>(take(sizeof(int) * (size_t)N));
   s.perm = reinterpret_cast<int*>(take(sizeof(int) * (size_t)N));
+  s.bounds = reinterpret_cast<int*>(take(sizeof(int) * 2));
   s.sort_temp = take(s.sort_temp_bytes);
   s.total = off;
   return s;
 }
 
-__global__ void iota_kernel(int* out, int n) {
+// out[i] = i for i < n; bounds = {0, n}.
+__global__ void iota_kernel(int* out, int* bounds, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = i;
+  if (i < 2) bounds[i] = i * n;
 }
 
 }  // namespace
@@ -264,18 +277,27 @@ int64_t encoder_backward_scratch_bytes(int N, int C, int V) {
   return (int64_t)carve_scratch(nullptr, N, C, V).total;
 }
 
-void encoder_backward_sort(void* scratch, int64_t scratch_bytes, const int* idx, int N, int C, int V,
+void encoder_backward_sort(void* scratch, int64_t scratch_bytes, const int* idx, int N, int C, int V, int algorithm,
                            cudaStream_t stream) {
   LLMC_REQUIRE(V > 0 && N >= 0, "encoder_backward_sort: V must be positive, N >= 0");
+  LLMC_REQUIRE(algorithm >= 0 && algorithm <= 2, "encoder_backward_sort: algorithm is 0 (auto), 1 or 2");
   if (N == 0) return;
   const BackwardScratch s = carve_scratch(scratch, N, C, V);
   LLMC_REQUIRE(scratch_bytes >= (int64_t)s.total, "encoder_backward_sort: scratch smaller than "
                "encoder_backward_scratch_bytes(N, C, V)");
-  iota_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(s.positions, N);
+  iota_kernel<<<ceil_div(std::max(N, 2), 256), 256, 0, stream>>>(s.positions, s.bounds, N);
   CUDA_CHECK(cudaGetLastError());
   size_t temp_bytes = s.sort_temp_bytes;
-  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.sort_temp, temp_bytes, reinterpret_cast<const unsigned*>(idx),
-                                             s.sorted_ids, s.positions, s.perm, N, 0, id_bits(V), stream));
+  const unsigned* keys = reinterpret_cast<const unsigned*>(idx);
+  if (algorithm == 0) algorithm = N <= kOneBlockSortMaxN ? 2 : 1;
+  if (algorithm == 1) {
+    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.sort_temp, temp_bytes, keys, s.sorted_ids, s.positions, s.perm, N,
+                                               0, id_bits(V), stream));
+  } else {
+    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(s.sort_temp, temp_bytes, keys, s.sorted_ids, s.positions,
+                                                        s.perm, N, 1, s.bounds, s.bounds + 1, 0, id_bits(V),
+                                                        stream));
+  }
 }
 
 void encoder_backward(floatX* dwte, floatX* dwpe, void* scratch, int64_t scratch_bytes, const floatX* dout, int B,

@@ -338,11 +338,12 @@ def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, 
             _check_token_range(*_token_extremes(idx), V)
         ext = _ext()
         scratch = torch.empty(ext.encoder_backward_scratch_bytes(B * T, C, V), dtype=torch.uint8, device=device)
-        # the ids are sorted first; dwpe's kernel then runs on a side stream beside the dwte kernels (fork and
-        # join, which CUDA graph capture keeps)
+        # dwpe's kernel runs on a side stream beside the id sort and the dwte kernels (fork and join, which CUDA
+        # graph capture keeps)
         stream, side = torch.cuda.current_stream(device), _side_stream(device)
-        ext.encoder_backward_sort(scratch.data_ptr(), scratch.numel(), idx.data_ptr(), B * T, C, V, stream.cuda_stream)
         side.wait_stream(stream)
+        ext.encoder_backward_sort(scratch.data_ptr(), scratch.numel(), idx.data_ptr(), B * T, C, V, 0,
+                                  stream.cuda_stream)
         ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), scratch.numel(), dout.data_ptr(),
                              B, T, C, V, stream.cuda_stream, side.cuda_stream)
         stream.wait_stream(side)
