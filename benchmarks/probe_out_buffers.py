@@ -139,7 +139,7 @@ def breakdown(B, T, C, label):
             torch.cuda.synchronize()
         print_kernels(prof, iters, f"\n{name} {label}")
 
-    # encoder_backward: the id sort by CUB's onesweep radix sort (1) or its one-block segmented sort (2), with
+    # encoder_backward: the id sort by CUB's onesweep radix sort (1) or llmc's one-block sort (2; N <= ~12k), with
     # everything on one stream, or dwpe on a side stream beside the sort and the dwte kernels (llmc.ops's way)
     ext = ops._ext()
     V = PADDED_VOCAB
@@ -169,15 +169,16 @@ def breakdown(B, T, C, label):
             main.wait_stream(side)
         return run
 
-    variants = {"one stream, onesweep": serial(1), "one stream, one block": serial(2),
-                "beside, onesweep": beside(1), "beside, one block": beside(2), "llmc.ops": runs["encoder_backward"]}
+    variants = {"one stream, onesweep": serial(1), "beside, onesweep": beside(1), "llmc.ops": runs["encoder_backward"]}
+    if N <= 12288:
+        variants.update({"one stream, small sort": serial(2), "beside, small sort": beside(2)})
     res = defaultdict(list)
     for order in (list(variants), list(variants)[::-1]):
         for v in order:
             res[v].append(time_cuda(variants[v], k) * 1e3)
     print(f"encoder_backward {label} graph replay: " + ", ".join(f"{v} {a:.1f}/{b:.1f} us"
                                                                 for v, (a, b) in res.items()))
-    for algorithm in (1, 2):
+    for algorithm in (1, 2) if N <= 12288 else (1,):
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for i in range(iters):
                 serial(algorithm)(i % k)

@@ -15,7 +15,6 @@
 //    adds those pieces in segment order. Every warp does the same work whatever the token distribution, so a frequent
 //    token (",", EOT) costs no more than a rare one.
 #include <cub/device/device_radix_sort.cuh>
-#include <cub/device/device_segmented_radix_sort.cuh>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -205,17 +204,28 @@ struct BackwardScratch {
   unsigned* sorted_ids;
   int* positions;
   int* perm;
-  int* bounds;  // {0, N}: the one segment of the segmented sort
   void* sort_temp;
   size_t sort_temp_bytes;
   size_t total;
 };
 
 constexpr size_t kScratchAlign = 256;
-// The sort: CUB's onesweep radix sort (algorithm 1) makes 2 kernels per 8-bit pass plus a histogram and a memset,
-// each latency-bound at these sizes; its segmented sort of one segment (algorithm 2) runs every pass in one block.
-// Below this many ids the one block is expected to win (measured: benchmarks/probe_out_buffers.py --breakdown).
-constexpr int kOneBlockSortMaxN = 16384;
+// The sort. CUB's onesweep radix sort (algorithm 1) takes ~28 us on an H200 for 8192 or 65536 ids (a histogram
+// kernel, a memset, a scan and one kernel per 8-bit pass, all latency-bound at these sizes; its one-block segmented
+// sort was slower still: 43 us at 8192, benchmarks/probe_out_buffers.py). Where the ids and positions fit twice in
+// one block's shared memory, small_sort_kernel (algorithm 2) sorts them in one launch.
+constexpr int kSmallSortThreads = 1024;
+constexpr int kSmallSortWarps = kSmallSortThreads / WARP_SIZE;
+constexpr int kRadixBits = 8;
+constexpr int kRadixDigits = 1 << kRadixBits;
+// ids and positions, twice (ping-pong), plus a digit counter per (warp, digit)
+size_t small_sort_smem(int N) { return 4 * sizeof(int) * (size_t)N + sizeof(int) * kSmallSortWarps * kRadixDigits; }
+bool small_sort_fits(int N) {
+  int dev = 0, optin = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return small_sort_smem(N) + 1024 <= (size_t)optin;  // 1 KB for the kernel's static shared memory
+}
 size_t align_up(size_t n) { return (n + kScratchAlign - 1) / kScratchAlign * kScratchAlign; }
 
 // Bits of an id below V: the sort only looks at these (an id outside [0, V) is the caller's error).
@@ -228,13 +238,9 @@ int id_bits(int V) {
 BackwardScratch carve_scratch(void* base, int N, int C, int V) {
   BackwardScratch s{};
   // CUB's size query allocates nothing and launches nothing (it reads the current device's properties).
-  size_t onesweep = 0, one_block = 0;
-  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, onesweep, (const unsigned*)nullptr, (unsigned*)nullptr,
-                                             (const int*)nullptr, (int*)nullptr, N, 0, id_bits(V)));
-  CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(nullptr, one_block, (const unsigned*)nullptr,
-                                                      (unsigned*)nullptr, (const int*)nullptr, (int*)nullptr, N, 1,
-                                                      (const int*)nullptr, (const int*)nullptr, 0, id_bits(V)));
-  s.sort_temp_bytes = std::max(onesweep, one_block);
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, s.sort_temp_bytes, (const unsigned*)nullptr,
+                                             (unsigned*)nullptr, (const int*)nullptr, (int*)nullptr, N, 0,
+                                             id_bits(V)));
   char* p = static_cast<char*>(base);
   size_t off = 0;
   auto take = [&](size_t bytes) {
@@ -246,17 +252,99 @@ BackwardScratch carve_scratch(void* base, int N, int C, int V) {
   s.sorted_ids = reinterpret_cast<unsigned*>(take(sizeof(unsigned) * (size_t)N));
   s.positions = reinterpret_cast<int*>(take(sizeof(int) * (size_t)N));
   s.perm = reinterpret_cast<int*>(take(sizeof(int) * (size_t)N));
-  s.bounds = reinterpret_cast<int*>(take(sizeof(int) * 2));
   s.sort_temp = take(s.sort_temp_bytes);
   s.total = off;
   return s;
 }
 
-// out[i] = i for i < n; bounds = {0, n}.
-__global__ void iota_kernel(int* out, int* bounds, int n) {
+__global__ void iota_kernel(int* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = i;
-  if (i < 2) bounds[i] = i * n;
+}
+
+// Stable LSD radix sort of the N ids (with their positions 0..N-1) over bits [0, bits), 8 per pass, in one block of
+// kSmallSortThreads threads with everything in shared memory. Warp w owns the contiguous chunk [w * chunk, (w + 1)
+// * chunk) and walks it 32 ids at a time: __match_any_sync groups the lanes of equal digit, a lane's rank among
+// the lower lanes of its group plus the warp's running count of that digit orders it, so ids of equal digit keep
+// their order inside a warp, across warps (offsets in (digit, warp) order) and so across the pass.
+__global__ void __launch_bounds__(kSmallSortThreads)
+    small_sort_kernel(unsigned* __restrict__ sorted_ids, int* __restrict__ perm, const unsigned* __restrict__ ids,
+                      int N, int bits) {
+  extern __shared__ unsigned smem[];
+  unsigned* keys[2] = {smem, smem + N};
+  int* vals[2] = {reinterpret_cast<int*>(smem + 2 * N), reinterpret_cast<int*>(smem + 3 * N)};
+  int* count = reinterpret_cast<int*>(smem + 4 * N);  // [warp][digit]: counts, then where the warp's ids go
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int per_warp = (N + kSmallSortWarps - 1) / kSmallSortWarps;
+  const int chunk = (per_warp + WARP_SIZE - 1) / WARP_SIZE * WARP_SIZE;
+  const int begin = warp * chunk, end = min(N, begin + chunk);
+  const unsigned lower_lanes = (1u << lane) - 1u;
+  for (int i = threadIdx.x; i < N; i += kSmallSortThreads) {
+    keys[0][i] = ids[i];
+    vals[0][i] = i;
+  }
+  int src = 0;
+  for (int shift = 0; shift < bits; shift += kRadixBits, src ^= 1) {
+    __syncthreads();  // every warp is done with the counters of the previous pass
+    for (int d = threadIdx.x; d < kSmallSortWarps * kRadixDigits; d += kSmallSortThreads) count[d] = 0;
+    __syncthreads();  // the keys of the previous pass (or the load) are in place, the counters zero
+    int* my_count = count + warp * kRadixDigits;
+    for (int i0 = begin; i0 < end; i0 += WARP_SIZE) {
+      const int i = i0 + lane;
+      const unsigned active = __ballot_sync(0xffffffffu, i < end);
+      if (i < end) {
+        const unsigned digit = (keys[src][i] >> shift) & (kRadixDigits - 1);
+        const unsigned peers = __match_any_sync(active, digit);
+        if ((peers & lower_lanes) == 0) my_count[digit] += __popc(peers);  // the group's lowest lane
+      }
+      __syncwarp();
+    }
+    __syncthreads();
+    // count[w][d] -> sum over digits below d of all ids + the ids of digit d in warps below w
+    if (threadIdx.x < kRadixDigits) {
+      const int d = threadIdx.x;
+      int total = 0;
+      for (int w = 0; w < kSmallSortWarps; w++) {
+        const int c = count[w * kRadixDigits + d];
+        count[w * kRadixDigits + d] = total;
+        total += c;
+      }
+      // exclusive scan of the digit totals over the kRadixDigits threads: within each warp, then across warps
+      int incl = total;
+#pragma unroll
+      for (int off = 1; off < WARP_SIZE; off <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += v;
+      }
+      __shared__ int warp_sums[kRadixDigits / WARP_SIZE];
+      if (lane == WARP_SIZE - 1) warp_sums[warp] = incl;
+      asm volatile("bar.sync 1, %0;" ::"n"(kRadixDigits));  // the kRadixDigits threads only
+      int base = incl - total;
+      for (int w = 0; w < warp; w++) base += warp_sums[w];
+      for (int w = 0; w < kSmallSortWarps; w++) count[w * kRadixDigits + d] += base;
+    }
+    __syncthreads();
+    for (int i0 = begin; i0 < end; i0 += WARP_SIZE) {
+      const int i = i0 + lane;
+      const unsigned active = __ballot_sync(0xffffffffu, i < end);
+      if (i < end) {
+        const unsigned key = keys[src][i];
+        const unsigned digit = (key >> shift) & (kRadixDigits - 1);
+        const unsigned peers = __match_any_sync(active, digit);
+        const int dest = my_count[digit] + __popc(peers & lower_lanes);
+        keys[src ^ 1][dest] = key;
+        vals[src ^ 1][dest] = vals[src][i];
+        __syncwarp(active);  // every lane of the group has read my_count[digit]
+        if ((peers & lower_lanes) == 0) my_count[digit] += __popc(peers);
+      }
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < N; i += kSmallSortThreads) {
+    sorted_ids[i] = keys[src][i];
+    perm[i] = vals[src][i];
+  }
 }
 
 }  // namespace
@@ -285,19 +373,21 @@ void encoder_backward_sort(void* scratch, int64_t scratch_bytes, const int* idx,
   const BackwardScratch s = carve_scratch(scratch, N, C, V);
   LLMC_REQUIRE(scratch_bytes >= (int64_t)s.total, "encoder_backward_sort: scratch smaller than "
                "encoder_backward_scratch_bytes(N, C, V)");
-  iota_kernel<<<ceil_div(std::max(N, 2), 256), 256, 0, stream>>>(s.positions, s.bounds, N);
+  if (algorithm == 0) algorithm = small_sort_fits(N) ? 2 : 1;
+  if (algorithm == 2) {
+    LLMC_REQUIRE(small_sort_fits(N), "encoder_backward_sort: N too large for the one-block sort (algorithm 2)");
+    const size_t smem = small_sort_smem(N);
+    ensure_dynamic_smem(small_sort_kernel, smem);
+    small_sort_kernel<<<1, kSmallSortThreads, smem, stream>>>(s.sorted_ids, s.perm,
+                                                              reinterpret_cast<const unsigned*>(idx), N, id_bits(V));
+    CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  iota_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(s.positions, N);
   CUDA_CHECK(cudaGetLastError());
   size_t temp_bytes = s.sort_temp_bytes;
-  const unsigned* keys = reinterpret_cast<const unsigned*>(idx);
-  if (algorithm == 0) algorithm = N <= kOneBlockSortMaxN ? 2 : 1;
-  if (algorithm == 1) {
-    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.sort_temp, temp_bytes, keys, s.sorted_ids, s.positions, s.perm, N,
-                                               0, id_bits(V), stream));
-  } else {
-    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(s.sort_temp, temp_bytes, keys, s.sorted_ids, s.positions,
-                                                        s.perm, N, 1, s.bounds, s.bounds + 1, 0, id_bits(V),
-                                                        stream));
-  }
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.sort_temp, temp_bytes, reinterpret_cast<const unsigned*>(idx),
+                                             s.sorted_ids, s.positions, s.perm, N, 0, id_bits(V), stream));
 }
 
 void encoder_backward(floatX* dwte, floatX* dwpe, void* scratch, int64_t scratch_bytes, const floatX* dout, int B,
