@@ -139,51 +139,40 @@ def breakdown(B, T, C, label):
             torch.cuda.synchronize()
         print_kernels(prof, iters, f"\n{name} {label}")
 
-    # encoder_backward: the id sort by CUB's onesweep radix sort (1) or llmc's one-block sort (2; N <= ~12k), with
-    # everything on one stream, or dwpe on a side stream beside the sort and the dwte kernels (llmc.ops's way)
+    # encoder_backward with everything on one stream, or with dwpe on a side stream beside the sort and the dwte
+    # kernels (llmc.ops's way, timed through llmc.ops too)
     ext = ops._ext()
     V = PADDED_VOCAB
     scratch = torch.empty(ext.encoder_backward_scratch_bytes(N, C, V), dtype=torch.uint8, device="cuda")
     side = torch.cuda.Stream()
 
-    def step2(i, s, wpe_s):
+    def launch(i, s, wpe_s):
+        ext.encoder_backward_sort(scratch.data_ptr(), scratch.numel(), ids[i].data_ptr(), N, C, V, s)
         ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), scratch.numel(),
                              douts[i].data_ptr(), B, T, C, V, s, wpe_s)
 
-    def sort(i, s, algorithm):
-        ext.encoder_backward_sort(scratch.data_ptr(), scratch.numel(), ids[i].data_ptr(), N, C, V, algorithm, s)
+    def serial(i):
+        s = torch.cuda.current_stream().cuda_stream
+        launch(i, s, s)
 
-    def serial(algorithm):
-        def run(i):
-            s = torch.cuda.current_stream().cuda_stream
-            sort(i, s, algorithm)
-            step2(i, s, s)
-        return run
+    def beside(i):
+        main = torch.cuda.current_stream()
+        side.wait_stream(main)
+        launch(i, main.cuda_stream, side.cuda_stream)
+        main.wait_stream(side)
 
-    def beside(algorithm):
-        def run(i):
-            main = torch.cuda.current_stream()
-            side.wait_stream(main)
-            sort(i, main.cuda_stream, algorithm)
-            step2(i, main.cuda_stream, side.cuda_stream)
-            main.wait_stream(side)
-        return run
-
-    variants = {"one stream, onesweep": serial(1), "beside, onesweep": beside(1), "llmc.ops": runs["encoder_backward"]}
-    if N <= 12288:
-        variants.update({"one stream, small sort": serial(2), "beside, small sort": beside(2)})
+    variants = {"one stream": serial, "dwpe beside": beside, "llmc.ops": runs["encoder_backward"]}
     res = defaultdict(list)
     for order in (list(variants), list(variants)[::-1]):
         for v in order:
             res[v].append(time_cuda(variants[v], k) * 1e3)
     print(f"encoder_backward {label} graph replay: " + ", ".join(f"{v} {a:.1f}/{b:.1f} us"
                                                                 for v, (a, b) in res.items()))
-    for algorithm in (1, 2) if N <= 12288 else (1,):
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for i in range(iters):
-                serial(algorithm)(i % k)
-            torch.cuda.synchronize()
-        print_kernels(prof, iters, f"encoder_backward {label}, one stream, sort algorithm {algorithm}")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(iters):
+            serial(i % k)
+        torch.cuda.synchronize()
+    print_kernels(prof, iters, f"encoder_backward {label}, one stream")
 
 
 def main(argv=None):

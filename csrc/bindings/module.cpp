@@ -32,10 +32,9 @@ PYBIND11_MODULE(_llmc, m) {
   m.def("encoder_backward_scratch_bytes", &encoder_backward_scratch_bytes,
         "bytes of device scratch encoder_backward needs for N positions of C channels and ids below V");
   m.def("encoder_backward_sort", [](uintptr_t scratch, int64_t scratch_bytes, uintptr_t idx, int N, int C, int V,
-                                    int algorithm, uintptr_t s) {
-    encoder_backward_sort(ptr<void>(scratch), scratch_bytes, ptr<const int>(idx), N, C, V, algorithm, as_stream(s));
-  }, "step 1 of encoder_backward: the N int32 ids (each in [0, V)) sorted stably into scratch; algorithm 0 (auto), "
-     "1 (onesweep) or 2 (one block)");
+                                    uintptr_t s) {
+    encoder_backward_sort(ptr<void>(scratch), scratch_bytes, ptr<const int>(idx), N, C, V, as_stream(s));
+  }, "step 1 of encoder_backward: the N int32 ids (each in [0, V)) sorted stably into scratch");
   m.def("encoder_backward", [](uintptr_t dwte, uintptr_t dwpe, uintptr_t scratch, int64_t scratch_bytes,
                                uintptr_t dout, int B, int T, int C, int V, uintptr_t s, uintptr_t wpe_stream) {
     encoder_backward(ptr<floatX>(dwte), ptr<floatX>(dwpe), ptr<void>(scratch), scratch_bytes,

@@ -6,14 +6,16 @@
 //  * dwpe[t] += sum over b of dout[b,t], summed by one thread per (t, 8 channels) in increasing b.
 //  * dwte: the B*T token ids are sorted on the device (CUB's stable LSD radix sort of (id, position) pairs over only
 //    the ceil(log2 V) low bits an id can use: 2 passes of 8 bits for GPT-2's 50304 rows, where torch.sort of int32
-//    keys makes 4 and moves int64 positions), giving sorted_ids and the permutation perm (the row of dout behind each
-//    sorted position; increasing within a run of equal ids: the sort is stable). The sorted array is cut into
-//    segments of 32 positions, one warp per (segment, 256 channels). A warp sums each run of equal ids inside its
-//    segment in position order. A run that starts and ends inside the segment is added to dwte directly; a run that
-//    crosses a segment boundary leaves fp32 partial sums in scratch (the run's first piece in carry_last of the
-//    segment where it starts, the other pieces in carry_first of the segments it continues into), and a second kernel
-//    adds those pieces in segment order. Every warp does the same work whatever the token distribution, so a frequent
-//    token (",", EOT) costs no more than a rare one.
+//    keys makes 4 and moves int64 positions; on an H200 ~28 us against ~41, still latency-bound: CUB's one-block
+//    segmented sort took 43 us and a one-block shared-memory sort with __match_any_sync ranks 38 us at 8192 ids,
+//    benchmarks/results/encoder_backward_h200_2026-11-29.log), giving sorted_ids and the permutation perm (the row of
+//    dout behind each sorted position; increasing within a run of equal ids: the sort is stable). The sorted array is
+//    cut into segments of 32 positions, one warp per (segment, 256 channels). A warp sums each run of equal ids
+//    inside its segment in position order. A run that starts and ends inside the segment is added to dwte directly; a
+//    run that crosses a segment boundary leaves fp32 partial sums in scratch (the run's first piece in carry_last of
+//    the segment where it starts, the other pieces in carry_first of the segments it continues into), and a second
+//    kernel adds those pieces in segment order. Every warp does the same work whatever the token distribution, so a
+//    frequent token (",", EOT) costs no more than a rare one.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "common.cuh"
@@ -210,22 +212,6 @@ struct BackwardScratch {
 };
 
 constexpr size_t kScratchAlign = 256;
-// The sort. CUB's onesweep radix sort (algorithm 1) takes ~28 us on an H200 for 8192 or 65536 ids (a histogram
-// kernel, a memset, a scan and one kernel per 8-bit pass, all latency-bound at these sizes; its one-block segmented
-// sort was slower still: 43 us at 8192, benchmarks/probe_out_buffers.py). Where the ids and positions fit twice in
-// one block's shared memory, small_sort_kernel (algorithm 2) sorts them in one launch.
-constexpr int kSmallSortThreads = 1024;
-constexpr int kSmallSortWarps = kSmallSortThreads / WARP_SIZE;
-constexpr int kRadixBits = 8;
-constexpr int kRadixDigits = 1 << kRadixBits;
-// ids and positions, twice (ping-pong), plus a digit counter per (warp, digit)
-size_t small_sort_smem(int N) { return 4 * sizeof(int) * (size_t)N + sizeof(int) * kSmallSortWarps * kRadixDigits; }
-bool small_sort_fits(int N) {
-  int dev = 0, optin = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return small_sort_smem(N) + 1024 <= (size_t)optin;  // 1 KB for the kernel's static shared memory
-}
 size_t align_up(size_t n) { return (n + kScratchAlign - 1) / kScratchAlign * kScratchAlign; }
 
 // Bits of an id below V: the sort only looks at these (an id outside [0, V) is the caller's error).
@@ -262,91 +248,6 @@ __global__ void iota_kernel(int* out, int n) {
   if (i < n) out[i] = i;
 }
 
-// Stable LSD radix sort of the N ids (with their positions 0..N-1) over bits [0, bits), 8 per pass, in one block of
-// kSmallSortThreads threads with everything in shared memory. Warp w owns the contiguous chunk [w * chunk, (w + 1)
-// * chunk) and walks it 32 ids at a time: __match_any_sync groups the lanes of equal digit, a lane's rank among
-// the lower lanes of its group plus the warp's running count of that digit orders it, so ids of equal digit keep
-// their order inside a warp, across warps (offsets in (digit, warp) order) and so across the pass.
-__global__ void __launch_bounds__(kSmallSortThreads)
-    small_sort_kernel(unsigned* __restrict__ sorted_ids, int* __restrict__ perm, const unsigned* __restrict__ ids,
-                      int N, int bits) {
-  extern __shared__ unsigned smem[];
-  unsigned* keys[2] = {smem, smem + N};
-  int* vals[2] = {reinterpret_cast<int*>(smem + 2 * N), reinterpret_cast<int*>(smem + 3 * N)};
-  int* count = reinterpret_cast<int*>(smem + 4 * N);  // [warp][digit]: counts, then where the warp's ids go
-  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-  const int per_warp = (N + kSmallSortWarps - 1) / kSmallSortWarps;
-  const int chunk = (per_warp + WARP_SIZE - 1) / WARP_SIZE * WARP_SIZE;
-  const int begin = warp * chunk, end = min(N, begin + chunk);
-  const unsigned lower_lanes = (1u << lane) - 1u;
-  for (int i = threadIdx.x; i < N; i += kSmallSortThreads) {
-    keys[0][i] = ids[i];
-    vals[0][i] = i;
-  }
-  int src = 0;
-  for (int shift = 0; shift < bits; shift += kRadixBits, src ^= 1) {
-    __syncthreads();  // every warp is done with the counters of the previous pass
-    for (int d = threadIdx.x; d < kSmallSortWarps * kRadixDigits; d += kSmallSortThreads) count[d] = 0;
-    __syncthreads();  // the keys of the previous pass (or the load) are in place, the counters zero
-    int* my_count = count + warp * kRadixDigits;
-    for (int i0 = begin; i0 < end; i0 += WARP_SIZE) {
-      const int i = i0 + lane;
-      const unsigned active = __ballot_sync(0xffffffffu, i < end);
-      if (i < end) {
-        const unsigned digit = (keys[src][i] >> shift) & (kRadixDigits - 1);
-        const unsigned peers = __match_any_sync(active, digit);
-        if ((peers & lower_lanes) == 0) my_count[digit] += __popc(peers);  // the group's lowest lane
-      }
-      __syncwarp();
-    }
-    __syncthreads();
-    // count[w][d] -> sum over digits below d of all ids + the ids of digit d in warps below w
-    if (threadIdx.x < kRadixDigits) {
-      const int d = threadIdx.x;
-      int total = 0;
-      for (int w = 0; w < kSmallSortWarps; w++) {
-        const int c = count[w * kRadixDigits + d];
-        count[w * kRadixDigits + d] = total;
-        total += c;
-      }
-      // exclusive scan of the digit totals over the kRadixDigits threads: within each warp, then across warps
-      int incl = total;
-#pragma unroll
-      for (int off = 1; off < WARP_SIZE; off <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += v;
-      }
-      __shared__ int warp_sums[kRadixDigits / WARP_SIZE];
-      if (lane == WARP_SIZE - 1) warp_sums[warp] = incl;
-      asm volatile("bar.sync 1, %0;" ::"n"(kRadixDigits));  // the kRadixDigits threads only
-      int base = incl - total;
-      for (int w = 0; w < warp; w++) base += warp_sums[w];
-      for (int w = 0; w < kSmallSortWarps; w++) count[w * kRadixDigits + d] += base;
-    }
-    __syncthreads();
-    for (int i0 = begin; i0 < end; i0 += WARP_SIZE) {
-      const int i = i0 + lane;
-      const unsigned active = __ballot_sync(0xffffffffu, i < end);
-      if (i < end) {
-        const unsigned key = keys[src][i];
-        const unsigned digit = (key >> shift) & (kRadixDigits - 1);
-        const unsigned peers = __match_any_sync(active, digit);
-        const int dest = my_count[digit] + __popc(peers & lower_lanes);
-        keys[src ^ 1][dest] = key;
-        vals[src ^ 1][dest] = vals[src][i];
-        __syncwarp(active);  // every lane of the group has read my_count[digit]
-        if ((peers & lower_lanes) == 0) my_count[digit] += __popc(peers);
-      }
-      __syncwarp();
-    }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < N; i += kSmallSortThreads) {
-    sorted_ids[i] = keys[src][i];
-    perm[i] = vals[src][i];
-  }
-}
-
 }  // namespace
 
 void encoder_forward(floatX* out, const int* idx, const floatX* wte, const floatX* wpe, int B, int T, int C,
@@ -365,24 +266,13 @@ int64_t encoder_backward_scratch_bytes(int N, int C, int V) {
   return (int64_t)carve_scratch(nullptr, N, C, V).total;
 }
 
-void encoder_backward_sort(void* scratch, int64_t scratch_bytes, const int* idx, int N, int C, int V, int algorithm,
+void encoder_backward_sort(void* scratch, int64_t scratch_bytes, const int* idx, int N, int C, int V,
                            cudaStream_t stream) {
   LLMC_REQUIRE(V > 0 && N >= 0, "encoder_backward_sort: V must be positive, N >= 0");
-  LLMC_REQUIRE(algorithm >= 0 && algorithm <= 2, "encoder_backward_sort: algorithm is 0 (auto), 1 or 2");
   if (N == 0) return;
   const BackwardScratch s = carve_scratch(scratch, N, C, V);
   LLMC_REQUIRE(scratch_bytes >= (int64_t)s.total, "encoder_backward_sort: scratch smaller than "
                "encoder_backward_scratch_bytes(N, C, V)");
-  if (algorithm == 0) algorithm = small_sort_fits(N) ? 2 : 1;
-  if (algorithm == 2) {
-    LLMC_REQUIRE(small_sort_fits(N), "encoder_backward_sort: N too large for the one-block sort (algorithm 2)");
-    const size_t smem = small_sort_smem(N);
-    ensure_dynamic_smem(small_sort_kernel, smem);
-    small_sort_kernel<<<1, kSmallSortThreads, smem, stream>>>(s.sorted_ids, s.perm,
-                                                              reinterpret_cast<const unsigned*>(idx), N, id_bits(V));
-    CUDA_CHECK(cudaGetLastError());
-    return;
-  }
   iota_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(s.positions, N);
   CUDA_CHECK(cudaGetLastError());
   size_t temp_bytes = s.sort_temp_bytes;

@@ -24,9 +24,8 @@ void encoder_forward(floatX* out, const int* idx, const floatX* wte, const float
 // allocates it; 256-byte aligned). Allocates nothing, launches nothing (reads the current device's properties).
 int64_t encoder_backward_scratch_bytes(int N, int C, int V);
 // Step 1 of the backward: sorts the B*T = N int32 token ids idx (each in [0, V)) stably into scratch, with the
-// position each came from. Depends on idx only. algorithm: 0 picks by N; 1 CUB's onesweep radix sort, 2 a
-// one-block radix sort in shared memory (N up to ~13k on an H100) -- both stable, the same result.
-void encoder_backward_sort(void* scratch, int64_t scratch_bytes, const int* idx, int N, int C, int V, int algorithm,
+// position each came from (CUB's onesweep radix sort over the ceil(log2 V) low bits). Depends on idx only.
+void encoder_backward_sort(void* scratch, int64_t scratch_bytes, const int* idx, int N, int C, int V,
                            cudaStream_t stream);
 // Step 2: dwte += , dwpe += ; deterministic (every sum has a fixed order), from dout and the scratch step 1
 // filled (ordered before this on stream). The dwpe kernel runs on wpe_stream (may equal stream), the rest on

@@ -342,7 +342,7 @@ def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, 
         # graph capture keeps)
         stream, side = torch.cuda.current_stream(device), _side_stream(device)
         side.wait_stream(stream)
-        ext.encoder_backward_sort(scratch.data_ptr(), scratch.numel(), idx.data_ptr(), B * T, C, V, 0,
+        ext.encoder_backward_sort(scratch.data_ptr(), scratch.numel(), idx.data_ptr(), B * T, C, V,
                                   stream.cuda_stream)
         ext.encoder_backward(dwte.data_ptr(), dwpe.data_ptr(), scratch.data_ptr(), scratch.numel(), dout.data_ptr(),
                              B, T, C, V, stream.cuda_stream, side.cuda_stream)
