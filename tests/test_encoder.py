@@ -35,6 +35,20 @@ def torch_embedding_grads(dout, ids, V, max_T):
     return wte.grad, wpe.grad
 
 
+def backward_against_torch(ids, V, max_T, C, dtype, device):
+    """encoder_backward into random dwte (V, C), dwpe (max_T, C), checked against torch's autograd; returns the
+    gradients before and after."""
+    B, T = ids.shape
+    dout = randn((B, T, C), dtype, device)
+    dwte0, dwpe0 = randn((V, C), dtype, device), randn((max_T, C), dtype, device)
+    dwte, dwpe = dwte0.clone(), dwpe0.clone()
+    ops.encoder_backward(dout, ids, dwte, dwpe)
+    grad_wte, grad_wpe = torch_embedding_grads(dout, ids, V, max_T)
+    assert_close(dwte, dwte0.float().cpu() + grad_wte, dtype, "dwte")
+    assert_close(dwpe, dwpe0.float().cpu() + grad_wpe, dtype, "dwpe")
+    return dwte0, dwpe0, dwte, dwpe
+
+
 @pytest.mark.parametrize("device,dtype", devices_and_dtypes())
 @pytest.mark.parametrize("C", CHANNELS + [2056])  # 2056: more packs than one batch of the forward's warp (8 per lane)
 @pytest.mark.parametrize("B,T", BT)
@@ -54,14 +68,7 @@ def test_encoder_forward_matches_torch(device, dtype, B, T, C):
 @pytest.mark.parametrize("B,T", BT)
 def test_encoder_backward_matches_torch(device, dtype, B, T, C, distribution):
     ids, V = make_ids(B, T, distribution, device)
-    max_T = T + 5
-    dout = randn((B, T, C), dtype, device)
-    dwte0, dwpe0 = randn((V, C), dtype, device), randn((max_T, C), dtype, device)
-    dwte, dwpe = dwte0.clone(), dwpe0.clone()
-    ops.encoder_backward(dout, ids, dwte, dwpe)
-    grad_wte, grad_wpe = torch_embedding_grads(dout, ids, V, max_T)
-    assert_close(dwte, dwte0.float().cpu() + grad_wte, dtype, "dwte")
-    assert_close(dwpe, dwpe0.float().cpu() + grad_wpe, dtype, "dwpe")
+    dwte0, dwpe0, dwte, dwpe = backward_against_torch(ids, V, T + 5, C, dtype, device)
     # rows of tokens and positions that never occur are left exactly as they were
     unused = torch.ones(V, dtype=torch.bool)
     unused[ids.long().flatten().cpu()] = False
@@ -79,14 +86,7 @@ def test_encoder_backward_any_table_size(device, dtype, V):
     ids[0, :40] = V - 1
     ids[1, 100:140] = 0
     ids[1, -3:] = V - 1
-    ids = ids.to(device)
-    dout = randn((B, T, C), dtype, device)
-    dwte0, dwpe0 = randn((V, C), dtype, device), randn((T, C), dtype, device)
-    dwte, dwpe = dwte0.clone(), dwpe0.clone()
-    ops.encoder_backward(dout, ids, dwte, dwpe)
-    grad_wte, grad_wpe = torch_embedding_grads(dout, ids, V, T)
-    assert_close(dwte, dwte0.float().cpu() + grad_wte, dtype, "dwte")
-    assert_close(dwpe, dwpe0.float().cpu() + grad_wpe, dtype, "dwpe")
+    backward_against_torch(ids.to(device), V, T, C, dtype, device)
 
 
 @pytest.mark.parametrize("device,dtype", devices_and_dtypes())
