@@ -333,9 +333,9 @@ def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, 
     _check_writes_disjoint(dict(dwte=dwte, dwpe=dwpe), dict(dout=dout))
     if idx.numel() == 0:
         return
+    if validate or device.type != "cuda":
+        _check_token_range(*_token_extremes(idx), V)
     if device.type == "cuda":
-        if validate:
-            _check_token_range(*_token_extremes(idx), V)
         ext = _ext()
         scratch = torch.empty(ext.encoder_backward_scratch_bytes(B * T, C, V), dtype=torch.uint8, device=device)
         # dwpe's kernel runs on a side stream beside the id sort and the dwte kernels (fork and join, which CUDA
@@ -348,7 +348,6 @@ def encoder_backward(dout: torch.Tensor, idx: torch.Tensor, dwte: torch.Tensor, 
                              B, T, C, V, stream.cuda_stream, side.cuda_stream)
         stream.wait_stream(side)
     else:
-        _check_token_range(*_token_extremes(idx), V)
         grad_wte, grad_wpe = reference.encoder_backward(dout, idx, V, dwpe.shape[0])
         dwte.add_(grad_wte)
         dwpe.add_(grad_wpe)
