@@ -9,9 +9,9 @@ from conftest import assert_close, devices_and_dtypes, poisoned, randn, requires
 
 # N = 1, 7, 1023 rows with GPT-2's widths; (5, 8192) takes the widest rows the tests promise; (3, 8) and
 # (4, 264) are narrower than a warp's 256 channels or not a multiple of them. The backward shares a row between
-# one warp (C <= 512), two (C <= 1280) or four (wider, up to 2048): (7, 1032) gives a two-warp row, (1023, 1288) a
-# four-warp row, each with a partly filled last pack; (2049, 1280) runs many rows per team through the two-warp
-# kernel with three packs per lane, the next row's copy in flight while the current one is worked.
+# ceil(C / 256) warps, one 16-byte pack per lane (C <= 2048): 8, 264, 768, 1024, 1032 (and 1280), 1288, 1600 and 2048
+# give teams of 1 to 8 warps; 1032 and 1288 leave most lanes of their last warp without a pack; (2049, 1280) runs
+# many rows per team, the next rows' copies in flight while the current one is worked.
 SHAPES = [(n, c) for n in (1, 7, 1023) for c in (768, 1024, 1600, 2048)] + [(5, 8192), (3, 8), (4, 264), (7, 1032),
                                                                             (1023, 1288), (2049, 1280)]
 EPS = 1e-5
@@ -161,8 +161,8 @@ def test_layernorm_backward_deterministic_in_place_and_accumulating(device, dtyp
     assert torch.equal(over_inp, runs[0][0]), "dinp computed over its input (dinp = inp) differs"
 
 
-# Ascending, so each kernel's smallest width is its first call in the process: 8 / 520 / 1288 open the one-, two-
-# and four-warp backward kernels; 768 and 1536 ask exactly 48 KB of dynamic shared memory (two- and four-warp teams).
+# Ascending, so each kernel's smallest width is its first call in the process: 8, 264, 520, 1024, 1032, 1288, 1600
+# and 2048 open the backward kernels of teams of 1 to 8 warps; 2048 asks exactly 48 KB of dynamic shared memory.
 FRESH_PROCESS_WIDTHS = (8, 264, 512, 520, 768, 1024, 1032, 1280, 1288, 1536, 1600, 2048)
 _FRESH_PROCESS_SCRIPT = """
 import sys, torch

@@ -13,10 +13,10 @@
 // Rows of up to kMaxRegPacks * 32 packs (C <= 2048: every GPT-2 width) live in registers: all of a row's loads
 // are in flight at once and the variance is the exact two-pass one over the registers. The forward gives each
 // warp one row (a grid of N / warps blocks, so the tail is one row's latency) and touches no shared memory. The
-// backward gives a row to a team of one, two or four warps by width (see dispatch_backward), fetches each team's
-// next row into shared memory while it works the current one (see layernorm_backward_regs_kernel), and each
-// team sums dweight/dbias over the rows it owns (a fixed, resident grid) in fp32, in its own slice of shared
-// memory; the block then adds the slices in order into its partials.
+// backward gives a row to a team of ceil(C / 256) warps, one 16-byte pack per lane, fetches each team's next rows
+// into shared memory while it works the current one (see layernorm_backward_regs_kernel), and each lane sums its
+// pack's dweight/dbias columns in fp32 registers over the rows its team owns (a fixed, resident grid); the block
+// then adds its teams' sums in order into its partials.
 // Wider rows are staged in shared memory instead (any C that is a multiple of 8 fits, up to the shared
 // memory of one block: C = 8192 at least), so the row is still read from HBM exactly once; the backward's
 // blocks then work in rounds of one row per warp, and after a round the block's threads sum the staged rows
@@ -34,19 +34,25 @@ constexpr int kBatch = 4;  // 128-bit loads per lane (per input) issued before a
 
 constexpr int kMaxRegPacks = 8;  // packs per lane of a register-resident row: C <= 8 * 32 * 8 = 2048
 constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resident kernels
-// The backward's register kernel gives a row to a team of 1, 2 or 4 warps (see dispatch_backward). Teams per
-// block and blocks per SM it is compiled for: one-warp rows 4 teams (128 threads) x 3 blocks (at most 168
-// registers), two-warp rows 4 teams and four-warp rows 2 teams (256 threads) x 2 blocks (at most 128 registers).
-__host__ __device__ constexpr int reg_backward_teams(int team) { return team == 4 ? 2 : 4; }
-constexpr int reg_backward_blocks_per_sm(int team) { return team == 1 ? 3 : 2; }
-// Rows each team of the register backward kernel has in flight (cp.async into shared memory) ahead of the one it
-// works: see layernorm_backward_regs_kernel. One: on an H200 (probe_ln_backward.cu "ahead1".."ahead4", session 9,
-// results/layernorm_backward_variants_h200_aa94077.log) two rows ahead were 0-9% slower than one at every GPT-2
-// width, three and four slower still.
-constexpr int kBackwardAhead = 1;
+// The backward's register kernel gives a row to a team of kTeam = ceil(C / 256) warps (1 to 8), one 16-byte pack
+// per lane (see layernorm_backward_regs_kernel). Teams per block: 8 for one-warp rows, 4 for two and three, 2
+// beyond, so that blocks have 8 or more warps and the partials (one set per block) stay few. Blocks per SM (the
+// __launch_bounds__ minimum, so it caps the registers): as many as fit 28 resident warps. On an H200
+// (benchmarks/probe_layernorm/probe_ln_backward.cu, session 14, results/layernorm_backward_variants_h200_s14.log)
+// that was the fastest grid probed or within 4% of it at 768, 1024, 1280 and 1600, accumulating or not; 32 warps
+// spilled registers and were slower at 1024 and 1280 (up to 1.3x); fewer left bandwidth unused. Rows of 1, 2,
+// 6 and 8 warps (C <= 512, 1288-1536, 1800-2048) were not probed.
+__host__ __device__ constexpr int reg_backward_teams(int team) { return team == 1 ? 8 : team <= 3 ? 4 : 2; }
+__host__ __device__ constexpr int reg_backward_blocks_per_sm(int team) {
+  return 28 / (reg_backward_teams(team) * team) > 0 ? 28 / (reg_backward_teams(team) * team) : 1;
+}
+// Rows each team has in flight (cp.async into shared memory) ahead of the one it works: two, 1-4% faster than one
+// at 768, 1024 and 1280 in the same probe and even at 1600 (three was slower everywhere).
+constexpr int kBackwardAhead = 2;
 // Whether an accumulating launch (the residual stream's gradient, dinp +=) copies dinp's old values into shared
 // memory with each row instead of loading them after the row sums: 7-16% faster on an H200 at every GPT-2 width
-// (the same log, "old1" against "ahead1": 45.2 -> 39.2 us at 8192 x 1600, 135.7 -> 113.8 us at 65536 x 768).
+// (session 9, results/layernorm_backward_variants_h200_aa94077.log, "old1" against "ahead1"; in session 14's probe
+// 3-11% for the one-pack-per-lane kernel).
 constexpr bool kBackwardOld = true;
 
 // Per-element math shared by both paths, in one place so that they round identically.
@@ -77,34 +83,54 @@ __device__ inline x128 normalize_pack(const x128& x, const x128& w, const x128& 
   return y;
 }
 
-// Row sums of dn = dout * weight and of dn * xhat, for the input gradient.
-__device__ inline void add_pack_dn_sums(float& sum_dn, float& sum_dn_xhat, const x128& g, const x128& x,
-                                        const x128& w, float m, float s) {
+// The backward's per-element math. With xhat = (x - mean) rstd, computed as x rstd + (-mean rstd) (one FMA), and
+// dn = dout * weight:
+//   the row sums  sum(dn), sum(dn xhat);
+//   dinp = rstd (dn - mean(dn) - xhat mean(dn xhat)) (+ dinp's old value) = fma(rstd, dn, fma(c, xhat, b)) with
+//          b = -rstd mean(dn), c = -rstd mean(dn xhat): two FMAs, rounded to bf16 in pairs;
+//   dweight += dout xhat, dbias += dout.
+// xhat and dn of one pack's 8 elements.
+__device__ inline void pack_xhat_dn(float* xhat, float* dn, const x128& g, const x128& x, const x128& w, float m,
+                                    float s) {
+  const float ms = -m * s;
 #pragma unroll
   for (int k = 0; k < x128::size; k++) {
-    const float dn = (float)g[k] * (float)w[k];
-    sum_dn += dn;
-    sum_dn_xhat += dn * (((float)x[k] - m) * s);
+    xhat[k] = fmaf((float)x[k], s, ms);
+    dn[k] = (float)g[k] * (float)w[k];
   }
 }
 
-__device__ inline x128 dinp_pack(const x128& g, const x128& x, const x128& w, const x128& old, float m, float s,
-                                 float mean_dn, float mean_dn_xhat) {
-  x128 d;
+__device__ inline void add_row_sums(float& sum_dn, float& sum_dn_xhat, const float* xhat, const float* dn) {
 #pragma unroll
   for (int k = 0; k < x128::size; k++) {
-    const float xhat = ((float)x[k] - m) * s;
-    const float dn = (float)g[k] * (float)w[k];
-    d[k] = (floatX)((float)old[k] + s * (dn - mean_dn - xhat * mean_dn_xhat));
+    sum_dn += dn[k];
+    sum_dn_xhat = fmaf(dn[k], xhat[k], sum_dn_xhat);
   }
-  return d;
+}
+
+// One pack of dinp from the row's b and c (above); with add_old, dinp's old values `old` are added before rounding.
+__device__ inline x128 dinp_pack(const float* xhat, const float* dn, float s, float b, float c, const x128& old,
+                                 bool add_old) {
+  int4 bits;
+  unsigned* u = reinterpret_cast<unsigned*>(&bits);
+#pragma unroll
+  for (int k = 0; k < x128::size; k += 2) {
+    float d0 = fmaf(s, dn[k], fmaf(c, xhat[k], b)), d1 = fmaf(s, dn[k + 1], fmaf(c, xhat[k + 1], b));
+    if (add_old) {
+      d0 += (float)old[k];
+      d1 += (float)old[k + 1];
+    }
+    const __nv_bfloat162 h = __floats2bfloat162_rn(d0, d1);
+    u[k / 2] = *reinterpret_cast<const unsigned*>(&h);
+  }
+  return x128::from_int4(bits);
 }
 
 // dweight and dbias sums of one pack's 8 columns.
-__device__ inline void add_pack_param_grads(float* dw, float* db, const x128& g, const x128& x, float m, float s) {
+__device__ inline void add_pack_param_grads(float* dw, float* db, const x128& g, const float* xhat) {
 #pragma unroll
   for (int k = 0; k < x128::size; k++) {
-    dw[k] += (float)g[k] * (((float)x[k] - m) * s);
+    dw[k] = fmaf((float)g[k], xhat[k], dw[k]);
     db[k] += (float)g[k];
   }
 }
@@ -170,68 +196,55 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
   }
 }
 
-// Team t of the grid (t = blockIdx.x * kTeams + team; a team is kTeam warps, 1, 2 or 4) owns rows t, t + G,
-// t + 2G, ... (G teams in all). Lane l of a team (0 .. 32 kTeam - 1) holds packs l, l + 32 kTeam, ... of the row.
-// Teams of several warps add their warps' row sums through shared memory (warp 0's first), which divides the
-// registers a row needs and so multiplies the warps per SM.
-// While a row is worked, the team's next kAhead rows (dout and inp) are already on their way into shared memory
-// by cp.async (kAhead + 1 buffers per team, in turn): each lane copies, and later reads, only its own packs, so its
-// own cp.async.wait_group is all the synchronisation needed, and no register holds a row ahead.
-// Measured against the one-row-at-a-time kernel on an H100 (benchmarks/probe_layernorm,
-// results/layernorm_backward_variants_h100_2026-11-28.log, session 7: "t2ca", "t4ca"): two-warp teams with the
-// prefetch 3-4% faster at C = 768, 6-9% at 1024, 1-3% at 1280; four-warp teams 6% faster at 1600.
-// Each team sums its rows' dweight/dbias columns in fp32, in row order, in its own slice of shared memory: four
-// planes of C8 f128 (dweight elements 0-3 and 4-7 of each pack, then dbias's), so that a warp's 16-byte accesses
-// to consecutive packs hit distinct banks. The block then adds its teams' slices in team order and writes its
-// partials [dweight | dbias] to partials[blockIdx.x * 2C ...] (3C with kColSum, below). dinp may be dout or inp: a
-// team reads a row before it writes that row, and no other team touches it.
-// kColSum: the team also sums the columns of the dinp it writes (its final values, after accumulation, as rounded
-// to bf16) in two more planes, and the partials are [dweight | dbias | dinp's column sums]: the bias gradient of
-// the linear layer whose output gradient dinp is (the residual stream's), without another pass over dinp.
-// Shared memory (dynamic): the teams' sums (kTeams x (4 or 6) x C8 f128), then the teams' row buffers (kTeams x
-// (kAhead + 1) buffers x [dout | inp] x C8 x128): reg_backward_smem_bytes.
-template <int kPacks, int kTeam, int kAhead, bool kOld, bool kColSum = false>
-__global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE, reg_backward_blocks_per_sm(kTeam))
+// Team t of the grid (t = blockIdx.x * kTeams + team; a team is kTeam warps) owns rows t, t + G, t + 2G, ... (G
+// teams in all). Lane l of a team (0 .. 32 kTeam - 1) holds pack l of the row (lanes past C / 8 hold none), so a
+// row's work is spread over as many lanes as it has packs, and each lane sums its pack's dweight / dbias columns
+// in registers over the team's rows, in row order. The team's warps add their row sums through shared memory
+// (warp 0's first).
+// While a row is worked, the team's next kAhead rows (dout and inp; with kOld dinp's old values too, launched only
+// when accumulating) are on their way into shared memory by cp.async (kAhead + 1 buffers per team, in turn): each
+// lane copies, and later reads, only its own pack, so its own cp.async.wait_group is all the synchronisation
+// needed, and no register holds a row ahead.
+// Against session 9's kernel (teams of 1, 2 or 4 warps with several packs per lane, the dweight / dbias sums in
+// shared memory, read and written for every row) on an H200, probe_ln_backward.cu (session 14): 8192 x 1600
+// 36.2 -> 30.6 us, 65536 x 768 100.6 -> 87.5 us, accumulating 39.4 -> 34.3 and 114.5 -> 102.8 us. Its profile
+// showed the old kernel issuing instructions in 58% of cycles at 44% of the DRAM bandwidth.
+// After the last row the block adds its teams' sums in team order (through shared memory, over the row buffers)
+// and writes its partials [dweight | dbias] to partials[blockIdx.x * 2C ...] (3C with kColSum, below). dinp may
+// be dout or inp: a team reads a row before it writes that row, and no other team touches it.
+// kColSum: each lane also sums the dinp values it writes (their final values, after accumulation, as rounded to
+// bf16), and the partials are [dweight | dbias | dinp's column sums]: the bias gradient of the linear layer whose
+// output gradient dinp is (the residual stream's), without another pass over dinp.
+// Shared memory (dynamic): reg_backward_smem_bytes.
+// kTeams (teams per block) and kMinBlocks (blocks per SM, for __launch_bounds__) are the library's choice
+// unless the probe asks for others.
+template <int kTeam, int kAhead, bool kOld, bool kColSum = false, int kTeams = reg_backward_teams(kTeam),
+          int kMinBlocks = reg_backward_blocks_per_sm(kTeam)>
+__global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
                                    const floatX* inp, const floatX* __restrict__ weight,
                                    const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C,
                                    bool accumulate) {
   extern __shared__ int4 smem[];
   constexpr int kLanes = kTeam * WARP_SIZE;
-  constexpr int kTeams = reg_backward_teams(kTeam);
-  __shared__ float exchange[kTeams][2][kTeam][2];  // a team's per-warp row sums, double-buffered by row
-  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-  const int team = warp / kTeam, member = warp % kTeam, tl = member * WARP_SIZE + lane;
-  const int C8 = C / x128::size;
-  constexpr int kHalf = f128::size;  // 4 of a pack's 8 columns per plane
   constexpr int kPlanes = kOld ? 3 : 2;  // rows per buffer: dout, inp (and dinp's old values with kOld)
-  constexpr int kSumPlanes = kColSum ? 6 : 4;  // dweight, dbias (and dinp's column sums), two planes each
-  f128* sums = reinterpret_cast<f128*>(smem) + team * kSumPlanes * C8;
-  x128* rows = reinterpret_cast<x128*>(reinterpret_cast<f128*>(smem) + kTeams * kSumPlanes * C8) +
-               team * kPlanes * (kAhead + 1) * C8;
-#pragma unroll
-  for (int u = 0; u < kPacks; u++) {
-    const int j = tl + u * kLanes;
-    if (j < C8) {
-#pragma unroll
-      for (int plane = 0; plane < kSumPlanes; plane++) sums[plane * C8 + j] = f128::zeros();
-    }
-  }
+  constexpr int kParts = kColSum ? 3 : 2;
+  constexpr int kHalf = f128::size;
+  __shared__ float2 exchange[kTeams][2][kTeam];  // a team's per-warp row sums, double-buffered by row
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int team = warp / kTeam, member = warp % kTeam, j = member * WARP_SIZE + lane;
+  const int C8 = C / x128::size;
+  const bool active = j < C8;
+  x128* rows = reinterpret_cast<x128*>(smem) + team * kPlanes * (kAhead + 1) * C8;
 
-  // Row r's dout and inp (and with kOld dinp's) into buffer buf (plane p at rows[(kPlanes buf + p) C8]) as one
-  // commit group; an empty group past the last row, so that every iteration commits exactly one.
+  // Row r's pack j into buffer buf (plane p at rows[(kPlanes buf + p) C8]) as one commit group; an empty group
+  // past the last row, so that every iteration commits exactly one.
   auto fetch_row = [&](int r, int buf) {
-    const int64_t o = (int64_t)r * C;
-    if (r < N) {
-#pragma unroll
-      for (int u = 0; u < kPacks; u++) {
-        const int j = tl + u * kLanes;
-        if (j < C8) {
-          cp_async16(rows + kPlanes * buf * C8 + j, dout + o + j * x128::size);
-          cp_async16(rows + (kPlanes * buf + 1) * C8 + j, inp + o + j * x128::size);
-          if constexpr (kOld) cp_async16(rows + (kPlanes * buf + 2) * C8 + j, dinp + o + j * x128::size);
-        }
-      }
+    if (r < N && active) {
+      const int64_t o = (int64_t)r * C + j * x128::size;
+      cp_async16(rows + kPlanes * buf * C8 + j, dout + o);
+      cp_async16(rows + (kPlanes * buf + 1) * C8 + j, inp + o);
+      if constexpr (kOld) cp_async16(rows + (kPlanes * buf + 2) * C8 + j, dinp + o);
     }
     cp_async_commit();
   };
@@ -239,120 +252,87 @@ __global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE,
   // kAhead rows in flight: the team's k-th row goes to buffer k % (kAhead + 1); the buffer refilled in an iteration
   // is the one the previous iteration read into registers. The mean and rstd are loaded one row ahead.
   for (int k = 0; k < kAhead; k++) fetch_row(first + k * stride, k);
+  const x128 w = active ? load128(weight + j * x128::size) : x128::zeros();
+  float dw[x128::size], db[x128::size], cs[x128::size];
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) dw[k] = db[k] = cs[k] = 0.0f;
   float next_m = first < N ? mean[first] : 0.0f, next_s = first < N ? rstd[first] : 0.0f;
   int parity = 0, buf = 0;
   for (int row = first; row < N; row += stride) {
-    const int64_t off = (int64_t)row * C;
+    const int64_t off = (int64_t)row * C + j * x128::size;
     const float m = next_m, s = next_s;
-    x128 g[kPacks], x[kPacks], old[kPacks];
     cp_async_wait<kAhead - 1>();  // this row's group: the oldest of the kAhead in flight
-    const int cur = buf;  // refilled by the next iteration, once this one is done with it
-#pragma unroll
-    for (int u = 0; u < kPacks; u++) {
-      const int j = tl + u * kLanes;
-      if (j < C8) {
-        g[u] = rows[kPlanes * cur * C8 + j];
-        x[u] = rows[(kPlanes * cur + 1) * C8 + j];
-      }
-    }
+    const int cur = buf;
+    // lanes without a pack work zeros: they add nothing to the row sums or to dweight / dbias. (Chosen as whole
+    // 16-byte words: zeroing an x128 element by element and then overwriting it costs 16-bit merges per element.)
+    const int4 zero = make_int4(0, 0, 0, 0);
+    const x128 g = x128::from_int4(active ? rows[kPlanes * cur * C8 + j].as_int4() : zero);
+    const x128 x = x128::from_int4(active ? rows[(kPlanes * cur + 1) * C8 + j].as_int4() : zero);
+    x128 old = x128::from_int4(kOld && active ? rows[(kPlanes * cur + 2) * C8 + j].as_int4() : zero);
     fetch_row(row + kAhead * stride, cur == 0 ? kAhead : cur - 1);
     buf = cur == kAhead ? 0 : cur + 1;
     if (row + stride < N) {
       next_m = mean[row + stride];
       next_s = rstd[row + stride];
     }
-    float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
-#pragma unroll
-    for (int u = 0; u < kPacks; u++) {
-      const int j = tl + u * kLanes;
-      if (j < C8) add_pack_dn_sums(sum_dn, sum_dn_xhat, g[u], x[u], load128(weight + j * x128::size), m, s);
-    }
+    float xhat[x128::size], dn[x128::size], sum_dn = 0.0f, sum_dn_xhat = 0.0f;
+    pack_xhat_dn(xhat, dn, g, x, w, m, s);
+    add_row_sums(sum_dn, sum_dn_xhat, xhat, dn);
+    add_pack_param_grads(dw, db, g, xhat);  // before the row sums arrive: nothing here waits for them
     sum_dn = warp_reduce_sum(sum_dn);
     sum_dn_xhat = warp_reduce_sum(sum_dn_xhat);
     if constexpr (kTeam > 1) {
-      if (lane == 0) {
-        exchange[team][parity][member][0] = sum_dn;
-        exchange[team][parity][member][1] = sum_dn_xhat;
-      }
+      if (lane == 0) exchange[team][parity][member] = make_float2(sum_dn, sum_dn_xhat);
       // the team's warps only (barrier 0 is __syncthreads'); the other buffer is the next row's, so that a warp
       // running ahead cannot overwrite sums its partner has yet to read
       asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "r"(kLanes) : "memory");
       sum_dn = 0.0f;
       sum_dn_xhat = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kTeam; w++) {
-        sum_dn += exchange[team][parity][w][0];
-        sum_dn_xhat += exchange[team][parity][w][1];
+      for (int v = 0; v < kTeam; v++) {
+        const float2 t = exchange[team][parity][v];
+        sum_dn += t.x;
+        sum_dn_xhat += t.y;
       }
       parity ^= 1;
     }
-    const float mean_dn = sum_dn / C, mean_dn_xhat = sum_dn_xhat / C;
-    // read here rather than with dout and inp: the registers the row sums no longer need (loading them early
-    // was 3-35% slower in the probe); with kOld (launched only when accumulating) they came with the row
-#pragma unroll
-    for (int u = 0; u < kPacks; u++) {
-      const int j = tl + u * kLanes;
-      if constexpr (kOld) {
-        old[u] = j < C8 ? rows[(kPlanes * cur + 2) * C8 + j] : x128::zeros();
-      } else {
-        old[u] = accumulate && j < C8 ? load128(dinp + off + j * x128::size) : x128::zeros();
-      }
+    const float b = -s * (sum_dn / C), c = -s * (sum_dn_xhat / C);
+    if constexpr (!kOld) {
+      // read here rather than with dout and inp: the registers the row sums no longer need
+      if (accumulate && active) old = load128(dinp + off);
     }
+    const x128 d = dinp_pack(xhat, dn, s, b, c, old, kOld || accumulate);
+    if (active) store128(dinp + off, d);
+    if constexpr (kColSum) {
 #pragma unroll
-    for (int u = 0; u < kPacks; u++) {
-      const int j = tl + u * kLanes;
-      if (j < C8) {
-        const x128 w = load128(weight + j * x128::size);
-        const x128 d = dinp_pack(g[u], x[u], w, old[u], m, s, mean_dn, mean_dn_xhat);
-        store128(dinp + off + j * x128::size, d);
-        if constexpr (kColSum) {
-          f128 lo = sums[4 * C8 + j], hi = sums[5 * C8 + j];
-#pragma unroll
-          for (int k = 0; k < kHalf; k++) {
-            lo[k] += (float)d[k];
-            hi[k] += (float)d[kHalf + k];
-          }
-          sums[4 * C8 + j] = lo;
-          sums[5 * C8 + j] = hi;
-        }
-        float dw[x128::size], db[x128::size];
-        const f128 dw_lo = sums[j], dw_hi = sums[C8 + j], db_lo = sums[2 * C8 + j], db_hi = sums[3 * C8 + j];
-#pragma unroll
-        for (int k = 0; k < kHalf; k++) {
-          dw[k] = dw_lo[k];
-          dw[kHalf + k] = dw_hi[k];
-          db[k] = db_lo[k];
-          db[kHalf + k] = db_hi[k];
-        }
-        add_pack_param_grads(dw, db, g[u], x[u], m, s);
-        f128 out_dw_lo, out_dw_hi, out_db_lo, out_db_hi;
-#pragma unroll
-        for (int k = 0; k < kHalf; k++) {
-          out_dw_lo[k] = dw[k];
-          out_dw_hi[k] = dw[kHalf + k];
-          out_db_lo[k] = db[k];
-          out_db_hi[k] = db[kHalf + k];
-        }
-        sums[j] = out_dw_lo;
-        sums[C8 + j] = out_dw_hi;
-        sums[2 * C8 + j] = out_db_lo;
-        sums[3 * C8 + j] = out_db_hi;
-      }
+      for (int k = 0; k < x128::size; k++) cs[k] += active ? (float)d[k] : 0.0f;
     }
   }
-  __syncthreads();
 
-  // Column i of [dweight | dbias (| colsum)]: plane (i / C) * 2 + (column % 8) / 4 of each team's slice, team 0
-  // first.
-  constexpr int kParts = kSumPlanes / 2;
-  const float* all = reinterpret_cast<const float*>(smem);
+  // The block's partials: its teams' sums added in team order.
+  __syncthreads();  // every team is done with its row buffers: they hold the teams' sums now
+  float* all = reinterpret_cast<float*>(smem);
+  auto put = [&](int part, const float* sums) {
+    float* dst = all + (team * kParts + part) * C + j * x128::size;
+    f128 lo, hi;
+#pragma unroll
+    for (int k = 0; k < kHalf; k++) {
+      lo[k] = sums[k];
+      hi[k] = sums[kHalf + k];
+    }
+    store128(dst, lo);
+    store128(dst + kHalf, hi);
+  };
+  if (active) {
+    put(0, dw);
+    put(1, db);
+    if constexpr (kColSum) put(2, cs);
+  }
+  __syncthreads();
   for (int i = threadIdx.x; i < kParts * C; i += blockDim.x) {
-    const int part = i / C, col = i - part * C;
-    const int plane = part * 2 + (col % x128::size) / kHalf;
-    const int at = (plane * C8 + col / x128::size) * kHalf + col % kHalf;
     float v = 0.0f;
 #pragma unroll
-    for (int t = 0; t < kTeams; t++) v += all[t * kSumPlanes * C8 * kHalf + at];
+    for (int t = 0; t < kTeams; t++) v += all[t * kParts * C + i];
     partials[(int64_t)blockIdx.x * kParts * C + i] = v;
   }
 }
@@ -464,16 +444,18 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
           if (j >= C8) break;
           g_row[j] = g[u];
           x_row[j] = x[u];
-          add_pack_dn_sums(sum_dn, sum_dn_xhat, g[u], x[u], w_s[j], m, s);
+          float xhat[x128::size], dn[x128::size];
+          pack_xhat_dn(xhat, dn, g[u], x[u], w_s[j], m, s);
+          add_row_sums(sum_dn, sum_dn_xhat, xhat, dn);
         }
       }
-      const float mean_dn = warp_reduce_sum(sum_dn) / C;
-      const float mean_dn_xhat = warp_reduce_sum(sum_dn_xhat) / C;
+      const float b = -s * (warp_reduce_sum(sum_dn) / C), c = -s * (warp_reduce_sum(sum_dn_xhat) / C);
       // The row is staged, so dinp may be dout or inp itself: each lane reads its packs before writing them.
       for (int j = lane; j < C8; j += WARP_SIZE) {
+        float xhat[x128::size], dn[x128::size];
+        pack_xhat_dn(xhat, dn, g_row[j], x_row[j], w_s[j], m, s);
         const x128 old = accumulate ? load128(dinp + off + j * x128::size) : x128::zeros();
-        const x128 d = dinp_pack(g_row[j], x_row[j], w_s[j], old, m, s, mean_dn, mean_dn_xhat);
-        store128(dinp + off + j * x128::size, d);
+        store128(dinp + off + j * x128::size, dinp_pack(xhat, dn, s, b, c, old, accumulate));
       }
       if (lane == 0) {
         mean_s[warp] = m;
@@ -491,7 +473,9 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
         db[k] = acc[C + p * x128::size + k];
       }
       for (int w = 0; w < nrows; w++) {
-        add_pack_param_grads(dw, db, g_s[w * C8 + p], x_s[w * C8 + p], mean_s[w], rstd_s[w]);
+        float xhat[x128::size], unused[x128::size];
+        pack_xhat_dn(xhat, unused, g_s[w * C8 + p], x_s[w * C8 + p], w_s[p], mean_s[w], rstd_s[w]);
+        add_pack_param_grads(dw, db, g_s[w * C8 + p], xhat);
       }
 #pragma unroll
       for (int k = 0; k < x128::size; k++) {
@@ -565,38 +549,22 @@ void dispatch_packs(int packs, Fn&& fn) {
   }
 }
 
-// fn(kernel, team, kAhead) with the register backward kernel for rows of C channels (C <= 32 * kMaxRegPacks * 8),
-// its warps per row (the team) and its rows in flight (kAhead; the library's kBackwardAhead, others for the
-// probe): one up to 64 packs (C <= 512), two up to 160 (C <= 1280), four beyond; the
-// probe's fastest at 768, 1024, 1280 (two) and 1600 (four). 2048 was not probed: four warps there too (2 packs
-// per lane, as at 1600).
-template <int kAhead = kBackwardAhead, bool kOld = false, bool kColSum = false, class Fn>
+// fn(kernel, team) with the register backward kernel for rows of C channels (C <= 32 * kMaxRegPacks * 8) and its
+// warps per row (the team: ceil(C / 256)).
+template <bool kOld = false, bool kColSum = false, class Fn>
 void dispatch_backward(int C, Fn&& fn) {
-  const int packs = reg_packs(C);
-  if (packs > 5) {
-    // 6-8 packs per warp give 2 per lane of a four-warp team: only that is instantiated
-    fn(layernorm_backward_regs_kernel<2, 4, kAhead, kOld, kColSum>, 4, kAhead);
-  } else if (packs > 2) {
-    dispatch_packs(ceil_div(packs, 2), [&](auto p) {
-      // 3-5 packs per warp give 2-3 per lane of a two-warp team
-      if constexpr (decltype(p)::value >= 2 && decltype(p)::value <= 3) {
-        fn(layernorm_backward_regs_kernel<decltype(p)::value, 2, kAhead, kOld, kColSum>, 2, kAhead);
-      }
-    });
-  } else {
-    dispatch_packs(packs, [&](auto p) {
-      if constexpr (decltype(p)::value <= 2) {
-        fn(layernorm_backward_regs_kernel<decltype(p)::value, 1, kAhead, kOld, kColSum>, 1, kAhead);
-      }
-    });
-  }
+  dispatch_packs(reg_packs(C), [&](auto t) {  // packs per warp = warps per row
+    fn(layernorm_backward_regs_kernel<decltype(t)::value, kBackwardAhead, kOld, kColSum>, (int)decltype(t)::value);
+  });
 }
 
-// Dynamic shared memory of the register backward kernel: per team, the sums (2C floats, 3C with colsum) and
-// kAhead + 1 row buffers of dout and inp (and with `old` dinp's old values; C bf16 each).
-size_t reg_backward_smem_bytes(int C, int team, int ahead, bool old = false, bool colsum = false) {
-  return (size_t)reg_backward_teams(team) *
-         ((colsum ? 3 : 2) * C * sizeof(float) + (size_t)(ahead + 1) * (old ? 3 : 2) * C * sizeof(floatX));
+// Dynamic shared memory of the register backward kernel: per team (`teams` per block), ahead + 1 row buffers of
+// dout and inp (and with `old` dinp's old values; C bf16 each), which after the rows hold the team's sums (2C
+// floats, 3C with colsum).
+size_t reg_backward_smem_bytes(int C, int teams, int ahead, bool old, bool colsum) {
+  const size_t rows = (size_t)(ahead + 1) * (old ? 3 : 2) * C * sizeof(floatX);
+  const size_t sums = (size_t)(colsum ? 3 : 2) * C * sizeof(float);
+  return (size_t)teams * std::max(rows, sums);
 }
 
 struct LaunchConfig {
@@ -653,9 +621,9 @@ void launch_forward(floatX* out, float* mean, float* rstd, floatX* residual, con
 template <bool kOld, bool kColSum = false>
 LaunchConfig reg_backward_config(int N, int C) {
   LaunchConfig cfg{};
-  dispatch_backward<kBackwardAhead, kOld, kColSum>(C, [&](auto kernel, int team, int ahead) {
+  dispatch_backward<kOld, kColSum>(C, [&](auto kernel, int team) {
     const int teams = reg_backward_teams(team);
-    const size_t smem = reg_backward_smem_bytes(C, team, ahead, kOld, kColSum);
+    const size_t smem = reg_backward_smem_bytes(C, teams, kBackwardAhead, kOld, kColSum);
     // The opt-in above 48 KB counts the kernel's static shared memory (the row-sum exchange) too. So the limit is
     // raised to whatever this launch asks.
     ensure_dynamic_smem(kernel, smem);
@@ -720,20 +688,20 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
     fused = with_sums.blocks >= cfg.blocks;
     if (fused) cfg = with_sums;
   }
-  auto launch = [&](auto kernel, int, int) {
+  auto launch = [&](auto kernel, int) {
     kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
                                                                    accumulate);
   };
   if (fused) {
     if (old) {
-      dispatch_backward<kBackwardAhead, true, true>(C, launch);
+      dispatch_backward<true, true>(C, launch);
     } else {
-      dispatch_backward<kBackwardAhead, false, true>(C, launch);
+      dispatch_backward<false, true>(C, launch);
     }
   } else if (old) {
-    dispatch_backward<kBackwardAhead, true>(C, launch);
+    dispatch_backward<true>(C, launch);
   } else if (packs > 0) {
-    dispatch_backward<kBackwardAhead, false>(C, launch);
+    dispatch_backward<false>(C, launch);
   } else {
     layernorm_backward_smem_kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(
         dinp, scratch, dout, inp, weight, mean, rstd, N, C, accumulate);
