@@ -6,7 +6,8 @@
 //
 // Variants: "t<teams per block>b<blocks per SM>a<rows ahead>", with "o" when dinp's old values come with the row
 // (accumulating only). Each exists only for the team width ceil(C / 256) it names in probe() and skips itself at
-// other widths.
+// other widths. The variants launch the reduction plainly; the library (from session 14) launches it as a
+// programmatic dependent of the row kernel, so "library" against its own grid's variant shows what that gains.
 // History: sessions 6-9 probed variants of the kernel of those sessions here (teams of 1, 2 or 4 warps with several
 // packs per lane and the dweight/dbias sums in shared memory: early/split residual loads, prefetch into registers
 // or by cp.async, PDL for the reduction, 1-4 rows ahead); their code is in git history before session 14 and
@@ -135,6 +136,11 @@ void probe(int N, int C, bool accumulate, int sets, int iters) {
   add_lib_variants<5, 2, 3>(vs, N, C, accumulate);
   add_lib_variants<7, 2, 2>(vs, N, C, accumulate);
   add_lib_variants<7, 1, 4>(vs, N, C, accumulate);
+  // the same warps per SM in one block per SM: half or less of the partials for the reduction to read
+  add_lib_variants<3, 8, 1>(vs, N, C, accumulate);
+  add_lib_variants<4, 6, 1>(vs, N, C, accumulate);
+  add_lib_variants<5, 4, 1>(vs, N, C, accumulate);
+  add_lib_variants<7, 4, 1>(vs, N, C, accumulate);
   vs.erase(std::remove_if(vs.begin() + 1, vs.end(), [](const Variant& v) { return !v.run; }), vs.end());
   float* scratch = nullptr;
   CK(cudaMalloc(&scratch, sizeof(float) * std::max<int64_t>(lib_scratch, (int64_t)4 * 264 * 4 * 2 * C)));

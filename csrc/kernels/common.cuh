@@ -42,6 +42,18 @@ inline int current_device_sm_count() {
   return sms;
 }
 
+// Whether the current device runs programmatic dependent launches (compute capability 9.0 and later).
+inline bool current_device_has_pdl() {
+  static int cached[64] = {0};  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && cached[dev] > 0) return cached[dev] == 2;
+  int major = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  if (dev < 64) cached[dev] = major >= 9 ? 2 : 1;
+  return major >= 9;
+}
+
 // Raise a kernel's dynamic shared-memory limit to at least `bytes` on the current device. The attribute persists
 // for the process, so it is set only when this launch needs more than any earlier one did (a launcher that only
 // set it above 48 KB would miss that the kernel's static shared memory counts too). Thread-safe.
@@ -138,6 +150,41 @@ __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0
 // Until at most `kPending` of this thread's most recent commit groups are still in flight.
 template <int kPending>
 __device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
+
+// Programmatic dependent launch (sm_90 and later; no-ops when compiled for sm_80). A kernel launched with
+// launch_dependent (below) may start while the kernel before it on the stream still runs, once every block of that
+// one has called pdl_launch_dependents or exited; it must call pdl_wait before it reads anything that kernel wrote:
+// pdl_wait returns once that kernel has completed and its writes are visible. Without the launch attribute (an
+// sm_80 device) both do nothing and the launches serialise as usual.
+__device__ inline void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ inline void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Launch kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent of the kernel before it on the
+// stream where the device has them (current_device_has_pdl), else as a plain launch. Stream capture keeps the
+// dependency (a programmatic edge in the CUDA graph).
+template <class... Params, class... Args>
+void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                      Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = current_device_has_pdl() ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
 
 __device__ inline float warp_reduce_sum(float v) {
 #pragma unroll
