@@ -89,14 +89,31 @@ __device__ inline x128 normalize_pack(const x128& x, const x128& w, const x128& 
 //   dinp = rstd (dn - mean(dn) - xhat mean(dn xhat)) (+ dinp's old value) = fma(rstd, dn, fma(c, xhat, b)) with
 //          b = -rstd mean(dn), c = -rstd mean(dn xhat): two FMAs, rounded to bf16 in pairs;
 //   dweight += dout xhat, dbias += dout.
+// A pack's 8 bf16 values as floats (exact): element 2k is the low half of 32-bit word k, so its bits shifted up,
+// element 2k + 1 the high half with the low bits cleared: one integer instruction per element, where the element-wise
+// conversion compiled to a byte permute and a shift for every high half.
+__device__ inline void unpack_bf16(float* f, const x128& p) {
+  const int4 b = p.as_int4();
+  const unsigned u[4] = {(unsigned)b.x, (unsigned)b.y, (unsigned)b.z, (unsigned)b.w};
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    f[2 * k] = __uint_as_float(u[k] << 16);
+    f[2 * k + 1] = __uint_as_float(u[k] & 0xffff0000u);
+  }
+}
+
 // xhat and dn of one pack's 8 elements.
 __device__ inline void pack_xhat_dn(float* xhat, float* dn, const x128& g, const x128& x, const x128& w, float m,
                                     float s) {
   const float ms = -m * s;
+  float gf[x128::size], xf[x128::size], wf[x128::size];
+  unpack_bf16(gf, g);
+  unpack_bf16(xf, x);
+  unpack_bf16(wf, w);
 #pragma unroll
   for (int k = 0; k < x128::size; k++) {
-    xhat[k] = fmaf((float)x[k], s, ms);
-    dn[k] = (float)g[k] * (float)w[k];
+    xhat[k] = fmaf(xf[k], s, ms);
+    dn[k] = gf[k] * wf[k];
   }
 }
 
@@ -113,12 +130,14 @@ __device__ inline x128 dinp_pack(const float* xhat, const float* dn, float s, fl
                                  bool add_old) {
   int4 bits;
   unsigned* u = reinterpret_cast<unsigned*>(&bits);
+  float of[x128::size];
+  unpack_bf16(of, old);
 #pragma unroll
   for (int k = 0; k < x128::size; k += 2) {
     float d0 = fmaf(s, dn[k], fmaf(c, xhat[k], b)), d1 = fmaf(s, dn[k + 1], fmaf(c, xhat[k + 1], b));
     if (add_old) {
-      d0 += (float)old[k];
-      d1 += (float)old[k + 1];
+      d0 += of[k];
+      d1 += of[k + 1];
     }
     const __nv_bfloat162 h = __floats2bfloat162_rn(d0, d1);
     u[k / 2] = *reinterpret_cast<const unsigned*>(&h);
@@ -128,10 +147,12 @@ __device__ inline x128 dinp_pack(const float* xhat, const float* dn, float s, fl
 
 // dweight and dbias sums of one pack's 8 columns.
 __device__ inline void add_pack_param_grads(float* dw, float* db, const x128& g, const float* xhat) {
+  float gf[x128::size];
+  unpack_bf16(gf, g);
 #pragma unroll
   for (int k = 0; k < x128::size; k++) {
-    dw[k] = fmaf((float)g[k], xhat[k], dw[k]);
-    db[k] += (float)g[k];
+    dw[k] = fmaf(gf[k], xhat[k], dw[k]);
+    db[k] += gf[k];
   }
 }
 
@@ -300,14 +321,16 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     }
     const float b = -s * (sum_dn / C), c = -s * (sum_dn_xhat / C);
     if constexpr (!kOld) {
-      // read here rather than with dout and inp: the registers the row sums no longer need
-      if (accumulate && active) old = load128(dinp + off);
+      // read here rather than with dout and inp: the registers the row sums no longer need (as whole words, see g)
+      if (accumulate) old = x128::from_int4(active ? load128(dinp + off).as_int4() : zero);
     }
     const x128 d = dinp_pack(xhat, dn, s, b, c, old, kOld || accumulate);
     if (active) store128(dinp + off, d);
     if constexpr (kColSum) {
+      float df[x128::size];
+      unpack_bf16(df, d);
 #pragma unroll
-      for (int k = 0; k < x128::size; k++) cs[k] += active ? (float)d[k] : 0.0f;
+      for (int k = 0; k < x128::size; k++) cs[k] += active ? df[k] : 0.0f;
     }
   }
 
