@@ -41,7 +41,8 @@ constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resid
 // (benchmarks/probe_layernorm/probe_ln_backward.cu, session 14, results/layernorm_backward_variants_h200_s14.log)
 // that was the fastest grid probed or within 4% of it at 768, 1024, 1280 and 1600, accumulating or not; 32 warps
 // spilled registers and were slower at 1024 and 1280 (up to 1.3x); fewer left bandwidth unused. Rows of 1, 2,
-// 6 and 8 warps (C <= 512, 1288-1536, 1800-2048) were not probed.
+// 6 and 8 warps (C <= 512, 1288-1536, 1800-2048) were not probed. After a498eed's leaner unpacking (fewer
+// registers) 30 warps at 1280 (3 blocks) were 6% faster than 20 when not accumulating (run 6): not yet taken.
 __host__ __device__ constexpr int reg_backward_teams(int team) { return team == 1 ? 8 : team <= 3 ? 4 : 2; }
 __host__ __device__ constexpr int reg_backward_blocks_per_sm(int team) {
   return 28 / (reg_backward_teams(team) * team) > 0 ? 28 / (reg_backward_teams(team) * team) : 1;
@@ -227,9 +228,11 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // lane copies, and later reads, only its own pack, so its own cp.async.wait_group is all the synchronisation
 // needed, and no register holds a row ahead.
 // Against session 9's kernel (teams of 1, 2 or 4 warps with several packs per lane, the dweight / dbias sums in
-// shared memory, read and written for every row) on an H200, probe_ln_backward.cu (session 14): 8192 x 1600
-// 36.2 -> 30.6 us, 65536 x 768 100.6 -> 87.5 us, accumulating 39.4 -> 34.3 and 114.5 -> 102.8 us. Its profile
-// showed the old kernel issuing instructions in 58% of cycles at 44% of the DRAM bandwidth.
+// shared memory, read and written for every row) on an H200, probe_ln_backward.cu (session 14, with the reduction;
+// results/layernorm_backward_variants_h200_s14.log, runs 2 and 6): 8192 x 1600 36.2 -> 28.8 us, 65536 x 768
+// 100.6 -> 83.1 us, accumulating 39.4 -> 34.0 and 114.5 -> 101.8 us. Nsight Compute showed both kernels issuing
+// instructions in about 60% of cycles (results/layernorm_backward_ncu_h200_s14.md): at 1600 the row kernel is
+// bound by instructions per row more than by memory, hence the lean per-element math above.
 // After the last row the block adds its teams' sums in team order (through shared memory, over the row buffers)
 // and writes its partials [dweight | dbias] to partials[blockIdx.x * 2C ...] (3C with kColSum, below). dinp may
 // be dout or inp: a team reads a row before it writes that row, and no other team touches it.
