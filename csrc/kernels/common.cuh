@@ -30,29 +30,24 @@ inline void llmc_require(bool ok, const std::string& what, const char* file, int
 template <class T>
 inline T ceil_div(T a, T b) { return (a + b - 1) / b; }
 
-// Multiprocessor count of the current device, asked once per device.
-inline int current_device_sm_count() {
-  static int cached[64] = {0};
+// A device attribute of the current device, read once per device and process.
+template <cudaDeviceAttr kAttr>
+inline int current_device_attribute() {
+  static int cached[64] = {0};  // the value + 1; 0: not read yet
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 64 && cached[dev] > 0) return cached[dev];
-  int sms = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  if (dev < 64) cached[dev] = sms;
-  return sms;
+  if (dev < 64 && cached[dev] > 0) return cached[dev] - 1;
+  int value = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, dev));
+  if (dev < 64) cached[dev] = value + 1;
+  return value;
 }
 
+// Multiprocessor count of the current device.
+inline int current_device_sm_count() { return current_device_attribute<cudaDevAttrMultiProcessorCount>(); }
+
 // Whether the current device runs programmatic dependent launches (compute capability 9.0 and later).
-inline bool current_device_has_pdl() {
-  static int cached[64] = {0};  // 0 unknown, 1 no, 2 yes
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 64 && cached[dev] > 0) return cached[dev] == 2;
-  int major = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  if (dev < 64) cached[dev] = major >= 9 ? 2 : 1;
-  return major >= 9;
-}
+inline bool current_device_has_pdl() { return current_device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9; }
 
 // Raise a kernel's dynamic shared-memory limit to at least `bytes` on the current device. The attribute persists
 // for the process, so it is set only when this launch needs more than any earlier one did (a launcher that only

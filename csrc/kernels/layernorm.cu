@@ -45,7 +45,8 @@ constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resid
 // registers) 30 warps at 1280 (3 blocks) were 6% faster than 20 when not accumulating (run 6): not yet taken.
 __host__ __device__ constexpr int reg_backward_teams(int team) { return team == 1 ? 8 : team <= 3 ? 4 : 2; }
 __host__ __device__ constexpr int reg_backward_blocks_per_sm(int team) {
-  return 28 / (reg_backward_teams(team) * team) > 0 ? 28 / (reg_backward_teams(team) * team) : 1;
+  const int fit = 28 / (reg_backward_teams(team) * team);
+  return fit > 0 ? fit : 1;
 }
 // Rows each team has in flight (cp.async into shared memory) ahead of the one it works: two, 1-4% faster than one
 // at 768, 1024 and 1280 in the same probe and even at 1600 (three was slower everywhere).
