@@ -63,7 +63,10 @@ template <int kTeam, int kTeams, int kMinBlocks, int kAhead, bool kOld = false>
 Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
   Variant v{name, 0, nullptr};
   if (!wanted(name) || reg_packs(C) != kTeam || (kOld && !accumulate)) return v;
-  auto kernel = layernorm_backward_regs_kernel<kTeam, kAhead, kOld, false, kTeams, kMinBlocks>;
+  // "o": old values staged with the row; otherwise an accumulating launch loads them after the row sums
+  auto kernel = kOld       ? layernorm_backward_regs_kernel<kTeam, kAhead, Dinp::kAddStaged, false, kTeams, kMinBlocks>
+                : accumulate ? layernorm_backward_regs_kernel<kTeam, kAhead, Dinp::kAddLoaded, false, kTeams, kMinBlocks>
+                             : layernorm_backward_regs_kernel<kTeam, kAhead, Dinp::kWrite, false, kTeams, kMinBlocks>;
   const size_t smem = reg_backward_smem_bytes(C, kTeams, kAhead, kOld, false);
   ensure_dynamic_smem(kernel, smem);
   const int threads = kTeam * kTeams * WARP_SIZE;
@@ -74,7 +77,7 @@ Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
   v.blocks = blocks;
   v.run = [=](floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout, const floatX* inp,
               const floatX* weight, const float* mean, const float* rstd, int n, int c, bool acc) {
-    kernel<<<blocks, threads, smem>>>(dinp, scratch, dout, inp, weight, mean, rstd, n, c, acc);
+    kernel<<<blocks, threads, smem>>>(dinp, scratch, dout, inp, weight, mean, rstd, n, c);
     CK(cudaGetLastError());
     layernorm_param_grad_reduce_kernel<<<ceil_div(2 * c, WARP_SIZE), dim3(WARP_SIZE, kReduceRows)>>>(
         dweight, dbias, scratch, blocks, c);

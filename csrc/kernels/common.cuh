@@ -119,6 +119,28 @@ template <class T>
 __device__ inline Packed128<T> load128cs(const T* p) {
   return Packed128<T>::from_int4(__ldcs(reinterpret_cast<const int4*>(p)));
 }
+// Loads with the L2 eviction priority evict_last, for small data that every thread of a streaming kernel reads
+// again (the encoder's position rows and token ids, LayerNorm's weight and bias): the hint keeps those lines in L2
+// ahead of the lines streamed past them. One policy register per thread (createpolicy, sm_80+). Measured on an
+// H200 for the encoder forward, session 15: 7% faster at both GPT-2 shapes (results/encoder_forward_variants_h200_s15.log).
+__device__ inline uint64_t l2_evict_last_policy() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+template <class T>
+__device__ inline Packed128<T> load128_keep(const T* p, uint64_t policy) {
+  int4 v;
+  asm("ld.global.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "l"(policy));
+  return Packed128<T>::from_int4(v);
+}
+__device__ inline int load_int_keep(const int* p, uint64_t policy) {
+  int v;
+  asm("ld.global.L2::cache_hint.b32 %0, [%1], %2;" : "=r"(v) : "l"(p), "l"(policy));
+  return v;
+}
 template <class T>
 __device__ inline void store128(T* p, Packed128<T> v) {
   *reinterpret_cast<int4*>(p) = v.as_int4();

@@ -56,6 +56,11 @@ constexpr int kBackwardAhead = 2;
 // (session 9, results/layernorm_backward_variants_h200_aa94077.log, "old1" against "ahead1"; in session 14's probe
 // 3-11% for the one-pack-per-lane kernel).
 constexpr bool kBackwardOld = true;
+// What the register backward kernel does with dinp, fixed at compile time: overwrite it, or add to its old values
+// loaded after the row sums or staged in shared memory with the row (kBackwardOld). A runtime switch cost the
+// overwriting launch a predicated-off load of the old values that still waited behind the row's cp.async traffic:
+// 12% of the stall samples at 8192 x 1600 (Nsight Compute, session 15).
+enum class Dinp { kWrite, kAddLoaded, kAddStaged };
 
 // Per-element math shared by both paths, in one place so that they round identically.
 __device__ inline x128 add_packs(const x128& a, const x128& b) {
@@ -205,11 +210,12 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
     if (lane + u * WARP_SIZE < C8) add_pack_sq_dev(var, x[u], m);
   }
   const float s = rsqrtf(warp_reduce_sum(var) / C + eps);
+  const uint64_t keep = l2_evict_last_policy();  // weight and bias: read by every row, so kept in L2 first
 #pragma unroll
   for (int u = 0; u < kPacks; u++) {
     const int j = lane + u * WARP_SIZE;
     if (j < C8) {
-      const x128 w = load128(weight + j * x128::size), b = load128(bias + j * x128::size);
+      const x128 w = load128_keep(weight + j * x128::size, keep), b = load128_keep(bias + j * x128::size, keep);
       store128cs(out + off + j * x128::size, normalize_pack(x[u], w, b, m, s));
     }
   }
@@ -224,8 +230,7 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // row's work is spread over as many lanes as it has packs, and each lane sums its pack's dweight / dbias columns
 // in registers over the team's rows, in row order. The team's warps add their row sums through shared memory
 // (warp 0's first).
-// While a row is worked, the team's next kAhead rows (dout and inp; with kOld dinp's old values too, launched only
-// when accumulating) are on their way into shared memory by cp.async (kAhead + 1 buffers per team, in turn): each
+// While a row is worked, the team's next kAhead rows (dout and inp; with Dinp::kAddStaged dinp's old values too) are on their way into shared memory by cp.async (kAhead + 1 buffers per team, in turn): each
 // lane copies, and later reads, only its own pack, so its own cp.async.wait_group is all the synchronisation
 // needed, and no register holds a row ahead.
 // Against session 9's kernel (teams of 1, 2 or 4 warps with several packs per lane, the dweight / dbias sums in
@@ -243,13 +248,13 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // Shared memory (dynamic): reg_backward_smem_bytes.
 // kTeams (teams per block) and kMinBlocks (blocks per SM, for __launch_bounds__) are the library's choice
 // unless the probe asks for others.
-template <int kTeam, int kAhead, bool kOld, bool kColSum = false, int kTeams = reg_backward_teams(kTeam),
+template <int kTeam, int kAhead, Dinp kMode, bool kColSum = false, int kTeams = reg_backward_teams(kTeam),
           int kMinBlocks = reg_backward_blocks_per_sm(kTeam)>
 __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
                                    const floatX* inp, const floatX* __restrict__ weight,
-                                   const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C,
-                                   bool accumulate) {
+                                   const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C) {
+  constexpr bool kOld = kMode == Dinp::kAddStaged;
   // the partials' reduction (launched as a programmatic dependent) may be scheduled now; it waits for this grid
   pdl_launch_dependents();
   extern __shared__ int4 smem[];
@@ -324,11 +329,11 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
       parity ^= 1;
     }
     const float b = -s * (sum_dn / C), c = -s * (sum_dn_xhat / C);
-    if constexpr (!kOld) {
+    if constexpr (kMode == Dinp::kAddLoaded) {
       // read here rather than with dout and inp: the registers the row sums no longer need (as whole words, see g)
-      if (accumulate) old = x128::from_int4(active ? load128(dinp + off).as_int4() : zero);
+      old = x128::from_int4(active ? load128(dinp + off).as_int4() : zero);
     }
-    const x128 d = dinp_pack(xhat, dn, s, b, c, old, kOld || accumulate);
+    const x128 d = dinp_pack(xhat, dn, s, b, c, old, kMode != Dinp::kWrite);
     if (active) store128(dinp + off, d);
     if constexpr (kColSum) {
       float df[x128::size];
@@ -582,10 +587,10 @@ void dispatch_packs(int packs, Fn&& fn) {
 
 // fn(kernel, team) with the register backward kernel for rows of C channels (C <= 32 * kMaxRegPacks * 8) and its
 // warps per row (the team: ceil(C / 256)).
-template <bool kOld = false, bool kColSum = false, class Fn>
+template <Dinp kMode, bool kColSum = false, class Fn>
 void dispatch_backward(int C, Fn&& fn) {
   dispatch_packs(reg_packs(C), [&](auto t) {  // packs per warp = warps per row
-    fn(layernorm_backward_regs_kernel<decltype(t)::value, kBackwardAhead, kOld, kColSum>, (int)decltype(t)::value);
+    fn(layernorm_backward_regs_kernel<decltype(t)::value, kBackwardAhead, kMode, kColSum>, (int)decltype(t)::value);
   });
 }
 
@@ -649,12 +654,12 @@ void launch_forward(floatX* out, float* mean, float* rstd, floatX* residual, con
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <bool kOld, bool kColSum = false>
+template <Dinp kMode, bool kColSum = false>
 LaunchConfig reg_backward_config(int N, int C) {
   LaunchConfig cfg{};
-  dispatch_backward<kOld, kColSum>(C, [&](auto kernel, int team) {
+  dispatch_backward<kMode, kColSum>(C, [&](auto kernel, int team) {
     const int teams = reg_backward_teams(team);
-    const size_t smem = reg_backward_smem_bytes(C, teams, kBackwardAhead, kOld, kColSum);
+    const size_t smem = reg_backward_smem_bytes(C, teams, kBackwardAhead, kMode == Dinp::kAddStaged, kColSum);
     // The opt-in above 48 KB counts the kernel's static shared memory (the row-sum exchange) too. So the limit is
     // raised to whatever this launch asks.
     ensure_dynamic_smem(kernel, smem);
@@ -670,8 +675,11 @@ LaunchConfig backward_config(int N, int C, bool old, bool colsum = false) {
   if (reg_packs(C) == 0) {
     return plan_smem_launch(layernorm_backward_smem_kernel, backward_smem_bytes, N, C, "layernorm_backward");
   }
-  if (colsum) return old ? reg_backward_config<true, true>(N, C) : reg_backward_config<false, true>(N, C);
-  return old ? reg_backward_config<true>(N, C) : reg_backward_config<false>(N, C);
+  // (Dinp::kAddLoaded, used only if kBackwardOld is off, shares kWrite's shared memory and so its grid)
+  if (colsum) {
+    return old ? reg_backward_config<Dinp::kAddStaged, true>(N, C) : reg_backward_config<Dinp::kWrite, true>(N, C);
+  }
+  return old ? reg_backward_config<Dinp::kAddStaged>(N, C) : reg_backward_config<Dinp::kWrite>(N, C);
 }
 
 }  // namespace
@@ -720,19 +728,23 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
     if (fused) cfg = with_sums;
   }
   auto launch = [&](auto kernel, int) {
-    kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
-                                                                   accumulate);
+    kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N,
+                                                                   C);
+  };
+  auto launch_regs = [&](auto colsum_tag) {
+    constexpr bool kColSum = decltype(colsum_tag)::value;
+    if (!accumulate) {
+      dispatch_backward<Dinp::kWrite, kColSum>(C, launch);
+    } else if constexpr (kBackwardOld) {
+      dispatch_backward<Dinp::kAddStaged, kColSum>(C, launch);
+    } else {
+      dispatch_backward<Dinp::kAddLoaded, kColSum>(C, launch);
+    }
   };
   if (fused) {
-    if (old) {
-      dispatch_backward<true, true>(C, launch);
-    } else {
-      dispatch_backward<false, true>(C, launch);
-    }
-  } else if (old) {
-    dispatch_backward<true>(C, launch);
+    launch_regs(std::true_type{});
   } else if (packs > 0) {
-    dispatch_backward<false>(C, launch);
+    launch_regs(std::false_type{});
   } else {
     layernorm_backward_smem_kernel<<<cfg.blocks, cfg.warps * WARP_SIZE, cfg.smem, stream>>>(
         dinp, scratch, dout, inp, weight, mean, rstd, N, C, accumulate);
