@@ -122,7 +122,8 @@ __device__ inline Packed128<T> load128cs(const T* p) {
 // Loads with the L2 eviction priority evict_last, for small data that every thread of a streaming kernel reads
 // again (the encoder's position rows and token ids, LayerNorm's weight and bias): the hint keeps those lines in L2
 // ahead of the lines streamed past them. One policy register per thread (createpolicy, sm_80+). Measured on an
-// H200 for the encoder forward, session 15: 7% faster at both GPT-2 shapes (results/encoder_forward_variants_h200_s15.log).
+// H200 for the encoder forward, session 15: 7% faster at both GPT-2 shapes
+// (results/encoder_forward_variants_h200_s15.log).
 __device__ inline uint64_t l2_evict_last_policy() {
   uint64_t policy;
   asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
@@ -161,6 +162,11 @@ template <class T>
 __device__ inline void cp_async16(Packed128<T>* smem_dst, const T* global_src) {
   const unsigned dst = (unsigned)__cvta_generic_to_shared(smem_dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(global_src) : "memory");
+}
+// 4 bytes, for a scalar that travels with a row (cp.async of 4 bytes goes through L1: .ca).
+__device__ inline void cp_async4(float* smem_dst, const float* global_src) {
+  const unsigned dst = (unsigned)__cvta_generic_to_shared(smem_dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(global_src) : "memory");
 }
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
