@@ -163,11 +163,6 @@ __device__ inline void cp_async16(Packed128<T>* smem_dst, const T* global_src) {
   const unsigned dst = (unsigned)__cvta_generic_to_shared(smem_dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(global_src) : "memory");
 }
-// 4 bytes, for a scalar that travels with a row (cp.async of 4 bytes goes through L1: .ca).
-__device__ inline void cp_async4(float* smem_dst, const float* global_src) {
-  const unsigned dst = (unsigned)__cvta_generic_to_shared(smem_dst);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(global_src) : "memory");
-}
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
 // Until at most `kPending` of this thread's most recent commit groups are still in flight.

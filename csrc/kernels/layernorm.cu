@@ -233,8 +233,8 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // (warp 0's first).
 // While a row is worked, the team's next kAhead rows (dout and inp; with Dinp::kAddStaged dinp's old values too)
 // are on their way into shared memory by cp.async (kAhead + 1 buffers per team, in turn): each lane copies, and
-// later reads, only its own pack, so its own cp.async.wait_group is all the synchronisation needed (and a
-// __syncwarp for the row's mean and rstd, which two lanes of each warp copy), and no register holds a row ahead.
+// later reads, only its own pack, so its own cp.async.wait_group is all the synchronisation needed, and no
+// register holds a row ahead.
 // Against session 9's kernel (teams of 1, 2 or 4 warps with several packs per lane, the dweight / dbias sums in
 // shared memory, read and written for every row) on an H200, probe_ln_backward.cu (session 14, with the reduction;
 // results/layernorm_backward_variants_h200_s14.log, runs 2 and 6): 8192 x 1600 36.2 -> 28.8 us, 65536 x 768
@@ -265,35 +265,38 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
   constexpr int kParts = kColSum ? 3 : 2;
   constexpr int kHalf = f128::size;
   __shared__ float2 exchange[kTeams][2][kTeam];  // a team's per-warp row sums, double-buffered by row
-  __shared__ float2 row_stats[kTeams][kAhead + 1][kTeam];  // each warp's copy of its buffered rows' mean and rstd
   const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
   const int team = warp / kTeam, member = warp % kTeam, j = member * WARP_SIZE + lane;
   const int C8 = C / x128::size;
   const bool active = j < C8;
   x128* rows = reinterpret_cast<x128*>(smem) + team * kPlanes * (kAhead + 1) * C8;
 
-  // Row r's pack j into buffer buf (plane p at rows[(kPlanes buf + p) C8]) as one commit group, with the row's mean
-  // and rstd (copied by lanes 0 and 1 of every warp into the warp's own slot); an empty group past the last row, so
-  // that every iteration commits exactly one. The statistics travel with the row: loaded into registers one row
-  // ahead instead, they waited behind the rows' cp.async traffic and stalled every row's end (18% of the stall
-  // samples at 8192 x 1600, Nsight Compute, session 15).
+  // Row r's pack j into buffer buf (plane p at rows[(kPlanes buf + p) C8]) as one commit group; an empty group
+  // past the last row, so that every iteration commits exactly one.
   auto fetch_row = [&](int r, int buf) {
-    if (r < N) {
-      if (active) {
-        const int64_t o = (int64_t)r * C + j * x128::size;
-        cp_async16(rows + kPlanes * buf * C8 + j, dout + o);
-        cp_async16(rows + (kPlanes * buf + 1) * C8 + j, inp + o);
-        if constexpr (kOld) cp_async16(rows + (kPlanes * buf + 2) * C8 + j, dinp + o);
-      }
-      float* stats = reinterpret_cast<float*>(&row_stats[team][buf][member]);
-      if (lane < 2) cp_async4(stats + lane, (lane ? rstd : mean) + r);
+    if (r < N && active) {
+      const int64_t o = (int64_t)r * C + j * x128::size;
+      cp_async16(rows + kPlanes * buf * C8 + j, dout + o);
+      cp_async16(rows + (kPlanes * buf + 1) * C8 + j, inp + o);
+      if constexpr (kOld) cp_async16(rows + (kPlanes * buf + 2) * C8 + j, dinp + o);
     }
     cp_async_commit();
   };
   const int first = blockIdx.x * kTeams + team, stride = gridDim.x * kTeams;
   // kAhead rows in flight: the team's k-th row goes to buffer k % (kAhead + 1); the buffer refilled in an iteration
-  // is the one the previous iteration read into registers.
-  for (int k = 0; k < kAhead; k++) fetch_row(first + k * stride, k);
+  // is the one the previous iteration read into registers. The rows' mean and rstd are loaded into registers as
+  // far ahead (stats_m/stats_s[k]: the team's row k ahead of the current one): loaded only one row ahead, they
+  // waited behind the rows' cp.async traffic and stalled the end of every row (18% of the stall samples at
+  // 8192 x 1600, Nsight Compute, session 15). (Copied into shared memory with the row by 4-byte cp.asyncs instead,
+  // they cost more than they saved: 11% slower at 1600.)
+  float stats_m[kAhead], stats_s[kAhead];
+#pragma unroll
+  for (int k = 0; k < kAhead; k++) {
+    const int r = first + k * stride;
+    fetch_row(r, k);
+    stats_m[k] = r < N ? mean[r] : 0.0f;
+    stats_s[k] = r < N ? rstd[r] : 0.0f;
+  }
   const x128 w = active ? load128(weight + j * x128::size) : x128::zeros();
   float dw[x128::size], db[x128::size], cs[x128::size];
 #pragma unroll
@@ -303,17 +306,25 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     const int64_t off = (int64_t)row * C + j * x128::size;
     cp_async_wait<kAhead - 1>();  // this row's group: the oldest of the kAhead in flight
     const int cur = buf;
-    __syncwarp();  // lanes 0 and 1 copied the statistics: now every lane of the warp sees them
-    const float2 stats = row_stats[team][cur][member];
-    const float m = stats.x, s = stats.y;
+    const float m = stats_m[0], s = stats_s[0];
     // lanes without a pack work zeros: they add nothing to the row sums or to dweight / dbias. (Chosen as whole
     // 16-byte words: zeroing an x128 element by element and then overwriting it costs 16-bit merges per element.)
     const int4 zero = make_int4(0, 0, 0, 0);
     const x128 g = x128::from_int4(active ? rows[kPlanes * cur * C8 + j].as_int4() : zero);
     const x128 x = x128::from_int4(active ? rows[(kPlanes * cur + 1) * C8 + j].as_int4() : zero);
     x128 old = x128::from_int4(kOld && active ? rows[(kPlanes * cur + 2) * C8 + j].as_int4() : zero);
-    fetch_row(row + kAhead * stride, cur == 0 ? kAhead : cur - 1);
+    const int next = row + kAhead * stride;
+    fetch_row(next, cur == 0 ? kAhead : cur - 1);
     buf = cur == kAhead ? 0 : cur + 1;
+#pragma unroll
+    for (int k = 0; k + 1 < kAhead; k++) {
+      stats_m[k] = stats_m[k + 1];
+      stats_s[k] = stats_s[k + 1];
+    }
+    if (next < N) {
+      stats_m[kAhead - 1] = mean[next];
+      stats_s[kAhead - 1] = rstd[next];
+    }
     float xhat[x128::size], dn[x128::size], sum_dn = 0.0f, sum_dn_xhat = 0.0f;
     pack_xhat_dn(xhat, dn, g, x, w, m, s);
     add_row_sums(sum_dn, sum_dn_xhat, xhat, dn);
