@@ -226,9 +226,9 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
   }
 }
 
-// Team t of the grid (t = blockIdx.x * kTeams + team; a team is kTeam warps) owns rows t R .. (t + 1) R - 1 with
-// R = ceil(N / G) (G teams in all). Lane l of a team (0 .. 32 kTeam - 1) holds pack l of the row (lanes past C / 8
-// hold none), so a row's work is spread over as many lanes as it has packs, and each lane sums its pack's dweight / dbias columns
+// Team t of the grid (t = blockIdx.x * kTeams + team; a team is kTeam warps) owns rows t, t + G, t + 2G, ... (G
+// teams in all). Lane l of a team (0 .. 32 kTeam - 1) holds pack l of the row (lanes past C / 8 hold none), so a
+// row's work is spread over as many lanes as it has packs, and each lane sums its pack's dweight / dbias columns
 // in registers over the team's rows, in row order. The team's warps add their row sums through shared memory
 // (warp 0's first).
 // While a row is worked, the team's next kAhead rows (dout and inp; with Dinp::kAddStaged dinp's old values too)
@@ -271,13 +271,10 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
   const bool active = j < C8;
   x128* rows = reinterpret_cast<x128*>(smem) + team * kPlanes * (kAhead + 1) * C8;
 
-  // The team's rows: a contiguous range [first, end) of ceil(N / teams in the grid) rows.
-  const int teams_in_grid = gridDim.x * kTeams, per_team = (N + teams_in_grid - 1) / teams_in_grid;
-  const int first = min(N, (blockIdx.x * kTeams + team) * per_team), end = min(N, first + per_team);
   // Row r's pack j into buffer buf (plane p at rows[(kPlanes buf + p) C8]) as one commit group; an empty group
   // past the last row, so that every iteration commits exactly one.
   auto fetch_row = [&](int r, int buf) {
-    if (r < end && active) {
+    if (r < N && active) {
       const int64_t o = (int64_t)r * C + j * x128::size;
       cp_async16(rows + kPlanes * buf * C8 + j, dout + o);
       cp_async16(rows + (kPlanes * buf + 1) * C8 + j, inp + o);
@@ -285,39 +282,49 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     }
     cp_async_commit();
   };
+  const int first = blockIdx.x * kTeams + team, stride = gridDim.x * kTeams;
   // kAhead rows in flight: the team's k-th row goes to buffer k % (kAhead + 1); the buffer refilled in an iteration
-  // is the one the previous iteration read into registers.
-  // The rows' mean and rstd come 32 rows at a time, lane l of each warp holding those of row 32 q + l of its team's
-  // chunk q, loaded when the chunk starts, and reach the lanes by shuffles. Loaded into registers one row ahead of
-  // each row (the team's rows were strided over the grid then), they waited behind the rows' cp.async traffic and
-  // stalled the end of every row (11-18% of the stall samples at 8192 x 1600, Nsight Compute, session 15); copied
-  // into shared memory with each row by 4-byte cp.asyncs, they cost more than they saved (11% slower at 1600).
-  for (int k = 0; k < kAhead; k++) fetch_row(first + k, k);
-  float chunk_m = first + lane < end ? mean[first + lane] : 0.0f;
-  float chunk_s = first + lane < end ? rstd[first + lane] : 0.0f;
+  // is the one the previous iteration read into registers. The rows' mean and rstd are loaded into registers as
+  // far ahead (stats_m/stats_s[k]: the team's row k ahead of the current one): loaded only one row ahead, they
+  // waited behind the rows' cp.async traffic and stalled the end of every row (18% of the stall samples at
+  // 8192 x 1600, Nsight Compute, session 15). (Copied into shared memory with the row by 4-byte cp.asyncs instead,
+  // they cost more than they saved: 11% slower at 1600.)
+  float stats_m[kAhead], stats_s[kAhead];
+#pragma unroll
+  for (int k = 0; k < kAhead; k++) {
+    const int r = first + k * stride;
+    fetch_row(r, k);
+    stats_m[k] = r < N ? mean[r] : 0.0f;
+    stats_s[k] = r < N ? rstd[r] : 0.0f;
+  }
   const x128 w = active ? load128(weight + j * x128::size) : x128::zeros();
   float dw[x128::size], db[x128::size], cs[x128::size];
 #pragma unroll
   for (int k = 0; k < x128::size; k++) dw[k] = db[k] = cs[k] = 0.0f;
   int parity = 0, buf = 0;
-  for (int row = first; row < end; row++) {
+  for (int row = first; row < N; row += stride) {
     const int64_t off = (int64_t)row * C + j * x128::size;
-    const int k = (row - first) % WARP_SIZE;
-    if (k == 0 && row != first && row + lane < end) {
-      chunk_m = mean[row + lane];
-      chunk_s = rstd[row + lane];
-    }
-    const float m = __shfl_sync(0xffffffffu, chunk_m, k), s = __shfl_sync(0xffffffffu, chunk_s, k);
     cp_async_wait<kAhead - 1>();  // this row's group: the oldest of the kAhead in flight
     const int cur = buf;
+    const float m = stats_m[0], s = stats_s[0];
     // lanes without a pack work zeros: they add nothing to the row sums or to dweight / dbias. (Chosen as whole
     // 16-byte words: zeroing an x128 element by element and then overwriting it costs 16-bit merges per element.)
     const int4 zero = make_int4(0, 0, 0, 0);
     const x128 g = x128::from_int4(active ? rows[kPlanes * cur * C8 + j].as_int4() : zero);
     const x128 x = x128::from_int4(active ? rows[(kPlanes * cur + 1) * C8 + j].as_int4() : zero);
     x128 old = x128::from_int4(kOld && active ? rows[(kPlanes * cur + 2) * C8 + j].as_int4() : zero);
-    fetch_row(row + kAhead, cur == 0 ? kAhead : cur - 1);
+    const int next = row + kAhead * stride;
+    fetch_row(next, cur == 0 ? kAhead : cur - 1);
     buf = cur == kAhead ? 0 : cur + 1;
+#pragma unroll
+    for (int k = 0; k + 1 < kAhead; k++) {
+      stats_m[k] = stats_m[k + 1];
+      stats_s[k] = stats_s[k + 1];
+    }
+    if (next < N) {
+      stats_m[kAhead - 1] = mean[next];
+      stats_s[kAhead - 1] = rstd[next];
+    }
     float xhat[x128::size], dn[x128::size], sum_dn = 0.0f, sum_dn_xhat = 0.0f;
     pack_xhat_dn(xhat, dn, g, x, w, m, s);
     add_row_sums(sum_dn, sum_dn_xhat, xhat, dn);
