@@ -285,10 +285,15 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
   const int first = blockIdx.x * kTeams + team, stride = gridDim.x * kTeams;
   // kAhead rows in flight: the team's k-th row goes to buffer k % (kAhead + 1); the buffer refilled in an iteration
   // is the one the previous iteration read into registers. The rows' mean and rstd are loaded into registers as
-  // far ahead (stats_m/stats_s[k]: the team's row k ahead of the current one): loaded only one row ahead, they
+  // far ahead (stats_m/stats_s[k]: the team's row k ahead of the current one). Loaded only one row ahead, they
   // waited behind the rows' cp.async traffic and stalled the end of every row (18% of the stall samples at
-  // 8192 x 1600, Nsight Compute, session 15). (Copied into shared memory with the row by 4-byte cp.asyncs instead,
-  // they cost more than they saved: 11% slower at 1600.)
+  // 8192 x 1600, Nsight Compute, session 15); kAhead rows ahead the overwriting launch is 3-4% faster at every
+  // GPT-2 width (accumulating: from 1.5% faster to 1.2% slower), though the shift below still waits for each load
+  // a row after it was issued (11% of the samples). Tried and slower or worse in session 15
+  // (results/layernorm_backward_variants_h200_s15.log): copying them into shared memory with the row by 4-byte
+  // cp.asyncs (11% slower at 1600); the loop unrolled by kAhead + 1 so that no shift is needed (ptxas spilled
+  // 16-132 bytes); each team a contiguous range of rows with the statistics loaded 32 rows at a time and shuffled
+  // to the lanes (3-10% slower but at 1280).
   float stats_m[kAhead], stats_s[kAhead];
 #pragma unroll
   for (int k = 0; k < kAhead; k++) {
