@@ -59,14 +59,15 @@ void print_launch(const char* name, const void* kernel, int per_sm, int threads,
 
 // The library's register kernel for rows of C channels with kTeams teams per block, kMinBlocks blocks per SM and
 // kAhead rows in flight: none (skipped) unless kTeam = ceil(C / 256), the library's team for C.
-template <int kTeam, int kTeams, int kMinBlocks, int kAhead, bool kOld = false>
+template <int kTeam, int kTeams, int kMinBlocks, int kAhead, bool kOld = false, bool kChunk = kBackwardChunkStats>
 Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
   Variant v{name, 0, nullptr};
   if (!wanted(name) || reg_packs(C) != kTeam || (kOld && !accumulate)) return v;
   // "o": old values staged with the row; otherwise an accumulating launch loads them after the row sums
-  auto kernel = kOld       ? layernorm_backward_regs_kernel<kTeam, kAhead, Dinp::kAddStaged, false, kTeams, kMinBlocks>
-                : accumulate ? layernorm_backward_regs_kernel<kTeam, kAhead, Dinp::kAddLoaded, false, kTeams, kMinBlocks>
-                             : layernorm_backward_regs_kernel<kTeam, kAhead, Dinp::kWrite, false, kTeams, kMinBlocks>;
+  constexpr int T = kTeam, G = kTeams, B = kMinBlocks;
+  auto kernel = kOld       ? layernorm_backward_regs_kernel<T, kAhead, Dinp::kAddStaged, false, G, B, kChunk>
+                : accumulate ? layernorm_backward_regs_kernel<T, kAhead, Dinp::kAddLoaded, false, G, B, kChunk>
+                             : layernorm_backward_regs_kernel<T, kAhead, Dinp::kWrite, false, G, B, kChunk>;
   const size_t smem = reg_backward_smem_bytes(C, kTeams, kAhead, kOld, false);
   ensure_dynamic_smem(kernel, smem);
   const int threads = kTeam * kTeams * WARP_SIZE;
@@ -99,6 +100,9 @@ void add_lib_variants(std::vector<Variant>& vs, int N, int C, bool acc) {
   vs.push_back(make_lib_variant<kTeam, kT, kB, 3>(name("a3"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 1, true>(name("a1o"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true>(name("a2o"), N, C, acc));
+  // session 15: the statistics 32 rows at a time, shuffled to the lanes (kChunkStats); "c" and "oc"
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, !kBackwardChunkStats>(name("a2c"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, !kBackwardChunkStats>(name("a2oc"), N, C, acc));
 }
 
 float bf2f(floatX v) { return __bfloat162float(v); }

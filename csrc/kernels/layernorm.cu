@@ -61,6 +61,9 @@ constexpr bool kBackwardOld = true;
 // overwriting launch a predicated-off load of the old values that still waited behind the row's cp.async traffic:
 // 12% of the stall samples at 8192 x 1600 (Nsight Compute, session 15).
 enum class Dinp { kWrite, kAddLoaded, kAddStaged };
+// How the register backward kernel gets its rows' mean and rstd (see the kernel): false, each row's kAhead rows
+// ahead; true, 32 rows' at a time, one per lane, shuffled to the lanes row by row.
+constexpr bool kBackwardChunkStats = false;
 
 // Per-element math shared by both paths, in one place so that they round identically.
 __device__ inline x128 add_packs(const x128& a, const x128& b) {
@@ -251,7 +254,7 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // kTeams (teams per block) and kMinBlocks (blocks per SM, for __launch_bounds__) are the library's choice
 // unless the probe asks for others.
 template <int kTeam, int kAhead, Dinp kMode, bool kColSum = false, int kTeams = reg_backward_teams(kTeam),
-          int kMinBlocks = reg_backward_blocks_per_sm(kTeam)>
+          int kMinBlocks = reg_backward_blocks_per_sm(kTeam), bool kChunkStats = kBackwardChunkStats>
 __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
                                    const floatX* inp, const floatX* __restrict__ weight,
@@ -294,24 +297,45 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
   // cp.asyncs (11% slower at 1600); the loop unrolled by kAhead + 1 so that no shift is needed (ptxas spilled
   // 16-132 bytes); each team a contiguous range of rows with the statistics loaded 32 rows at a time and shuffled
   // to the lanes (3-10% slower but at 1280).
-  float stats_m[kAhead], stats_s[kAhead];
+  // kChunkStats: lane l of every warp holds the statistics of the team's row 32 q + l while the team works its rows
+  // 32 q .. 32 q + 31 (one gather per 32 rows), and a shuffle hands each row's to the lanes.
+  float stats_m[kAhead], stats_s[kAhead], chunk_m = 0.0f, chunk_s = 0.0f;
 #pragma unroll
   for (int k = 0; k < kAhead; k++) {
     const int r = first + k * stride;
     fetch_row(r, k);
-    stats_m[k] = r < N ? mean[r] : 0.0f;
-    stats_s[k] = r < N ? rstd[r] : 0.0f;
+    if constexpr (!kChunkStats) {
+      stats_m[k] = r < N ? mean[r] : 0.0f;
+      stats_s[k] = r < N ? rstd[r] : 0.0f;
+    }
+  }
+  if constexpr (kChunkStats) {
+    const int r = first + lane * stride;
+    chunk_m = r < N ? mean[r] : 0.0f;
+    chunk_s = r < N ? rstd[r] : 0.0f;
   }
   const x128 w = active ? load128(weight + j * x128::size) : x128::zeros();
   float dw[x128::size], db[x128::size], cs[x128::size];
 #pragma unroll
   for (int k = 0; k < x128::size; k++) dw[k] = db[k] = cs[k] = 0.0f;
-  int parity = 0, buf = 0;
-  for (int row = first; row < N; row += stride) {
+  int parity = 0, buf = 0, nth = 0;
+  for (int row = first; row < N; row += stride, nth = (nth + 1) % WARP_SIZE) {
     const int64_t off = (int64_t)row * C + j * x128::size;
+    float m, s;
+    if constexpr (kChunkStats) {
+      if (nth == 0 && row != first) {
+        const int r = row + lane * stride;
+        chunk_m = r < N ? mean[r] : 0.0f;
+        chunk_s = r < N ? rstd[r] : 0.0f;
+      }
+      m = __shfl_sync(0xffffffffu, chunk_m, nth);
+      s = __shfl_sync(0xffffffffu, chunk_s, nth);
+    } else {
+      m = stats_m[0];
+      s = stats_s[0];
+    }
     cp_async_wait<kAhead - 1>();  // this row's group: the oldest of the kAhead in flight
     const int cur = buf;
-    const float m = stats_m[0], s = stats_s[0];
     // lanes without a pack work zeros: they add nothing to the row sums or to dweight / dbias. (Chosen as whole
     // 16-byte words: zeroing an x128 element by element and then overwriting it costs 16-bit merges per element.)
     const int4 zero = make_int4(0, 0, 0, 0);
@@ -321,14 +345,16 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     const int next = row + kAhead * stride;
     fetch_row(next, cur == 0 ? kAhead : cur - 1);
     buf = cur == kAhead ? 0 : cur + 1;
+    if constexpr (!kChunkStats) {
 #pragma unroll
-    for (int k = 0; k + 1 < kAhead; k++) {
-      stats_m[k] = stats_m[k + 1];
-      stats_s[k] = stats_s[k + 1];
-    }
-    if (next < N) {
-      stats_m[kAhead - 1] = mean[next];
-      stats_s[kAhead - 1] = rstd[next];
+      for (int k = 0; k + 1 < kAhead; k++) {
+        stats_m[k] = stats_m[k + 1];
+        stats_s[k] = stats_s[k + 1];
+      }
+      if (next < N) {
+        stats_m[kAhead - 1] = mean[next];
+        stats_s[kAhead - 1] = rstd[next];
+      }
     }
     float xhat[x128::size], dn[x128::size], sum_dn = 0.0f, sum_dn_xhat = 0.0f;
     pack_xhat_dn(xhat, dn, g, x, w, m, s);
