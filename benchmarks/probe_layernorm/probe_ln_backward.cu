@@ -5,7 +5,8 @@
 // flight, then the library's reduction kernel.
 //
 // Variants: "t<teams per block>b<blocks per SM>a<rows ahead>", with "o" when dinp's old values come with the row
-// (accumulating only). Each exists only for the team width ceil(C / 256) it names in probe() and skips itself at
+// (accumulating only) and "c" when the rows' mean and rstd come 32 rows at a time (kChunkStats: the library's choice
+// when it overwrites dinp, from session 15; variants without "c" load them row by row). Each exists only for the team width ceil(C / 256) it names in probe() and skips itself at
 // other widths. The variants launch the reduction plainly; the library (from session 14) launches it as a
 // programmatic dependent of the row kernel, so "library" against its own grid's variant shows what that gains.
 // History: sessions 6-9 probed variants of the kernel of those sessions here (teams of 1, 2 or 4 warps with several
@@ -59,7 +60,8 @@ void print_launch(const char* name, const void* kernel, int per_sm, int threads,
 
 // The library's register kernel for rows of C channels with kTeams teams per block, kMinBlocks blocks per SM and
 // kAhead rows in flight: none (skipped) unless kTeam = ceil(C / 256), the library's team for C.
-template <int kTeam, int kTeams, int kMinBlocks, int kAhead, bool kOld = false, bool kChunk = kBackwardChunkStats>
+// kChunk: the statistics 32 rows at a time (kChunkStats), whatever the library chooses for the launch's mode.
+template <int kTeam, int kTeams, int kMinBlocks, int kAhead, bool kOld = false, bool kChunk = false>
 Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
   Variant v{name, 0, nullptr};
   if (!wanted(name) || reg_packs(C) != kTeam || (kOld && !accumulate)) return v;
@@ -101,8 +103,8 @@ void add_lib_variants(std::vector<Variant>& vs, int N, int C, bool acc) {
   vs.push_back(make_lib_variant<kTeam, kT, kB, 1, true>(name("a1o"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true>(name("a2o"), N, C, acc));
   // session 15: the statistics 32 rows at a time, shuffled to the lanes (kChunkStats); "c" and "oc"
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, !kBackwardChunkStats>(name("a2c"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, !kBackwardChunkStats>(name("a2oc"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true>(name("a2c"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, true>(name("a2oc"), N, C, acc));
 }
 
 float bf2f(floatX v) { return __bfloat162float(v); }

@@ -61,9 +61,12 @@ constexpr bool kBackwardOld = true;
 // overwriting launch a predicated-off load of the old values that still waited behind the row's cp.async traffic:
 // 12% of the stall samples at 8192 x 1600 (Nsight Compute, session 15).
 enum class Dinp { kWrite, kAddLoaded, kAddStaged };
-// How the register backward kernel gets its rows' mean and rstd (see the kernel): false, each row's kAhead rows
-// ahead; true, 32 rows' at a time, one per lane, shuffled to the lanes row by row.
-constexpr bool kBackwardChunkStats = false;
+// How the register backward kernel gets its rows' mean and rstd (see the kernel): each row's kAhead rows ahead, or
+// (chunk) 32 rows' at a time, one per lane, shuffled to the lanes row by row. The chunk is taken when overwriting
+// dinp: on an H200 1.3% faster at 768 and 1600, 7-8% at 1024 and 1280 (the probe's run 11, session 15,
+// results/layernorm_backward_variants_h200_s15.log), but not when accumulating (the residual stream's gradient,
+// what the model runs), where it was 3.7% slower at 768 and 2.2% at 1024.
+__host__ __device__ constexpr bool backward_chunk_stats(Dinp mode) { return mode == Dinp::kWrite; }
 
 // Per-element math shared by both paths, in one place so that they round identically.
 __device__ inline x128 add_packs(const x128& a, const x128& b) {
@@ -254,7 +257,7 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // kTeams (teams per block) and kMinBlocks (blocks per SM, for __launch_bounds__) are the library's choice
 // unless the probe asks for others.
 template <int kTeam, int kAhead, Dinp kMode, bool kColSum = false, int kTeams = reg_backward_teams(kTeam),
-          int kMinBlocks = reg_backward_blocks_per_sm(kTeam), bool kChunkStats = kBackwardChunkStats>
+          int kMinBlocks = reg_backward_blocks_per_sm(kTeam), bool kChunkStats = backward_chunk_stats(kMode)>
 __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
                                    const floatX* inp, const floatX* __restrict__ weight,
@@ -287,32 +290,26 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
   };
   const int first = blockIdx.x * kTeams + team, stride = gridDim.x * kTeams;
   // kAhead rows in flight: the team's k-th row goes to buffer k % (kAhead + 1); the buffer refilled in an iteration
-  // is the one the previous iteration read into registers. The rows' mean and rstd are loaded into registers as
-  // far ahead (stats_m/stats_s[k]: the team's row k ahead of the current one). Loaded only one row ahead, they
-  // waited behind the rows' cp.async traffic and stalled the end of every row (18% of the stall samples at
-  // 8192 x 1600, Nsight Compute, session 15); kAhead rows ahead the overwriting launch is 3-4% faster at every
-  // GPT-2 width (accumulating: from 1.5% faster to 1.2% slower), though the shift below still waits for each load
-  // a row after it was issued (11% of the samples). Tried and slower or worse in session 15
-  // (results/layernorm_backward_variants_h200_s15.log): copying them into shared memory with the row by 4-byte
-  // cp.asyncs (11% slower at 1600); the loop unrolled by kAhead + 1 so that no shift is needed (ptxas spilled
-  // 16-132 bytes); each team a contiguous range of rows with the statistics loaded 32 rows at a time and shuffled
-  // to the lanes (3-10% slower but at 1280).
-  // kChunkStats: lane l of every warp holds the statistics of the team's row 32 q + l while the team works its rows
-  // 32 q .. 32 q + 31 (one gather per 32 rows), and a shuffle hands each row's to the lanes.
-  float stats_m[kAhead], stats_s[kAhead], chunk_m = 0.0f, chunk_s = 0.0f;
-#pragma unroll
-  for (int k = 0; k < kAhead; k++) {
-    const int r = first + k * stride;
-    fetch_row(r, k);
-    if constexpr (!kChunkStats) {
-      stats_m[k] = r < N ? mean[r] : 0.0f;
-      stats_s[k] = r < N ? rstd[r] : 0.0f;
-    }
-  }
+  // is the one the previous iteration read into registers.
+  // The rows' mean and rstd: with kChunkStats (overwriting launches) lane l of every warp holds those of the team's
+  // row 32 q + l while the team works its rows 32 q .. 32 q + 31 (one gather per 32 rows), and a shuffle hands each
+  // row's to the lanes; otherwise they are loaded into registers one row ahead. Nsight Compute at 8192 x 1600
+  // (session 15) found the overwriting launch waiting for those one-row-ahead loads at the end of every row (they
+  // queue behind the rows' cp.async traffic; 18% of the stall samples). Also measured in session 15
+  // (results/layernorm_backward_variants_h200_s15.log): loaded kAhead rows ahead through a register shift (3-4%
+  // faster overwriting, the shift itself still waiting a row after each load; accumulating even, and 12 more bytes
+  // of spill in the 1600 accumulate + colsum kernel); copied into shared memory with the row by 4-byte cp.asyncs
+  // (11% slower at 1600); the loop unrolled by kAhead + 1 so that no shift is needed (ptxas spilled 16-132 bytes);
+  // each team a contiguous range of rows (3-10% slower but at 1280).
+  for (int k = 0; k < kAhead; k++) fetch_row(first + k * stride, k);
+  float next_m = 0.0f, next_s = 0.0f, chunk_m = 0.0f, chunk_s = 0.0f;
   if constexpr (kChunkStats) {
     const int r = first + lane * stride;
     chunk_m = r < N ? mean[r] : 0.0f;
     chunk_s = r < N ? rstd[r] : 0.0f;
+  } else {
+    next_m = first < N ? mean[first] : 0.0f;
+    next_s = first < N ? rstd[first] : 0.0f;
   }
   const x128 w = active ? load128(weight + j * x128::size) : x128::zeros();
   float dw[x128::size], db[x128::size], cs[x128::size];
@@ -331,8 +328,8 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
       m = __shfl_sync(0xffffffffu, chunk_m, nth);
       s = __shfl_sync(0xffffffffu, chunk_s, nth);
     } else {
-      m = stats_m[0];
-      s = stats_s[0];
+      m = next_m;
+      s = next_s;
     }
     cp_async_wait<kAhead - 1>();  // this row's group: the oldest of the kAhead in flight
     const int cur = buf;
@@ -342,19 +339,11 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     const x128 g = x128::from_int4(active ? rows[kPlanes * cur * C8 + j].as_int4() : zero);
     const x128 x = x128::from_int4(active ? rows[(kPlanes * cur + 1) * C8 + j].as_int4() : zero);
     x128 old = x128::from_int4(kOld && active ? rows[(kPlanes * cur + 2) * C8 + j].as_int4() : zero);
-    const int next = row + kAhead * stride;
-    fetch_row(next, cur == 0 ? kAhead : cur - 1);
+    fetch_row(row + kAhead * stride, cur == 0 ? kAhead : cur - 1);
     buf = cur == kAhead ? 0 : cur + 1;
-    if constexpr (!kChunkStats) {
-#pragma unroll
-      for (int k = 0; k + 1 < kAhead; k++) {
-        stats_m[k] = stats_m[k + 1];
-        stats_s[k] = stats_s[k + 1];
-      }
-      if (next < N) {
-        stats_m[kAhead - 1] = mean[next];
-        stats_s[kAhead - 1] = rstd[next];
-      }
+    if (!kChunkStats && row + stride < N) {
+      next_m = mean[row + stride];
+      next_s = rstd[row + stride];
     }
     float xhat[x128::size], dn[x128::size], sum_dn = 0.0f, sum_dn_xhat = 0.0f;
     pack_xhat_dn(xhat, dn, g, x, w, m, s);
