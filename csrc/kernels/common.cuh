@@ -120,10 +120,10 @@ __device__ inline Packed128<T> load128cs(const T* p) {
   return Packed128<T>::from_int4(__ldcs(reinterpret_cast<const int4*>(p)));
 }
 // Loads with the L2 eviction priority evict_last, for small data that every thread of a streaming kernel reads
-// again (the encoder's position rows and token ids, LayerNorm's weight and bias): the hint keeps those lines in L2
-// ahead of the lines streamed past them. One policy register per thread (createpolicy, sm_80+). Measured on an
-// H200 for the encoder forward, session 15: 7% faster at both GPT-2 shapes
-// (results/encoder_forward_variants_h200_s15.log).
+// again (the encoder's position rows and token ids): the hint keeps those lines in L2 ahead of the lines streamed
+// past them. One policy register per thread (createpolicy, sm_80+). Measured on an H200 for the encoder forward,
+// session 15: 7% faster at both GPT-2 shapes (results/encoder_forward_variants_h200_s15.log); on LayerNorm
+// forward's weight and bias it was not faster (layernorm.cu).
 __device__ inline uint64_t l2_evict_last_policy() {
   uint64_t policy;
   asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
