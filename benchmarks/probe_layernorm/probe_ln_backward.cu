@@ -58,13 +58,47 @@ void print_launch(const char* name, const void* kernel, int per_sm, int threads,
          attr.localSizeBytes, per_sm, threads, blocks);
 }
 
+// The partials' reduction of sessions 6-15 (git history of csrc/kernels/layernorm.cu before session 16), for the
+// "R" variants: block (32, 16), x one of 32 consecutive columns, y strides over the partials one load at a time; the
+// 16 y-sums then added in y order by one warp.
+constexpr int kOldReduceRows = 16;
+__global__ void old_param_grad_reduce_kernel(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
+                                             const float* __restrict__ partials, int num_partials, int C) {
+  pdl_wait();
+  __shared__ float sums[kOldReduceRows][WARP_SIZE + 1];
+  const int width = 2 * C;
+  const int col = blockIdx.x * WARP_SIZE + threadIdx.x;
+  float v = 0.0f;
+  if (col < width) {
+    for (int g = threadIdx.y; g < num_partials; g += kOldReduceRows) v += partials[(int64_t)g * width + col];
+  }
+  sums[threadIdx.y][threadIdx.x] = v;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < width) {
+    float total = 0.0f;
+    for (int y = 0; y < kOldReduceRows; y++) total += sums[y][threadIdx.x];
+    floatX* dst = col < C ? dweight + col : dbias + (col - C);
+    *dst = (floatX)((float)*dst + total);
+  }
+}
+
+// How a variant reduces its partials: the library's reduction kernel launched plainly (kPlain) or as a programmatic
+// dependent as the library does (kPdl), the reduction of sessions 6-15 as a programmatic dependent (kOldPdl), or
+// none at all (kNone: a diagnostic, what the row kernel costs by itself; dweight / dbias are then left unchanged).
+enum class Red { kPlain, kPdl, kOldPdl, kNone, kEmpty };
+
+// kEmpty's dependent: waits for the row kernel and does nothing (what the dependent launch costs by itself)
+__global__ void empty_dependent_kernel() { pdl_wait(); }
+
 // The library's register kernel for rows of C channels with kTeams teams per block, kMinBlocks blocks per SM and
 // kAhead rows in flight: none (skipped) unless kTeam = ceil(C / 256), the library's team for C.
 // kChunk: the statistics 32 rows at a time (kChunkStats), whatever the library chooses for the launch's mode.
-template <int kTeam, int kTeams, int kMinBlocks, int kAhead, bool kOld = false, bool kChunk = false>
+template <int kTeam, int kTeams, int kMinBlocks, int kAhead, bool kOld = false, bool kChunk = false,
+          Red kRed = Red::kPlain>
 Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
   Variant v{name, 0, nullptr};
   if (!wanted(name) || reg_packs(C) != kTeam || (kOld && !accumulate)) return v;
+  if (kRed != Red::kPlain && !kOld && accumulate) return v;  // the reduction variants: the library's own kernels only
   // "o": old values staged with the row; otherwise an accumulating launch loads them after the row sums
   constexpr int T = kTeam, G = kTeams, B = kMinBlocks;
   auto kernel = kOld       ? layernorm_backward_regs_kernel<T, kAhead, Dinp::kAddStaged, false, G, B, kChunk>
@@ -82,8 +116,18 @@ Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
               const floatX* weight, const float* mean, const float* rstd, int n, int c, bool acc) {
     kernel<<<blocks, threads, smem>>>(dinp, scratch, dout, inp, weight, mean, rstd, n, c);
     CK(cudaGetLastError());
-    layernorm_param_grad_reduce_kernel<<<ceil_div(2 * c, WARP_SIZE), dim3(WARP_SIZE, kReduceRows)>>>(
-        dweight, dbias, scratch, blocks, c);
+    if constexpr (kRed == Red::kPlain) {
+      layernorm_param_grad_reduce_kernel<<<ceil_div(2 * c, kReduceCols), dim3(kReduceQuads, kReduceRows)>>>(
+          dweight, dbias, scratch, blocks, c);
+    } else if constexpr (kRed == Red::kPdl) {
+      launch_param_grad_reduce(dweight, dbias, scratch, blocks, c, nullptr, 0);
+    } else if constexpr (kRed == Red::kOldPdl) {
+      launch_dependent(old_param_grad_reduce_kernel, dim3(ceil_div(2 * c, WARP_SIZE)), dim3(WARP_SIZE, kOldReduceRows),
+                       0, 0, dweight, dbias, (const float*)scratch, blocks, c);
+    } else if constexpr (kRed == Red::kEmpty) {
+      launch_dependent(empty_dependent_kernel, dim3(ceil_div(2 * c, kReduceCols)), dim3(kReduceQuads, kReduceRows),
+                       0, 0);
+    }
     CK(cudaGetLastError());
   };
   return v;
@@ -105,6 +149,18 @@ void add_lib_variants(std::vector<Variant>& vs, int N, int C, bool acc) {
   // session 15: the statistics 32 rows at a time, shuffled to the lanes (kChunkStats); "c" and "oc"
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true>(name("a2c"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, true>(name("a2oc"), N, C, acc));
+  // session 16, the reduction of the partials with the library's own row kernel (a2c overwriting, a2o accumulating):
+  // "P" the library's reduction as a programmatic dependent (the library's launch), "R" session 6-15's reduction the
+  // same way, "N" no reduction, "E" a dependent that
+  // only waits (the launch's own cost)
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kPdl>(name("a2cP"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kOldPdl>(name("a2cR"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kNone>(name("a2cN"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kPdl>(name("a2oP"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kOldPdl>(name("a2oR"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kNone>(name("a2oN"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kEmpty>(name("a2cE"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kEmpty>(name("a2oE"), N, C, acc));
 }
 
 float bf2f(floatX v) { return __bfloat162float(v); }

@@ -562,29 +562,88 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
   for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) mine[i] = acc[i];
 }
 
-// Block (32, kReduceRows): x picks one of 32 consecutive columns of [dweight | dbias], or of [dweight | dbias |
-// colsum] when colsum is given (partials of 3C then), y strides over the partials; the y-sums are then added in y
-// order. Fixed order everywhere, so the result is deterministic.
-constexpr int kReduceRows = 16;
-__global__ void layernorm_param_grad_reduce_kernel(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
-                                                   const float* __restrict__ partials, int num_partials, int C,
-                                                   floatX* __restrict__ colsum = nullptr) {
-  pdl_wait();  // launched as a programmatic dependent of the kernel that writes the partials
-  __shared__ float sums[kReduceRows][WARP_SIZE + 1];
+// The partials' reduction: partials[g * width + col] summed over g < num_partials into dweight (col < C), dbias
+// (col < 2C) and colsum (col < 3C, when given), width = 2C or 3C. Block (kReduceQuads, kReduceRows): x picks 4
+// consecutive columns (one float4; width and so every row of partials is a multiple of 8 floats, and the scratch a
+// torch allocation, so the loads are aligned), y strides over the partials with kReduceDepth loads in flight per
+// thread. Each thread adds its partials in g order, the warp's 8 rows are added by a fixed butterfly of shuffles,
+// the block's warps in warp order: the same order every time, so the result is deterministic.
+// Session 16: one round trip to L2 for up to kReduceRows * kReduceDepth = 512 partials, where the kernel before it
+// (32 columns per block, 16 rows, one load per thread at a time) made ~17 dependent-issue rounds at GPT-2 shapes.
+constexpr int kReduceQuads = 4;
+constexpr int kReduceRows = 64;
+constexpr int kReduceDepth = 8;
+constexpr int kReduceCols = 4 * kReduceQuads;  // columns per block
+__global__ void __launch_bounds__(kReduceQuads * kReduceRows)
+    layernorm_param_grad_reduce_kernel(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
+                                       const float* __restrict__ partials, int num_partials, int C,
+                                       floatX* __restrict__ colsum = nullptr) {
+  constexpr int kWarps = kReduceQuads * kReduceRows / WARP_SIZE;
+  __shared__ float4 warp_sums[kWarps][kReduceQuads];
   const int width = (colsum != nullptr ? 3 : 2) * C;
-  const int col = blockIdx.x * WARP_SIZE + threadIdx.x;
-  float v = 0.0f;
-  if (col < width) {
-    for (int g = threadIdx.y; g < num_partials; g += kReduceRows) v += partials[(int64_t)g * width + col];
-  }
-  sums[threadIdx.y][threadIdx.x] = v;
-  __syncthreads();
+  const int col = (blockIdx.x * kReduceQuads + threadIdx.x) * 4;
+  // The gradients' old values, read before waiting: the kernel writing the partials does not touch them (kernels
+  // before it on the stream have completed), so this read no longer follows the partials' (session 16, the probe's
+  // run 14: the reduction's cost at 8192 x 1600 from ~2 to ~1 us).
+  floatX* dst = nullptr;
+  float total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   if (threadIdx.y == 0 && col < width) {
-    float total = 0.0f;
-    for (int y = 0; y < kReduceRows; y++) total += sums[y][threadIdx.x];
-    floatX* dst = col < C ? dweight + col : col < 2 * C ? dbias + (col - C) : colsum + (col - 2 * C);
-    *dst = (floatX)((float)*dst + total);
+    dst = col < C ? dweight + col : col < 2 * C ? dbias + (col - C) : colsum + (col - 2 * C);
+#pragma unroll
+    for (int k = 0; k < 4; k++) total[k] = (float)dst[k];
   }
+  pdl_wait();  // launched as a programmatic dependent of the kernel that writes the partials
+  const int lane = (threadIdx.y * kReduceQuads + threadIdx.x) % WARP_SIZE;
+  const int warp = (threadIdx.y * kReduceQuads + threadIdx.x) / WARP_SIZE;
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (col < width) {  // a quad is all inside the width or all outside (width % 8 == 0)
+    for (int g0 = threadIdx.y; g0 < num_partials; g0 += kReduceRows * kReduceDepth) {
+      float4 p[kReduceDepth];
+#pragma unroll
+      for (int k = 0; k < kReduceDepth; k++) {
+        const int g = g0 + k * kReduceRows;
+        p[k] = g < num_partials ? *reinterpret_cast<const float4*>(partials + (int64_t)g * width + col)
+                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int k = 0; k < kReduceDepth; k++) {
+        v.x += p[k].x;
+        v.y += p[k].y;
+        v.z += p[k].z;
+        v.w += p[k].w;
+      }
+    }
+  }
+  // lanes l, l ^ 4, l ^ 8, ... hold the same columns (threadIdx.x = lane % kReduceQuads)
+#pragma unroll
+  for (int off = kReduceQuads; off < WARP_SIZE; off <<= 1) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, off);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, off);
+    v.z += __shfl_xor_sync(0xffffffffu, v.z, off);
+    v.w += __shfl_xor_sync(0xffffffffu, v.w, off);
+  }
+  if (lane < kReduceQuads) warp_sums[warp][lane] = v;
+  __syncthreads();
+  if (dst != nullptr) {
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int w = 0; w < kWarps; w++) {
+      const float4 t = warp_sums[w][threadIdx.x];
+      sum[0] += t.x;
+      sum[1] += t.y;
+      sum[2] += t.z;
+      sum[3] += t.w;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) dst[k] = (floatX)(total[k] + sum[k]);
+  }
+}
+
+// The reduction of num_partials partials of width (colsum ? 3 : 2) * C, as a programmatic dependent of the kernel
+// before it on the stream (which writes the partials).
+void launch_param_grad_reduce(floatX* dweight, floatX* dbias, const float* partials, int num_partials, int C,
+                              floatX* colsum, cudaStream_t stream) {
+  launch_dependent(layernorm_param_grad_reduce_kernel, dim3(ceil_div((colsum != nullptr ? 3 : 2) * C, kReduceCols)),
+                   dim3(kReduceQuads, kReduceRows), 0, stream, dweight, dbias, partials, num_partials, C, colsum);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -790,9 +849,7 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
   CUDA_CHECK(cudaGetLastError());
   // A programmatic dependent launch on sm_90: scheduled while the row kernel runs, so that the launch gap between
   // the two is hidden (1-3% of the op in the probe of sessions 8 and 14).
-  launch_dependent(layernorm_param_grad_reduce_kernel, dim3(ceil_div((fused ? 3 : 2) * C, WARP_SIZE)),
-                   dim3(WARP_SIZE, kReduceRows), 0, stream, dweight, dbias, (const float*)scratch, cfg.blocks, C,
-                   fused ? colsum : nullptr);
+  launch_param_grad_reduce(dweight, dbias, scratch, cfg.blocks, C, fused ? colsum : nullptr, stream);
   // Not fused: the column sums of the dinp just written, in a pass of their own (the scratch is free again).
   if (colsum != nullptr && !fused) bias_grad_accumulate(colsum, dinp, N, C, scratch, stream);
 }
