@@ -19,7 +19,8 @@
 // (run twice, bit for bit).
 // Build and run: run.sh [variant names...] (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math); names pick
 // variants (the library's own launch always runs first, as the baseline). PROBE_SHAPES="NxC,..." picks shapes,
-// PROBE_ACC=0 or 1 one mode.
+// PROBE_ACC=0 or 1 one mode, PROBE_GRAPH=1 times the calls in a CUDA graph (as benchmarks/common.py does) instead
+// of launching them one by one.
 #include "../../csrc/kernels/layernorm.cu"
 #include "bias_grad_shim.cuh"
 #include "../probe_common.cuh"
@@ -47,6 +48,8 @@ struct Variant {
 
 // Variants named on the command line (all when none is): main's arguments.
 std::vector<std::string> g_only;
+// The stream every launch goes to: the default one, or (PROBE_GRAPH=1) a stream captured into a CUDA graph.
+cudaStream_t g_stream = 0;
 bool wanted(const char* name) {
   return g_only.empty() || std::find(g_only.begin(), g_only.end(), std::string(name)) != g_only.end();
 }
@@ -85,7 +88,7 @@ __global__ void old_param_grad_reduce_kernel(floatX* __restrict__ dweight, float
 // How a variant reduces its partials: the library's reduction kernel launched plainly (kPlain) or as a programmatic
 // dependent as the library does (kPdl), the reduction of sessions 6-15 as a programmatic dependent (kOldPdl), or
 // none at all (kNone: a diagnostic, what the row kernel costs by itself; dweight / dbias are then left unchanged).
-enum class Red { kPlain, kPdl, kOldPdl, kNone, kEmpty };
+enum class Red { kPlain, kPdl, kOldPdl, kNone, kEmpty, kPdlQ8, kPdlQ2, kPdlNoPre };
 
 // kEmpty's dependent: waits for the row kernel and does nothing (what the dependent launch costs by itself)
 __global__ void empty_dependent_kernel() { pdl_wait(); }
@@ -114,19 +117,29 @@ Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
   v.blocks = blocks;
   v.run = [=](floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout, const floatX* inp,
               const floatX* weight, const float* mean, const float* rstd, int n, int c, bool acc) {
-    kernel<<<blocks, threads, smem>>>(dinp, scratch, dout, inp, weight, mean, rstd, n, c);
+    kernel<<<blocks, threads, smem, g_stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, n, c);
     CK(cudaGetLastError());
     if constexpr (kRed == Red::kPlain) {
-      layernorm_param_grad_reduce_kernel<<<ceil_div(2 * c, kReduceCols), dim3(kReduceQuads, kReduceRows)>>>(
-          dweight, dbias, scratch, blocks, c);
+      layernorm_param_grad_reduce_kernel<><<<ceil_div(2 * c, kReduceCols), dim3(kReduceQuads, kReduceRows), 0,
+                                           g_stream>>>(dweight, dbias, scratch, blocks, c);
     } else if constexpr (kRed == Red::kPdl) {
-      launch_param_grad_reduce(dweight, dbias, scratch, blocks, c, nullptr, 0);
+      launch_param_grad_reduce(dweight, dbias, scratch, blocks, c, nullptr, g_stream);
     } else if constexpr (kRed == Red::kOldPdl) {
       launch_dependent(old_param_grad_reduce_kernel, dim3(ceil_div(2 * c, WARP_SIZE)), dim3(WARP_SIZE, kOldReduceRows),
-                       0, 0, dweight, dbias, (const float*)scratch, blocks, c);
+                       0, g_stream, dweight, dbias, (const float*)scratch, blocks, c);
+    } else if constexpr (kRed == Red::kPdlQ8) {  // 32 columns per block, 32 rows
+      launch_dependent(layernorm_param_grad_reduce_kernel<8, 32, 8>, dim3(ceil_div(2 * c, 32)), dim3(8, 32), 0,
+                       g_stream, dweight, dbias, (const float*)scratch, blocks, c, (floatX*)nullptr);
+    } else if constexpr (kRed == Red::kPdlQ2) {  // 8 columns per block, 128 rows
+      launch_dependent(layernorm_param_grad_reduce_kernel<2, 128, 4>, dim3(ceil_div(2 * c, 8)), dim3(2, 128), 0,
+                       g_stream, dweight, dbias, (const float*)scratch, blocks, c, (floatX*)nullptr);
+    } else if constexpr (kRed == Red::kPdlNoPre) {  // the old values read after the wait
+      launch_dependent(layernorm_param_grad_reduce_kernel<kReduceQuads, kReduceRows, kReduceDepth, false>,
+                       dim3(ceil_div(2 * c, kReduceCols)), dim3(kReduceQuads, kReduceRows), 0, g_stream, dweight,
+                       dbias, (const float*)scratch, blocks, c, (floatX*)nullptr);
     } else if constexpr (kRed == Red::kEmpty) {
       launch_dependent(empty_dependent_kernel, dim3(ceil_div(2 * c, kReduceCols)), dim3(kReduceQuads, kReduceRows),
-                       0, 0);
+                       0, g_stream);
     }
     CK(cudaGetLastError());
   };
@@ -152,7 +165,8 @@ void add_lib_variants(std::vector<Variant>& vs, int N, int C, bool acc) {
   // session 16, the reduction of the partials with the library's own row kernel (a2c overwriting, a2o accumulating):
   // "P" the library's reduction as a programmatic dependent (the library's launch), "R" session 6-15's reduction the
   // same way, "N" no reduction, "E" a dependent that
-  // only waits (the launch's own cost)
+  // only waits (the launch's own cost); Q8 / Q2 the library's reduction with 32 / 8 columns per block, W with the
+  // gradients' old values read after the wait
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kPdl>(name("a2cP"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kOldPdl>(name("a2cR"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kNone>(name("a2cN"), N, C, acc));
@@ -160,6 +174,12 @@ void add_lib_variants(std::vector<Variant>& vs, int N, int C, bool acc) {
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kOldPdl>(name("a2oR"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kNone>(name("a2oN"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kEmpty>(name("a2cE"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kPdlQ8>(name("a2cQ8"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kPdlQ2>(name("a2cQ2"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kPdlNoPre>(name("a2cW"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kPdlQ8>(name("a2oQ8"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kPdlQ2>(name("a2oQ2"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kPdlNoPre>(name("a2oW"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kEmpty>(name("a2oE"), N, C, acc));
 }
 
@@ -188,7 +208,7 @@ void probe(int N, int C, bool accumulate, int sets, int iters) {
   const int64_t lib_scratch = layernorm_backward_scratch_floats(N, C);
   base.run = [](floatX* di, floatX* dw, floatX* db, float* sc, const floatX* g, const floatX* x, const floatX* w,
                 const float* m, const float* r, int n, int c, bool acc) {
-    layernorm_backward(di, dw, db, sc, g, x, w, m, r, n, c, acc, 0);
+    layernorm_backward(di, dw, db, sc, g, x, w, m, r, n, c, acc, g_stream);
   };
   vs.push_back(base);
   // session 14: around the library's choice for each GPT-2 width (768: 3 warps per row, 1024: 4, 1280: 5, 1600: 7)
@@ -265,7 +285,20 @@ void probe(int N, int C, bool accumulate, int sets, int iters) {
       v.run(dinp[w % sets], dweight, dbias, scratch, dout[w % sets], inp[w % sets], weight, mean[w % sets],
             rstd[w % sets], N, C, accumulate);
     std::vector<float> ms;
-    for (int rep = 0; rep < 7; rep++) {
+    if (getenv("PROBE_GRAPH") && atoi(getenv("PROBE_GRAPH")) == 1) {
+      // as benchmarks/common.py times the ops: `iters` calls captured in one graph, median of 15 replays
+      CK(cudaDeviceSynchronize());
+      CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+      ms.push_back(1e-3f * (float)probe_kit::graph_us(
+                               [&](int i, cudaStream_t) {
+                                 v.run(dinp[i], dweight, dbias, scratch, dout[i], inp[i], weight, mean[i], rstd[i],
+                                       N, C, accumulate);
+                               },
+                               sets, iters, g_stream));
+      CK(cudaStreamDestroy(g_stream));
+      g_stream = 0;
+    }
+    for (int rep = 0; rep < 7 && ms.empty(); rep++) {
       CK(cudaEventRecord(e0));
       for (int it = 0; it < iters; it++) {
         const int i = it % sets;

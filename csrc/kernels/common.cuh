@@ -142,6 +142,9 @@ __device__ inline int load_int_keep(const int* p, uint64_t policy) {
   asm("ld.global.L2::cache_hint.b32 %0, [%1], %2;" : "=r"(v) : "l"(p), "l"(policy));
   return v;
 }
+__device__ inline void store_float_keep(float* p, float v, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(p), "f"(v), "l"(policy) : "memory");
+}
 template <class T>
 __device__ inline void store128(T* p, Packed128<T> v) {
   *reinterpret_cast<int4*>(p) = v.as_int4();

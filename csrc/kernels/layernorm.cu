@@ -61,6 +61,14 @@ constexpr bool kBackwardOld = true;
 // overwriting launch a predicated-off load of the old values that still waited behind the row's cp.async traffic:
 // 12% of the stall samples at 8192 x 1600 (Nsight Compute, session 15).
 enum class Dinp { kWrite, kAddLoaded, kAddStaged };
+// kPartialsHint (a note, not a switch): both backward kernels store their blocks' fp32 partials of dweight / dbias
+// with the L2 hint evict_last. They are read back by the reduction right after, and the next launch overwrites them
+// in place (the same scratch, in the model and in the benchmarks); plain stores let the streamed rows push them out
+// of L2, so that they went to HBM and were read from there (Nsight Compute, session 16: the reduction kernel read
+// 3.4 MB from DRAM at 8192 x 1600, an L2 hit rate of 20%). On an H200, graph-timed as the benchmarks time the ops
+// (the probe's run 17, results/layernorm_backward_variants_h200_s16.log), the whole op got faster at every width
+// and in both modes: 8192 x 1600 24.65 -> 23.90 us overwriting (-3%), 32.08 -> 31.52 accumulating (-1.8%);
+// 65536 x 768 -0.6%; 32768 x 1024 -1 to -1.5%; 16384 x 1280 -1.1 to -1.4%.
 // How the register backward kernel gets its rows' mean and rstd (see the kernel): each row's kAhead rows ahead, or
 // (chunk) 32 rows' at a time, one per lane, shuffled to the lanes row by row. The chunk is taken when overwriting
 // dinp: on an H200 1.3% faster at 768 and 1600, 7-8% at 1024 and 1280 (the probe's run 11, session 15,
@@ -401,11 +409,13 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     if constexpr (kColSum) put(2, cs);
   }
   __syncthreads();
+  // stored with the L2 hint evict_last (see kPartialsHint)
+  const uint64_t keep = l2_evict_last_policy();
   for (int i = threadIdx.x; i < kParts * C; i += blockDim.x) {
     float v = 0.0f;
 #pragma unroll
     for (int t = 0; t < kTeams; t++) v += all[t * kParts * C + i];
-    partials[(int64_t)blockIdx.x * kParts * C + i] = v;
+    store_float_keep(partials + (int64_t)blockIdx.x * kParts * C + i, v, keep);
   }
 }
 
@@ -559,7 +569,8 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
     __syncthreads();  // the next round overwrites the staged rows
   }
   float* mine = partials + (int64_t)blockIdx.x * 2 * C;
-  for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) mine[i] = acc[i];
+  const uint64_t keep = l2_evict_last_policy();  // as the register kernel's partials (kPartialsHint)
+  for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) store_float_keep(mine + i, acc[i], keep);
 }
 
 // The partials' reduction: partials[g * width + col] summed over g < num_partials into dweight (col < C), dbias
@@ -568,45 +579,53 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
 // torch allocation, so the loads are aligned), y strides over the partials with kReduceDepth loads in flight per
 // thread. Each thread adds its partials in g order, the warp's 8 rows are added by a fixed butterfly of shuffles,
 // the block's warps in warp order: the same order every time, so the result is deterministic.
-// Session 16: one round trip to L2 for up to kReduceRows * kReduceDepth = 512 partials, where the kernel before it
-// (32 columns per block, 16 rows, one load per thread at a time) made ~17 dependent-issue rounds at GPT-2 shapes.
+// Session 16: one round of loads for up to kReduceRows * kReduceDepth = 512 partials, where the kernel before it
+// (32 columns per block, 16 rows, one load per thread at a time) issued ~17 rounds at GPT-2 shapes. On an H200 (the
+// probe's runs 13-16, results/layernorm_backward_variants_h200_s16.log) that alone changed little: at 8192 x 1600,
+// graph-timed, -1.6% overwriting but +1.8% accumulating; 32 or 8 columns per block were no better overall. What the
+// reduction costs is mostly waiting on memory: a dependent that only waits costs 0.4 us, the reduction 1.7 us more
+// (before kPartialsHint).
 constexpr int kReduceQuads = 4;
 constexpr int kReduceRows = 64;
 constexpr int kReduceDepth = 8;
 constexpr int kReduceCols = 4 * kReduceQuads;  // columns per block
-__global__ void __launch_bounds__(kReduceQuads * kReduceRows)
+// (template arguments for the probe, benchmarks/probe_layernorm/probe_ln_backward.cu; kPrefetch: see below)
+template <int kQuads = kReduceQuads, int kRows = kReduceRows, int kDepth = kReduceDepth, bool kPrefetch = true>
+__global__ void __launch_bounds__(kQuads * kRows)
     layernorm_param_grad_reduce_kernel(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
                                        const float* __restrict__ partials, int num_partials, int C,
                                        floatX* __restrict__ colsum = nullptr) {
-  constexpr int kWarps = kReduceQuads * kReduceRows / WARP_SIZE;
-  __shared__ float4 warp_sums[kWarps][kReduceQuads];
+  constexpr int kWarps = kQuads * kRows / WARP_SIZE;
+  __shared__ float4 warp_sums[kWarps][kQuads];
   const int width = (colsum != nullptr ? 3 : 2) * C;
-  const int col = (blockIdx.x * kReduceQuads + threadIdx.x) * 4;
+  const int col = (blockIdx.x * kQuads + threadIdx.x) * 4;
   // The gradients' old values, read before waiting: the kernel writing the partials does not touch them (kernels
   // before it on the stream have completed), so this read no longer follows the partials' (session 16, the probe's
-  // run 14: the reduction's cost at 8192 x 1600 from ~2 to ~1 us).
+  // run 16: 0.3-0.4 us off the op at 8192 x 1600, both modes).
   floatX* dst = nullptr;
   float total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   if (threadIdx.y == 0 && col < width) {
     dst = col < C ? dweight + col : col < 2 * C ? dbias + (col - C) : colsum + (col - 2 * C);
+    if constexpr (kPrefetch) {
 #pragma unroll
-    for (int k = 0; k < 4; k++) total[k] = (float)dst[k];
+      for (int k = 0; k < 4; k++) total[k] = (float)dst[k];
+    }
   }
   pdl_wait();  // launched as a programmatic dependent of the kernel that writes the partials
-  const int lane = (threadIdx.y * kReduceQuads + threadIdx.x) % WARP_SIZE;
-  const int warp = (threadIdx.y * kReduceQuads + threadIdx.x) / WARP_SIZE;
+  const int lane = (threadIdx.y * kQuads + threadIdx.x) % WARP_SIZE;
+  const int warp = (threadIdx.y * kQuads + threadIdx.x) / WARP_SIZE;
   float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   if (col < width) {  // a quad is all inside the width or all outside (width % 8 == 0)
-    for (int g0 = threadIdx.y; g0 < num_partials; g0 += kReduceRows * kReduceDepth) {
-      float4 p[kReduceDepth];
+    for (int g0 = threadIdx.y; g0 < num_partials; g0 += kRows * kDepth) {
+      float4 p[kDepth];
 #pragma unroll
-      for (int k = 0; k < kReduceDepth; k++) {
-        const int g = g0 + k * kReduceRows;
+      for (int k = 0; k < kDepth; k++) {
+        const int g = g0 + k * kRows;
         p[k] = g < num_partials ? *reinterpret_cast<const float4*>(partials + (int64_t)g * width + col)
                                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
 #pragma unroll
-      for (int k = 0; k < kReduceDepth; k++) {
+      for (int k = 0; k < kDepth; k++) {
         v.x += p[k].x;
         v.y += p[k].y;
         v.z += p[k].z;
@@ -614,15 +633,15 @@ __global__ void __launch_bounds__(kReduceQuads * kReduceRows)
       }
     }
   }
-  // lanes l, l ^ 4, l ^ 8, ... hold the same columns (threadIdx.x = lane % kReduceQuads)
+  // lanes l, l ^ 4, l ^ 8, ... hold the same columns (threadIdx.x = lane % kQuads)
 #pragma unroll
-  for (int off = kReduceQuads; off < WARP_SIZE; off <<= 1) {
+  for (int off = kQuads; off < WARP_SIZE; off <<= 1) {
     v.x += __shfl_xor_sync(0xffffffffu, v.x, off);
     v.y += __shfl_xor_sync(0xffffffffu, v.y, off);
     v.z += __shfl_xor_sync(0xffffffffu, v.z, off);
     v.w += __shfl_xor_sync(0xffffffffu, v.w, off);
   }
-  if (lane < kReduceQuads) warp_sums[warp][lane] = v;
+  if (lane < kQuads) warp_sums[warp][lane] = v;
   __syncthreads();
   if (dst != nullptr) {
     float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -634,7 +653,10 @@ __global__ void __launch_bounds__(kReduceQuads * kReduceRows)
       sum[3] += t.w;
     }
 #pragma unroll
-    for (int k = 0; k < 4; k++) dst[k] = (floatX)(total[k] + sum[k]);
+    for (int k = 0; k < 4; k++) {
+      if constexpr (!kPrefetch) total[k] = (float)dst[k];
+      dst[k] = (floatX)(total[k] + sum[k]);
+    }
   }
 }
 
@@ -642,7 +664,7 @@ __global__ void __launch_bounds__(kReduceQuads * kReduceRows)
 // before it on the stream (which writes the partials).
 void launch_param_grad_reduce(floatX* dweight, floatX* dbias, const float* partials, int num_partials, int C,
                               floatX* colsum, cudaStream_t stream) {
-  launch_dependent(layernorm_param_grad_reduce_kernel, dim3(ceil_div((colsum != nullptr ? 3 : 2) * C, kReduceCols)),
+  launch_dependent(layernorm_param_grad_reduce_kernel<>, dim3(ceil_div((colsum != nullptr ? 3 : 2) * C, kReduceCols)),
                    dim3(kReduceQuads, kReduceRows), 0, stream, dweight, dbias, partials, num_partials, C, colsum);
 }
 
