@@ -13,7 +13,8 @@
 // packs per lane and the dweight/dbias sums in shared memory: early/split residual loads, prefetch into registers
 // or by cp.async, PDL for the reduction, 1-4 rows ahead); their code is in git history before session 14 and
 // their results in results/layernorm_backward_variants_*.log. Session 14 replaced that kernel by one pack per
-// lane (results/layernorm_backward_variants_h200_s14.log).
+// lane (results/layernorm_backward_variants_h200_s14.log). Session 16 probed the partials' reduction (variants
+// P, R, N, E, Q8, Q2, W below; results/layernorm_backward_variants_h200_s16.log).
 // Every variant with another grid groups the dweight/dbias partials differently, and the kernel of sessions 6-13
 // rounded dinp differently: those are compared against the baseline with a tolerance, and all against themselves
 // (run twice, bit for bit).

@@ -142,6 +142,8 @@ __device__ inline int load_int_keep(const int* p, uint64_t policy) {
   asm("ld.global.L2::cache_hint.b32 %0, [%1], %2;" : "=r"(v) : "l"(p), "l"(policy));
   return v;
 }
+// A store with the same hint: LayerNorm backward's fp32 partials, read back right after by the reduction
+// (layernorm.cu, "The partials' L2 hint"; 0.6-3% off the op on an H200, session 16).
 __device__ inline void store_float_keep(float* p, float v, uint64_t policy) {
   asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(p), "f"(v), "l"(policy) : "memory");
 }

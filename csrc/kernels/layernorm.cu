@@ -61,14 +61,14 @@ constexpr bool kBackwardOld = true;
 // overwriting launch a predicated-off load of the old values that still waited behind the row's cp.async traffic:
 // 12% of the stall samples at 8192 x 1600 (Nsight Compute, session 15).
 enum class Dinp { kWrite, kAddLoaded, kAddStaged };
-// kPartialsHint (a note, not a switch): both backward kernels store their blocks' fp32 partials of dweight / dbias
-// with the L2 hint evict_last. They are read back by the reduction right after, and the next launch overwrites them
-// in place (the same scratch, in the model and in the benchmarks); plain stores let the streamed rows push them out
-// of L2, so that they went to HBM and were read from there (Nsight Compute, session 16: the reduction kernel read
-// 3.4 MB from DRAM at 8192 x 1600, an L2 hit rate of 20%). On an H200, graph-timed as the benchmarks time the ops
-// (the probe's run 17, results/layernorm_backward_variants_h200_s16.log), the whole op got faster at every width
-// and in both modes: 8192 x 1600 24.65 -> 23.90 us overwriting (-3%), 32.08 -> 31.52 accumulating (-1.8%);
-// 65536 x 768 -0.6%; 32768 x 1024 -1 to -1.5%; 16384 x 1280 -1.1 to -1.4%.
+// The partials' L2 hint: both backward kernels store their blocks' fp32 dweight / dbias partials with the L2 hint
+// evict_last. The reduction reads them right after, and the next launch usually overwrites them in place (torch's
+// caching allocator hands the same scratch back). With plain stores the streamed rows pushed them out of L2 (Nsight
+// Compute, session 16, with its replay's caveats: the reduction read its 3.4 MB of partials from DRAM at 8192 x
+// 1600, an L2 hit rate of 20%). On an H200, graph-timed as the benchmarks time the ops (the probe's run 17,
+// results/layernorm_backward_variants_h200_s16.log), the hint made the whole op faster at every width and in both
+// modes: 8192 x 1600 24.65 -> 23.90 us overwriting (-3%), 32.08 -> 31.52 accumulating (-1.8%); 65536 x 768 -0.6%;
+// 32768 x 1024 -1 to -1.5%; 16384 x 1280 -1.1 to -1.4%.
 // How the register backward kernel gets its rows' mean and rstd (see the kernel): each row's kAhead rows ahead, or
 // (chunk) 32 rows' at a time, one per lane, shuffled to the lanes row by row. The chunk is taken when overwriting
 // dinp: on an H200 1.3% faster at 768 and 1600, 7-8% at 1024 and 1280 (the probe's run 11, session 15,
@@ -409,7 +409,7 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     if constexpr (kColSum) put(2, cs);
   }
   __syncthreads();
-  // stored with the L2 hint evict_last (see kPartialsHint)
+  // stored with the L2 hint evict_last (see "The partials' L2 hint" above)
   const uint64_t keep = l2_evict_last_policy();
   for (int i = threadIdx.x; i < kParts * C; i += blockDim.x) {
     float v = 0.0f;
@@ -569,7 +569,7 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
     __syncthreads();  // the next round overwrites the staged rows
   }
   float* mine = partials + (int64_t)blockIdx.x * 2 * C;
-  const uint64_t keep = l2_evict_last_policy();  // as the register kernel's partials (kPartialsHint)
+  const uint64_t keep = l2_evict_last_policy();  // as the register kernel's ("The partials' L2 hint")
   for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) store_float_keep(mine + i, acc[i], keep);
 }
 
@@ -583,8 +583,8 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
 // (32 columns per block, 16 rows, one load per thread at a time) issued ~17 rounds at GPT-2 shapes. On an H200 (the
 // probe's runs 13-16, results/layernorm_backward_variants_h200_s16.log) that alone changed little: at 8192 x 1600,
 // graph-timed, -1.6% overwriting but +1.8% accumulating; 32 or 8 columns per block were no better overall. What the
-// reduction costs is mostly waiting on memory: a dependent that only waits costs 0.4 us, the reduction 1.7 us more
-// (before kPartialsHint).
+// reduction costs is mostly waiting on memory: a dependent that only waits costs 0.4 us, the reduction 1.3-1.7 us
+// more (before the partials' L2 hint, above).
 constexpr int kReduceQuads = 4;
 constexpr int kReduceRows = 64;
 constexpr int kReduceDepth = 8;
