@@ -6,9 +6,10 @@
 //
 // Variants: "t<teams per block>b<blocks per SM>a<rows ahead>", with "o" when dinp's old values come with the row
 // (accumulating only) and "c" when the rows' mean and rstd come 32 rows at a time (kChunkStats: the library's choice
-// when it overwrites dinp, from session 15; variants without "c" load them row by row). Each exists only for the team width ceil(C / 256) it names in probe() and skips itself at
-// other widths. The variants launch the reduction plainly; the library (from session 14) launches it as a
-// programmatic dependent of the row kernel, so "library" against its own grid's variant shows what that gains.
+// when it overwrites dinp, from session 15; variants without "c" load them row by row). Each exists only for the
+// team width ceil(C / 256) it names in probe() and skips itself at other widths. The variants launch the reduction
+// plainly (but those of add_reduction_variants); the library (from session 14) launches it as a programmatic
+// dependent of the row kernel, so "library" against its own grid's variant shows what that gains.
 // History: sessions 6-9 probed variants of the kernel of those sessions here (teams of 1, 2 or 4 warps with several
 // packs per lane and the dweight/dbias sums in shared memory: early/split residual loads, prefetch into registers
 // or by cp.async, PDL for the reduction, 1-4 rows ahead); their code is in git history before session 14 and
@@ -147,6 +148,23 @@ Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
   return v;
 }
 
+// The reductions probed with one row kernel (session 16), named prefix + "P": the library's reduction as a
+// programmatic dependent (the library's launch), "R": the reduction of sessions 6-15 the same way, "N": no reduction,
+// "E": a dependent that only waits (the launch's own cost), "Q8" / "Q2": the library's reduction with 32 / 8 columns
+// per block, "W": with the gradients' old values read after the wait.
+template <int kTeam, int kT, int kB, bool kOld, bool kChunk, class NameFn>
+void add_reduction_variants(std::vector<Variant>& vs, int N, int C, bool acc, NameFn&& name,
+                            const std::string& prefix) {
+  auto n = [&](const char* red) { return name((prefix + red).c_str()); };
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, kOld, kChunk, Red::kPdl>(n("P"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, kOld, kChunk, Red::kOldPdl>(n("R"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, kOld, kChunk, Red::kNone>(n("N"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, kOld, kChunk, Red::kEmpty>(n("E"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, kOld, kChunk, Red::kPdlQ8>(n("Q8"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, kOld, kChunk, Red::kPdlQ2>(n("Q2"), N, C, acc));
+  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, kOld, kChunk, Red::kPdlNoPre>(n("W"), N, C, acc));
+}
+
 // The variants of one team width and grid shape: "t<teams>b<blocks>" + "a1", "a2", "a3", "a1o", "a2o".
 template <int kTeam, int kT, int kB>
 void add_lib_variants(std::vector<Variant>& vs, int N, int C, bool acc) {
@@ -163,25 +181,9 @@ void add_lib_variants(std::vector<Variant>& vs, int N, int C, bool acc) {
   // session 15: the statistics 32 rows at a time, shuffled to the lanes (kChunkStats); "c" and "oc"
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true>(name("a2c"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, true>(name("a2oc"), N, C, acc));
-  // session 16, the reduction of the partials with the library's own row kernel (a2c overwriting, a2o accumulating):
-  // "P" the library's reduction as a programmatic dependent (the library's launch), "R" session 6-15's reduction the
-  // same way, "N" no reduction, "E" a dependent that
-  // only waits (the launch's own cost); Q8 / Q2 the library's reduction with 32 / 8 columns per block, W with the
-  // gradients' old values read after the wait
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kPdl>(name("a2cP"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kOldPdl>(name("a2cR"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kNone>(name("a2cN"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kPdl>(name("a2oP"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kOldPdl>(name("a2oR"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kNone>(name("a2oN"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kEmpty>(name("a2cE"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kPdlQ8>(name("a2cQ8"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kPdlQ2>(name("a2cQ2"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true, Red::kPdlNoPre>(name("a2cW"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kPdlQ8>(name("a2oQ8"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kPdlQ2>(name("a2oQ2"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kPdlNoPre>(name("a2oW"), N, C, acc));
-  vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, false, Red::kEmpty>(name("a2oE"), N, C, acc));
+  // session 16, the reduction of the partials with the library's own row kernel (a2c overwriting, a2o accumulating)
+  add_reduction_variants<kTeam, kT, kB, false, true>(vs, N, C, acc, name, "a2c");
+  add_reduction_variants<kTeam, kT, kB, true, false>(vs, N, C, acc, name, "a2o");
 }
 
 float bf2f(floatX v) { return __bfloat162float(v); }
