@@ -96,25 +96,43 @@ def test_loader_unshuffled_reads_consecutive_batches_and_shifted_targets(tmp_pat
     assert loader.epoch == 1
 
 
-def epoch_starts(loader, n):
-    return [int(loader.next_batch()[0][0, 0]) for _ in range(n)]
+def row_starts(loader, batches):
+    """The first input token (= global position, positional_shards) of every row of the next `batches` batches."""
+    return [int(t) for _ in range(batches) for t in loader.next_batch()[0][:, 0]]
 
 
-def test_shuffled_epoch_visits_every_sample_once_and_reshuffles(tmp_path):
+def test_shuffled_epoch_visits_every_window_once_and_reshuffles(tmp_path):
     sizes = [10 * 6 + 1, 7 * 6 + 3, 4 * 6 + 1]
     positional_shards(tmp_path, sizes)
     offsets = np.cumsum([0] + sizes[:-1])
-    every = sorted(int(o) + 6 * k for o, n in zip(offsets, sizes) for k in range((n - 1) // 6))
+    every = sorted(int(o) + 3 * k for o, n in zip(offsets, sizes) for k in range((n - 1) // 6 * 2))
+    batches = len(every) // 2
     loader = DataLoader(str(tmp_path / "*.bin"), B=2, T=3, seed=7)
-    first, second = epoch_starts(loader, len(every)), epoch_starts(loader, len(every))
+    first, second = row_starts(loader, batches), row_starts(loader, batches)
     assert sorted(first) == every and sorted(second) == every
     assert first != every and first != second  # shuffled, and differently in the next epoch
     again = DataLoader(str(tmp_path / "*.bin"), B=2, T=3, seed=7)
-    assert epoch_starts(again, 2 * len(every)) == first + second  # deterministic from the seed
+    assert row_starts(again, 2 * batches) == first + second  # deterministic from the seed
     other = DataLoader(str(tmp_path / "*.bin"), B=2, T=3, seed=8)
-    assert epoch_starts(other, len(every)) != first
+    assert row_starts(other, batches) != first
     again.reset()
-    assert epoch_starts(again, len(every)) == first
+    assert row_starts(again, batches) == first
+
+
+def test_shuffled_rows_of_a_batch_come_from_their_own_places(tmp_path):
+    """Each row of a shuffled batch is its own window of the corpus, not the neighbour of the row before it (llm.c
+    shuffles whole B*T blocks); unshuffled batches are contiguous text, as llm.c's."""
+    B, T = 16, 8
+    positional_shards(tmp_path, [4000 * T + 1, 3000 * T + 1])
+    loader = DataLoader(str(tmp_path / "*.bin"), B, T, seed=3)
+    x, y = loader.next_batch()
+    assert torch.equal(y[:, :-1], x[:, 1:])  # each row still reads T+1 consecutive tokens
+    assert torch.equal(y[:, -1], x[:, -1] + 1)
+    starts = x[:, 0].tolist()
+    assert sum(b - a == T for a, b in zip(starts, starts[1:])) <= 1
+    assert len({s >= 4000 * T + 1 for s in starts}) == 2  # both shards within one batch
+    x, _ = DataLoader(str(tmp_path / "*.bin"), B, T, shuffle=False).next_batch()
+    assert torch.equal(x.flatten(), torch.arange(B * T, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -152,7 +170,8 @@ def test_a_step_reads_the_same_tokens_however_it_is_split_among_ranks(tmp_path, 
         return out
 
     one = pieces(1)
-    assert len({tuple(x) for step in one for x in step}) == steps * 4 - 4 * 4  # the 2nd epoch repeats the 1st
+    rows = {tuple(x[i:i + T]) for step in one for x in step for i in range(0, B * T, T)}
+    assert len(rows) == (7 + 5) * 4 * B  # each window of the epoch once; the 2nd epoch brings no new one
     for world_size in (2, 4):
         split = pieces(world_size)
         # a step of one rank accumulating pieces k = 0..3 equals ranks r of micro-step m with k = m*world + r
@@ -163,7 +182,7 @@ def test_shards_smaller_than_a_step_fall_back_to_micro_batch_samples(tmp_path):
     B, T = 2, 3
     positional_shards(tmp_path, [5 * B * T + 1, 3 * B * T + 1])  # 5 and 3 micro-batches; a step needs 4
     loader = DataLoader(str(tmp_path / "*.bin"), B, T, accum=4, shuffle=False)
-    assert loader.sample_tokens == B * T
+    assert loader.block_rows == B
     seen = [loader.next_batch()[0].flatten().tolist() for _ in range(8)]
     assert sorted(x for batch in seen for x in batch) == list(range(5 * B * T)) + \
         list(range(5 * B * T + 1, 5 * B * T + 1 + 3 * B * T))  # every micro-batch of the epoch once
@@ -190,6 +209,20 @@ def test_state_dict_resumes_exactly_across_shards_and_epochs(tmp_path, accum):
         for x_exp, y_exp in expected[cut:cut + 15]:
             x, y = resumed.next_batch()
             assert torch.equal(x, x_exp) and torch.equal(y, y_exp)
+
+
+def test_load_state_dict_rejects_bad_positions_and_other_layouts(tmp_path):
+    positional_shards(tmp_path, [100, 120])
+    pattern = str(tmp_path / "*.bin")
+    state = DataLoader(pattern, 2, 4, seed=1).state_dict()
+    for row in (1, -2, 10**6, "0", None):
+        with pytest.raises(ValueError, match="row"):
+            DataLoader(pattern, 2, 4, seed=1).load_state_dict({**state, "row": row})
+    with pytest.raises(ValueError, match="epoch"):
+        DataLoader(pattern, 2, 4, seed=1).load_state_dict({**state, "epoch": -1})
+    older = {k: v for k, v in state.items() if k not in ("rows", "row")}  # a loader state of another layout
+    with pytest.raises(ValueError, match="rows: saved None"):
+        DataLoader(pattern, 2, 4, seed=1).load_state_dict(older)
 
 
 def test_load_state_dict_rejects_other_settings(tmp_path):

@@ -164,6 +164,27 @@ def test_matches_hf_gpt2_cuda(tmp_path, width, recompute):
                      loss_rtol=BF16_LOSS_RTOL)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("gelu_fusion,recompute", [(0, 0), (0, 1), (1, 1)])
+def test_gelu_fusion_choices_match_hf_gpt2(tmp_path, device, gelu_fusion, recompute):
+    """GELU as its own kernel (0) or fused into the forward matmul only (1); 2, both fused, is the default that
+    test_matches_hf_gpt2_* covers."""
+    if device == "cpu":
+        model = GPT(tiny_config(), device="cpu", recompute=recompute, gelu_fusion=gelu_fusion)
+        _compare_with_hf(model, tmp_path, B=2, T=16, dtype=torch.float32, scale=1.0, loss_rtol=1e-5)
+    else:
+        config = GPTConfig(n_layer=2, n_head=4, n_embd=256, vocab_size=1001, padded_vocab_size=1024, max_seq_len=128)
+        model = GPT(config, device="cuda", recompute=recompute, gelu_fusion=gelu_fusion)
+        _compare_with_hf(model, tmp_path, B=4, T=64, dtype=torch.bfloat16, scale=BF16_MODEL_SCALE,
+                         loss_rtol=BF16_LOSS_RTOL)
+
+
+@pytest.mark.parametrize("value", [-1, 3, True, "2"])
+def test_gelu_fusion_is_checked(value):
+    with pytest.raises(ValueError, match="gelu_fusion"):
+        GPT(tiny_config(), device="cpu", gelu_fusion=value)
+
+
 def test_recompute_gives_the_same_results():
     config = tiny_config()
     idx, targets = random_batch(config, 3, 24, seed=4, ignore_every=5)

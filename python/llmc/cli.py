@@ -64,9 +64,12 @@ TRAIN_OPTIONS = [
                                                                "0: off (default 0)"),
     ("-sg", "--skip-update-gradz", "skip_update_gradz", float, "same for the gradient norm (default 0)"),
     ("-h", "--hellaswag", "hellaswag", _flag, "1: HellaSwag accuracy at each validation (default 0)"),
-    ("-ge", "--gelu-fusion", "gelu_fusion", int, "accepted for llm.c compatibility; llmc picks the fusion"),
+    ("-ge", "--gelu-fusion", "gelu_fusion", int, "0: GELU as its own kernel, 1: fused into fc's forward matmul, "
+                                                 "2: also into fcproj's backward (default -1: the model's)"),
     ("-a", "--overfit-single-batch", "overfit_single_batch", _flag, "1: train on one batch, for debugging"),
     (None, "--seed", "seed", int, "seed of init, data order and rounding (default 1337)"),
+    (None, "--shuffle", "shuffle", _flag, "0: read the training rows in order, as llm.c without shuffling "
+                                          "(default 1: a random order from --seed)"),
     (None, "--device", "device", str, "cuda, cpu or auto (default)"),
     (None, "--dist-timeout", "dist_timeout", float, "seconds a collective may wait for the other ranks before the "
                                                     "job fails (default 600)"),

@@ -3,18 +3,23 @@
 A shard is a header of 256 int32 ([0] = 20240520 magic, [1] = 1 version, [2] = number of tokens) followed by
 that many uint16 GPT-2 tokens. `write_shard` writes one atomically, `read_shard` validates and memory-maps one.
 
-`DataLoader` serves (inputs, targets) batches of B rows of T tokens from the shards a glob pattern matches,
-laid out as in llm.c's dataloader: a shard is cut into samples of accum*world_size*B*T tokens (one optimizer
-step's worth with `accum` micro-steps of gradient accumulation; plus the one token that follows, for the
-targets), and micro-step k of rank r reads the (k*world_size + r)-th B*T slice of each sample, so the ranks'
-data never overlap, and a step covers the same tokens whatever the split between GPUs and accumulation (one GPU
-accumulating 4 micro-steps sees what 4 GPUs see in one). When some shard holds less than one step, samples are
-one micro-step of all ranks (world_size*B*T tokens, llm.c's layout): small data still trains, but a step's
-tokens then depend on the split. With shuffle=True the order of the shards and the order
-of the samples inside each shard are random permutations drawn from (seed, epoch[, shard]), the same on every
-rank; the position is then fully described by (epoch, shard position, sample position, micro-step), which is
-what `state_dict` saves, so a resumed loader continues exactly. After the last sample of the last shard the
-loader starts the next epoch (new permutations).
+`DataLoader` serves (inputs, targets) batches of B rows of T tokens from the shards a glob pattern matches.
+A row is a window of T+1 tokens (inputs and the targets shifted by one) starting at a multiple of T in its shard,
+so consecutive windows share one token, as in llm.c's batches. An epoch is a list of windows; one optimizer step
+takes the next R = accum*world_size*B of them (accum micro-steps of gradient accumulation), and micro-step k of
+rank r reads rows (k*world_size + r)*B ... + B of the step, so the ranks' data never overlap and a step covers the
+same windows whatever the split between GPUs and accumulation (one GPU accumulating 4 micro-steps sees what 4 GPUs
+see in one). Each shard gives its windows in whole steps (R windows; or one micro-step of all ranks, world_size*B
+windows, when some shard holds less than a step: small data still trains, but a step's windows then depend on the
+split), and the remainder at its end, less than a step, is left out, as llm.c leaves out its shards' tails.
+
+shuffle=False: the epoch lists the windows in order, shard after shard, which is exactly what llm.c reads with its
+shuffling off. shuffle=True: the epoch lists the same windows in a random order drawn from (seed, epoch), the same
+on every rank, so every row of a step comes from its own place in the corpus (as nanoGPT samples rows). llm.c
+instead shuffles whole B*T blocks of contiguous text, so its rows within a micro-step are neighbours; rows drawn
+independently give less correlated gradients. After the last window the loader starts the next epoch (a new
+order). The position is (epoch, row of the epoch), which is what `state_dict` saves, so a resumed loader continues
+exactly.
 """
 from __future__ import annotations
 
@@ -115,6 +120,8 @@ def expand_pattern(pattern: Pattern) -> list[Path]:
 class DataLoader:
     """Batches of (inputs, targets), each an int32 CPU tensor of shape (B, T), from llm.c shards (module doc)."""
 
+    OPEN_SHARDS = 64  # memory maps kept open at a time (shuffled rows come from anywhere in the corpus)
+
     def __init__(self, pattern: Pattern, B: int, T: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
                  seed: int = 1337, accum: int = 1):
         self.B = _check_int(B, "B", 1)
@@ -128,83 +135,78 @@ class DataLoader:
         self.shuffle = bool(shuffle)
         self.files = expand_pattern(pattern)
         self.shard_tokens = [shard_num_tokens(f) for f in self.files]
-        # A sample is one step when every shard holds one; else one micro-step of all ranks (llm.c's layout).
-        step = self.accum * self.world_size * self.B * self.T
-        self.sample_accum = self.accum if min(self.shard_tokens) >= step + 1 else 1
-        self.sample_tokens = self.sample_accum * self.world_size * self.B * self.T
+        # Shards give their windows in whole steps when every shard holds one; else in whole micro-steps of all
+        # ranks (llm.c's layout).
+        micro_rows = self.world_size * self.B
+        step_rows = self.accum * micro_rows
+        self.block_rows = step_rows if min(self.shard_tokens) >= step_rows * self.T + 1 else micro_rows
         for f, ntok in zip(self.files, self.shard_tokens):
-            if ntok < self.sample_tokens + 1:
+            if ntok < micro_rows * self.T + 1:
                 raise ValueError(f"shard {f} has {ntok} tokens, fewer than one batch needs (world_size*B*T + 1 = "
-                                 f"{self.sample_tokens + 1}); use a smaller -b/-t, or larger shards")
+                                 f"{micro_rows * self.T + 1}); use a smaller -b/-t, or larger shards")
+        windows = [(ntok - 1) // (self.block_rows * self.T) * self.block_rows for ntok in self.shard_tokens]
+        self._first_window = np.cumsum([0] + windows)  # global index of each shard's first window
+        self.epoch_rows = int(self._first_window[-1])
         self.num_tokens = sum(self.shard_tokens)
-        self._tokens = None
-        self._tokens_file = None
+        self._maps: dict[int, np.ndarray] = {}  # open memory maps, least recently used first
         self.reset()
 
     # -- position ---------------------------------------------------------------------------------------
-    def _shard_order(self) -> np.ndarray:
-        n = len(self.files)
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
-
-    def _enter_shard(self) -> None:
-        """Point at shard position self.shard_pos of this epoch: map its tokens and order its samples."""
-        self._shard = int(self._order[self.shard_pos])
-        n = (self.shard_tokens[self._shard] - 1) // self.sample_tokens
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch, self._shard])
-            self._samples = rng.permutation(n)
-        else:
-            self._samples = np.arange(n)
-        if self._tokens_file != self._shard:
-            self._tokens = read_shard(self.files[self._shard])
-            self._tokens_file = self._shard
-
     def _start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self._order = self._shard_order()
-        self.shard_pos = 0
-        self.sample_pos = 0
-        self.micro_pos = 0
-        self._enter_shard()
+        self.row = 0
+        self._order = None
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.epoch_rows)
+            self._order = order.astype(np.int32) if self.epoch_rows < 2**31 else order
 
     def reset(self) -> None:
         """Back to the first batch of epoch 0."""
         self._start_epoch(0)
 
+    def _shard(self, index: int) -> np.ndarray:
+        tokens = self._maps.pop(index, None)
+        if tokens is None:
+            tokens = read_shard(self.files[index])
+            if len(self._maps) >= self.OPEN_SHARDS:
+                del self._maps[next(iter(self._maps))]
+        self._maps[index] = tokens
+        return tokens
+
+    def _rows(self, windows: np.ndarray) -> np.ndarray:
+        """The (len(windows), T+1) tokens of the given global window indices."""
+        T = self.T
+        shards = np.searchsorted(self._first_window, windows, side="right") - 1
+        starts = (windows - self._first_window[shards]) * T
+        out = np.empty((len(windows), T + 1), dtype=np.uint16)
+        span = np.arange(T + 1)
+        for index in np.unique(shards):
+            mine = shards == index
+            out[mine] = self._shard(int(index))[starts[mine][:, None] + span]
+        return out
+
     def next_batch(self):
         """(inputs, targets): int32 CPU tensors of shape (B, T); targets are the inputs shifted by one token."""
         import torch
 
-        if self.sample_pos == len(self._samples):
-            if self.shard_pos + 1 == len(self.files):
-                self._start_epoch(self.epoch + 1)
-            else:
-                self.shard_pos += 1
-                self.sample_pos = 0
-                self._enter_shard()
-        piece = self.micro_pos * self.world_size + self.rank
-        start = int(self._samples[self.sample_pos]) * self.sample_tokens + piece * self.B * self.T
-        self.micro_pos += 1
-        if self.micro_pos == self.sample_accum:
-            self.micro_pos = 0
-            self.sample_pos += 1
-        chunk = self._tokens[start:start + self.B * self.T + 1]
-        inputs = torch.from_numpy(chunk[:-1].astype(np.int32)).view(self.B, self.T)
-        targets = torch.from_numpy(chunk[1:].astype(np.int32)).view(self.B, self.T)
-        return inputs, targets
+        if self.row == self.epoch_rows:
+            self._start_epoch(self.epoch + 1)
+        first = self.row + self.rank * self.B
+        positions = np.arange(first, first + self.B)
+        self.row += self.world_size * self.B
+        windows = positions if self._order is None else self._order[positions].astype(np.int64)
+        rows = torch.from_numpy(self._rows(windows).astype(np.int32))
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
     # -- checkpointing ----------------------------------------------------------------------------------
     def _identity(self) -> dict:
         return {"files": [f.name for f in self.files], "shard_tokens": list(self.shard_tokens), "B": self.B,
                 "accum": self.accum, "T": self.T, "rank": self.rank, "world_size": self.world_size,
-                "shuffle": self.shuffle, "seed": self.seed}
+                "shuffle": self.shuffle, "seed": self.seed, "rows": "windows"}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this loader is (plain Python values)."""
-        return {**self._identity(), "epoch": self.epoch, "shard_pos": self.shard_pos, "sample_pos": self.sample_pos,
-                "micro_pos": self.micro_pos}
+        return {**self._identity(), "epoch": self.epoch, "row": self.row}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state_dict()` of a loader over the same shards with the same B, T, accum, rank, world
@@ -216,20 +218,17 @@ class DataLoader:
         if diff:
             raise ValueError("the data loader state was saved for other data or settings, so the run cannot continue "
                              "exactly; differences: " + "; ".join(diff))
-        self.epoch = int(state["epoch"])
-        self._order = self._shard_order()
-        shard_pos, sample_pos, micro_pos = int(state["shard_pos"]), int(state["sample_pos"]), int(state["micro_pos"])
-        if not 0 <= micro_pos < self.sample_accum:
-            raise ValueError(f"data loader state names micro-step {micro_pos}, but a sample has {self.sample_accum}")
-        if not 0 <= shard_pos < len(self.files):
-            raise ValueError(f"data loader state names shard position {shard_pos}, but there are {len(self.files)}")
-        self.shard_pos = shard_pos
-        self._enter_shard()
-        if not 0 <= sample_pos <= len(self._samples):
-            raise ValueError(f"data loader state names sample {sample_pos}, but the shard has {len(self._samples)}")
-        self.sample_pos = sample_pos
-        self.micro_pos = micro_pos
+        epoch, row = state.get("epoch"), state.get("row")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"data loader state names epoch {epoch!r}; expected an int >= 0")
+        micro_rows = self.world_size * self.B
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= self.epoch_rows or row % micro_rows:
+            raise ValueError(f"data loader state names row {row!r}; expected a multiple of world_size*B = "
+                             f"{micro_rows} in [0, {self.epoch_rows}]")
+        self._start_epoch(epoch)
+        self.row = row
 
     def __repr__(self) -> str:
-        return (f"DataLoader({len(self.files)} shards, {self.num_tokens:,} tokens, B={self.B}, T={self.T}, "
-                f"accum={self.accum}, rank={self.rank}/{self.world_size}, shuffle={self.shuffle}, seed={self.seed})")
+        return (f"DataLoader({len(self.files)} shards, {self.num_tokens:,} tokens, {self.epoch_rows:,} rows an epoch, "
+                f"B={self.B}, T={self.T}, accum={self.accum}, rank={self.rank}/{self.world_size}, "
+                f"shuffle={self.shuffle}, seed={self.seed})")

@@ -52,6 +52,7 @@ PRESETS = {
 }
 MAX_HEAD_SIZE = 128  # the CUDA attention kernels' limit (cuDNN: 64 and 128; the plain kernel: up to 128)
 INIT_STD = 0.02
+GELU_FUSION_DEFAULT = 2  # GPT(gelu_fusion=...): the MLP's GELU fused into fc's and fcproj's matmuls
 LN_EPS = 1e-5
 
 
@@ -230,7 +231,8 @@ class GPT:
     """GPT-2 on llmc ops. See the module docstring for the memory layout and the conventions."""
 
     def __init__(self, config: GPTConfig, device="cuda", recompute: int = 0, seed: int = 42,
-                 deterministic: bool = True, loss_chunk: Optional[int] = None, fp8: bool = False):
+                 deterministic: bool = True, loss_chunk: Optional[int] = None, fp8: bool = False,
+                 gelu_fusion: int = GELU_FUSION_DEFAULT):
         """deterministic: bit-reproducible backward (cuDNN's ordered attention backward, which needs more
         workspace and time); False lets cuDNN sum dQ with atomics.
         loss_chunk: run the output layer and the loss over this many positions (rows of B*T) at a time, so the
@@ -242,7 +244,12 @@ class GPT:
         positions (e.g. 8192), not tens. Rounded up to a multiple of 8 positions (each chunk's targets and
         losses must start 16-byte aligned). None: the whole batch at once.
         fp8: run the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU (opt-in, changes the numerics;
-            see _Fp8)."""
+            see _Fp8).
+        gelu_fusion (llm.c's -ge): 0 runs the MLP's GELU as its own kernel in forward and backward; 1 fuses the
+            forward GELU into fc's matmul (cuBLASLt epilogue); 2 also fuses the GELU backward into fcproj's
+            input-gradient matmul. With fusion the forward's GELU is taken from fc's fp32 output, while a
+            recomputed GELU (recompute >= 1) comes from its bf16 copy, so fcproj's weight gradient sees slightly
+            other activations than the forward did."""
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         if isinstance(recompute, bool) or recompute not in (0, 1, 2):
@@ -251,6 +258,10 @@ class GPT:
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if loss_chunk is not None:
             _check_int(loss_chunk, "loss_chunk", 1)
+        if isinstance(gelu_fusion, bool) or gelu_fusion not in (0, 1, 2):
+            raise ValueError(f"gelu_fusion must be 0 (none), 1 (forward) or 2 (forward and backward), got "
+                             f"{gelu_fusion!r}")
+        self.gelu_fusion = gelu_fusion
         self.config = config
         self.recompute = recompute
         self.loss_chunk = loss_chunk
@@ -292,7 +303,7 @@ class GPT:
         c = self.config
         return (f"GPT(n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, vocab={c.vocab_size}/"
                 f"{c.padded_vocab_size}, max_seq_len={c.max_seq_len}, params={self.num_params:,}, "
-                f"device={self.device}, dtype={self.dtype}, recompute={self.recompute})")
+                f"device={self.device}, dtype={self.dtype}, recompute={self.recompute}, gelu_fusion={self.gelu_fusion})")
 
     @classmethod
     def from_hf(cls, source, device="cuda", recompute: int = 0) -> "GPT":
@@ -555,8 +566,11 @@ class GPT:
                 self._fp8.linear(a, ln2, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], p["fcb"][l], fch_gelu,
                                  self._fp8.slot(l, _Fp8.FC_IN),
                                  pre_gelu=a["fch"][l])
-            else:
+            elif self.gelu_fusion:
                 ops.matmul_forward(ln2, p["fcw"][l], p["fcb"][l], out=fch_gelu, gelu=True, pre_gelu=a["fch"][l])
+            else:
+                ops.matmul_forward(ln2, p["fcw"][l], p["fcb"][l], out=a["fch"][l])
+                ops.gelu_forward(a["fch"][l], out=fch_gelu)
             if self.fp8 and self._fp8.fcproj_fwd:
                 self._fp8.linear(a, fch_gelu, p["fcprojw"][l], self._fp8.w_amax["fcprojw"][l:l + 1], p["fcprojb"][l],
                                  proj, self._fp8.slot(l, _Fp8.FCPROJ_IN))
@@ -600,8 +614,11 @@ class GPT:
                 if self.recompute >= 1:
                     ops.gelu_forward(a["fch"][l], out=fch_gelu)
                 # bf16 even with fp8: see _Fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow)
+                fused = self.gelu_fusion == 2
                 ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], None, dinp=dbt4c,
-                                    pre_gelu=a["fch"][l])
+                                    pre_gelu=a["fch"][l] if fused else None)
+                if not fused:
+                    ops.gelu_backward(dbt4c, a["fch"][l], dinp=dbt4c)
                 if self.recompute >= 2:
                     ops.layernorm_forward(a["residual2"][l], p["ln2w"][l], p["ln2b"][l], out=ln2,
                                           mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)

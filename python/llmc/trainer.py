@@ -73,12 +73,15 @@ class TrainConfig:
     recompute: int = 1                   # [-r] 0 none, 1 GELU, 2 GELU and layernorms
     zero_stage: int = -1                 # [-z] 0 all-reduce, 1 sharded AdamW state; -1: 1 with several processes
     master_weights: bool = True          # [-w] fp32 master copy of the weights for AdamW
-    gelu_fusion: int = -1                # [-ge] accepted for llm.c compatibility; the model picks its fusion
+    gelu_fusion: int = -1                # [-ge] 0 GELU as its own kernel, 1 fused into fc's forward matmul, 2 also
+                                         # into fcproj's backward (GPT gelu_fusion); -1: the model's default
     skip_update_lossz: float = 0.0       # [-sl] skip the update when the loss z-score exceeds this (0: off)
     skip_update_gradz: float = 0.0       # [-sg] same for the gradient norm
     hellaswag: bool = False              # [-h] HellaSwag accuracy at each validation
     overfit_single_batch: bool = False   # [-a] train on one batch (of the val data, as llm.c) for debugging
     seed: int = 1337                     # model init, data order, stochastic rounding
+    shuffle: bool = True                 # training rows in a random order (llmc.data); False: in order, as llm.c
+                                         # reads them with its shuffling off
     device: str = "auto"                 # cuda, cpu or auto
     dist_timeout: float = 600.0          # seconds a collective waits for the other ranks before the job fails
     loss_chunk: Optional[int] = None     # positions per chunk of the output layer + loss (GPT loss_chunk); 0: all
@@ -110,12 +113,13 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------------------
 def learning_rate(step: int, *, schedule: str, max_lr: float, warmup: int, total: int, final_fraction: float) -> float:
     """llm.c's schedules: linear warmup over `warmup` steps to max_lr, then cosine / linear decay to
-    max_lr*final_fraction at step `total`, constant, or wsd (constant, then 1-sqrt decay over the last 20%)."""
+    max_lr*final_fraction at step `total`, or wsd (constant, then 1-sqrt decay over the last 20%); constant is
+    max_lr at every step, without warmup (as llm.c's)."""
+    if schedule == "constant":
+        return max_lr
     if step < warmup:
         return max_lr * (step + 1) / warmup
     min_lr = max_lr * final_fraction
-    if schedule == "constant":
-        return max_lr
     if schedule == "wsd":
         decay_start = int(0.8 * total)
         if step < decay_start:
@@ -284,6 +288,8 @@ class Trainer:
             check_int(c.loss_chunk, "loss_chunk (0: the whole batch at once, None: the default)", 0)
         if not isinstance(c.fp8, bool):
             raise TypeError(f"fp8 must be a bool, got {c.fp8!r}")
+        if not isinstance(c.shuffle, bool):
+            raise TypeError(f"shuffle must be a bool, got {c.shuffle!r}")
         if not isinstance(c.deterministic, bool):
             raise TypeError(f"deterministic must be a bool, got {c.deterministic!r}")
         if c.fp8 and c.device == "cpu":
@@ -360,13 +366,19 @@ class Trainer:
             if self.config.fp8 and not model.fp8:
                 raise ValueError("fp8=True is a property of the model: the GPT passed to the Trainer was built with "
                                  "fp8=False; build it with GPT(..., fp8=True)")
+            if self.config.gelu_fusion not in (-1, model.gelu_fusion):
+                raise ValueError(f"gelu_fusion={self.config.gelu_fusion} is a property of the model: the GPT passed to "
+                                 f"the Trainer has gelu_fusion={model.gelu_fusion}; build it with GPT(..., "
+                                 f"gelu_fusion={self.config.gelu_fusion}) or leave TrainConfig.gelu_fusion at -1")
             if not self.config.deterministic and model.deterministic:
                 raise ValueError("deterministic=False is a property of the model: the GPT passed to the Trainer was "
                                  "built with deterministic=True; build it with GPT(..., deterministic=False)")
         else:
             chunk = DEFAULT_LOSS_CHUNK if self.config.loss_chunk is None else self.config.loss_chunk
+            fusion = {} if self.config.gelu_fusion == -1 else {"gelu_fusion": self.config.gelu_fusion}
             model = GPT(model_config, device=device, recompute=self.config.recompute, seed=self.config.seed,
-                        loss_chunk=chunk or None, fp8=self.config.fp8, deterministic=self.config.deterministic)
+                        loss_chunk=chunk or None, fp8=self.config.fp8, deterministic=self.config.deterministic,
+                        **fusion)
         if params is not None:
             model.load_params_(params)
         return model
@@ -425,8 +437,8 @@ class Trainer:
         tokens_per_micro_step = B * T * self.world_size
         total_batch = tokens_per_micro_step if c.total_batch_size == -1 else c.total_batch_size
         grad_accum = total_batch // tokens_per_micro_step
-        # a step reads one sample of total_batch tokens: the same tokens however it is split among GPUs
-        train_loader = DataLoader(train_pattern, B, T, self.rank, self.world_size, shuffle=True, seed=c.seed,
+        # a step reads total_batch tokens: the same rows however it is split among GPUs
+        train_loader = DataLoader(train_pattern, B, T, self.rank, self.world_size, shuffle=c.shuffle, seed=c.seed,
                                   accum=grad_accum)
         val_loader = None if val_pattern is None else \
             DataLoader(val_pattern, B, T, self.rank, self.world_size, shuffle=False)
@@ -572,6 +584,7 @@ class Trainer:
                     log.print(f"skipping the update of step {step}: loss z-score {zloss:+.2f}, norm z-score "
                               f"{znorm:+.2f}")
                 else:
+                    optimizer.step_count = step  # AdamW's t is step + 1, also after skipped updates (as llm.c)
                     optimizer.step(lr, grad_norm_squared=norm_sq, max_grad_norm=GRAD_CLIP)
                     sync.gather_params()
                 model.zero_grad()
