@@ -235,8 +235,10 @@ def main(argv=None) -> int:
         jobs = [] if args.no_llmc else [("llmc", name, extra) for name, extra in variants]
         if args.llm_c:
             jobs.append(("llm.c", "", ""))
-        for seed in args.seeds:
+        for n, seed in enumerate(args.seeds):
             for trainer, name, extra in jobs:
+                if trainer == "llm.c" and args.order == "sequential" and n:
+                    continue  # in order, llm.c's seed changes nothing
                 out_dir = os.path.join(args.work_dir, args.corpus, args.order, f"{trainer}{'-' + name if name else ''}",
                                        f"seed{seed}")
                 losses = run_one(args, trainer, name, extra, seed, out_dir)
