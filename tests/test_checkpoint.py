@@ -152,10 +152,12 @@ def test_incomplete_checkpoints_are_never_latest(tmp_path):
     (tmp_path / "DONE_00000009").write_bytes(b"")               # marker without files (e.g. deleted by hand)
     (tmp_path / "model_00000012.bin").write_bytes(b"partial")   # crashed while writing
     assert manager.latest() == 3
-    save(manager, 4, model)  # the next save cleans the leftovers of interrupted saves
+    save(manager, 4, model)  # the next save cleans the leftovers of this run's interrupted saves ...
     assert manager.steps() == [3, 4]
-    assert not any(p.name.startswith(("model_00000006", "state_00000006", "model_00000012"))
-                   for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(("model_00000006", "state_00000006")) for p in tmp_path.iterdir())
+    # ... and leaves what it did not write
+    assert (tmp_path / "model_00000012.bin").read_bytes() == b"partial" and (tmp_path / "DONE_00000009").exists()
+    assert CheckpointManager(tmp_path).incomplete() == {9: ["DONE_00000009"], 12: ["model_00000012.bin"]}
 
 
 KILLED_SAVE = """

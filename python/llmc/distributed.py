@@ -189,6 +189,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather_objects(obj) -> list:
+    """[rank 0's obj, rank 1's, ...] on every rank (picklable values; [obj] for one process)."""
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_mean(value: float, device) -> float:
     """Mean of a Python float over the ranks (the float itself for one process); device: where NCCL can see it."""
     import torch
