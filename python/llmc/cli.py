@@ -68,6 +68,8 @@ TRAIN_OPTIONS = [
                                                  "2: also into fcproj's backward (default -1: the model's)"),
     ("-a", "--overfit-single-batch", "overfit_single_batch", _flag, "1: train on one batch, for debugging"),
     (None, "--seed", "seed", int, "seed of init, data order and rounding (default 1337)"),
+    (None, "--restart", "restart", _flag, "1: start over in an -o that holds an earlier run, whose files move to "
+                                          "-o/earlier-<time>/ (default 0: such a run is refused)"),
     (None, "--shuffle", "shuffle", _flag, "0: read the training rows in order, as llm.c without shuffling "
                                           "(default 1: a random order from --seed)"),
     (None, "--device", "device", str, "cuda, cpu or auto (default)"),

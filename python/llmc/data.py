@@ -149,6 +149,7 @@ class DataLoader:
         self.epoch_rows = int(self._first_window[-1])
         self.num_tokens = sum(self.shard_tokens)
         self._maps: dict[int, np.ndarray] = {}  # open memory maps, least recently used first
+        self.last_files: list[str] = []  # the shards the last batch came from
         self.reset()
 
     # -- position ---------------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ class DataLoader:
         starts = (windows - self._first_window[shards]) * T
         out = np.empty((len(windows), T + 1), dtype=np.uint16)
         span = np.arange(T + 1)
+        self.last_files = [self.files[i].name for i in np.unique(shards)]
         for index in np.unique(shards):
             mine = shards == index
             out[mine] = self._shard(int(index))[starts[mine][:, None] + span]

@@ -129,6 +129,16 @@ class AdamW:
             if master.numel() != self.master.numel():
                 raise ValueError(f"optimizer state 'master' does not hold {self.master.numel()} values")
         _check_hyper(state["lr"], state["betas"], state["eps"], state["weight_decay"])
+        for name in ("m", "v", "master"):
+            t = state[name]
+            if t is not None and (not t.is_floating_point() or not bool(torch.isfinite(t).all())):
+                raise ValueError(f"optimizer state {name!r} holds values that are not finite (nan or inf): the state "
+                                 f"comes from a diverged run or is damaged; resume from an earlier checkpoint")
+        if (v := state["v"]).is_floating_point() and bool((v < 0).any()):
+            raise ValueError("optimizer state 'v' holds negative second moments: the state is damaged")
+        for name in ("step", "seed"):
+            if isinstance(state[name], bool) or not isinstance(state[name], int) or state[name] < 0:
+                raise ValueError(f"optimizer state {name!r} is {state[name]!r}, not an int >= 0: the state is damaged")
         self.m.copy_(state["m"].reshape(-1))
         self.v.copy_(state["v"].reshape(-1))
         if self.master is not None:

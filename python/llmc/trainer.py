@@ -37,6 +37,7 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.5, "H100 80GB HBM3": 989.5, "H200": 989.5, "GH200": 989.5,
                     "H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0}
 OUTLIER_WINDOW = 64
+RUN_FILES = ("main.log", "metrics.jsonl", "samples.txt")  # what a run writes besides its checkpoints
 GRAD_CLIP = 1.0
 BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
@@ -79,6 +80,8 @@ class TrainConfig:
     skip_update_gradz: float = 0.0       # [-sg] same for the gradient norm
     hellaswag: bool = False              # [-h] HellaSwag accuracy at each validation
     overfit_single_batch: bool = False   # [-a] train on one batch (of the val data, as llm.c) for debugging
+    restart: bool = False                # start over in an output_dir that holds an earlier run: its files move
+                                         # to output_dir/earlier-<time>/ (without it such a run is refused)
     seed: int = 1337                     # model init, data order, stochastic rounding
     shuffle: bool = True                 # training rows in a random order (llmc.data); False: in order, as llm.c
                                          # reads them with its shuffling off
@@ -186,14 +189,11 @@ class RunLog:
     """main.log (llm.c lines), metrics.jsonl and samples.txt in the output directory; console lines go through
     the progress bar when there is one (interactive terminals only)."""
 
-    def __init__(self, out_dir: Optional[Path], resume: bool, total_steps: int, start_step: int, quiet: bool = False):
+    def __init__(self, out_dir: Optional[Path], total_steps: int, start_step: int, quiet: bool = False):
         from tqdm.auto import tqdm
 
         self.out_dir = out_dir
         self.quiet = quiet
-        if out_dir is not None and not resume:
-            for name in ("main.log", "metrics.jsonl", "samples.txt"):
-                (out_dir / name).unlink(missing_ok=True)
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True) \
             if sys.stdout.isatty() and not quiet else None
 
@@ -288,6 +288,11 @@ class Trainer:
             check_int(c.loss_chunk, "loss_chunk (0: the whole batch at once, None: the default)", 0)
         if not isinstance(c.fp8, bool):
             raise TypeError(f"fp8 must be a bool, got {c.fp8!r}")
+        if not isinstance(c.restart, bool):
+            raise TypeError(f"restart must be a bool, got {c.restart!r}")
+        if c.restart and c.resume:
+            raise ValueError("resume (-y 1) continues the run in output_dir and restart (--restart 1) moves it away: "
+                             "pass one of them")
         if not isinstance(c.shuffle, bool):
             raise TypeError(f"shuffle must be a bool, got {c.shuffle!r}")
         if not isinstance(c.deterministic, bool):
@@ -408,6 +413,7 @@ class Trainer:
                                f"(-b {max(1, c.batch_size // 2)}; -d {total} keeps the tokens per step through "
                                f"gradient accumulation) or recompute activations (-r 1, or -r 2)") from None
         finally:
+            self._release_run_dir()
             if own_group:
                 cleanup()
 
@@ -444,10 +450,8 @@ class Trainer:
             DataLoader(val_pattern, B, T, self.rank, self.world_size, shuffle=False)
 
         # model: from the latest complete checkpoint when resuming, else from model_or_preset
-        ckpt = CheckpointManager(out_dir, keep_last=c.keep_last or None, rank=self.rank, world_size=self.world_size,
-                                 barrier=barrier) if out_dir is not None else None
+        ckpt, resume_step = self._claim_run_dir(out_dir)
         model_config, params = self._model_source()
-        resume_step = ckpt.latest() if (c.resume and ckpt is not None) else None
         state = None
         if resume_step is not None:
             saved_config, params, state = ckpt.load(resume_step)
@@ -455,13 +459,10 @@ class Trainer:
                 raise ValueError(f"the checkpoint at step {resume_step} in {out_dir} is a model {saved_config}, but "
                                  f"this run asks for {model_config}; pass the same -e as the original run, or "
                                  f"another -o to start a new run")
+            check_state(state, ckpt.state_path(resume_step), resume_step, self.world_size)
         if T > model_config.max_seq_len:
             raise ValueError(f"sequence length T={T} (-t) exceeds the model's context of {model_config.max_seq_len} "
                              f"tokens; use -t {model_config.max_seq_len} or less")
-        if ckpt is not None and not c.resume and ckpt.steps():
-            # Never delete what a user has: an earlier run's checkpoints stay, and this run does not start over them.
-            raise ValueError(f"{out_dir} already holds checkpoints (steps {ckpt.steps()}) of an earlier run; resume "
-                             f"it with -y 1, or write this run elsewhere with another -o")
         if device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
             # The host only launches kernels and checks token ids; torch's CPU thread pool (one thread per core)
             # made each step's host work slow on a 64-core machine (d12: 163 ms per micro-step instead of 118 ms
@@ -472,7 +473,7 @@ class Trainer:
             # its last bits) from call to call; set_num_threads turns it off. A resume keeps the count of the run it
             # continues (saved by a CPU run), unless OMP_NUM_THREADS says otherwise.
             threads = torch.get_num_threads()
-            if state and state.get("cpu_threads") and "OMP_NUM_THREADS" not in os.environ:
+            if state and state["cpu_threads"] and "OMP_NUM_THREADS" not in os.environ:
                 threads = int(state["cpu_threads"])
             torch.set_num_threads(threads)
             if threads > 1:
@@ -528,7 +529,7 @@ class Trainer:
         elif c.resume:
             print0(f"no complete checkpoint in {out_dir}: starting from scratch")
 
-        log = RunLog(out_dir if main else None, resume=resume_step is not None, total_steps=num_steps, start_step=step,
+        log = RunLog(out_dir if main else None, total_steps=num_steps, start_step=step,
                      quiet=not main)
         try:
             for step in range(step, num_steps + 1):
@@ -561,7 +562,11 @@ class Trainer:
                 loss_t = None
                 for micro_step in range(grad_accum):
                     x, y = fixed_batch if fixed_batch is not None else train_loader.next_batch()
-                    micro = model.forward(x, y, grad_scale=1.0 / (grad_accum * self.world_size), sync=False)
+                    try:
+                        micro = model.forward(x, y, grad_scale=1.0 / (grad_accum * self.world_size), sync=False)
+                    except ValueError as e:  # token ids the model cannot take: say which data holds them
+                        raise ValueError(f"training batch of step {step + 1} (rows from "
+                                         f"{', '.join(train_loader.last_files)}): {e}") from None
                     loss_t = micro / grad_accum if loss_t is None else loss_t + micro / grad_accum
                     if micro_step == grad_accum - 1:
                         sync.start_overlap()  # the last backward sends its gradients as they become final
@@ -578,6 +583,7 @@ class Trainer:
                 checked = loss_detector.threshold or norm_detector.threshold
                 if checked:  # the z-scores decide whether to update: they need the values now
                     loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
+                    _check_finite(step, loss, norm, ckpt)
                     zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
                 skipped = bool(checked) and (loss_detector.is_outlier(zloss) or norm_detector.is_outlier(znorm))
                 if skipped:
@@ -590,6 +596,7 @@ class Trainer:
                 model.zero_grad()
                 if not checked:
                     loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
+                    _check_finite(step, loss, norm, ckpt)
                     zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
                 if checked:  # the loss was read before the update: wait for the update and its collectives too
                     wait_for_device(device, f"step {step + 1}")
@@ -605,6 +612,78 @@ class Trainer:
         finally:
             log.close()
         return self.history
+
+    # -- the run directory ------------------------------------------------------------------------------
+    def _claim_run_dir(self, out_dir: Optional[Path]):
+        """(CheckpointManager, step to resume from or None) of the output directory, locked for this run by rank 0.
+        Rank 0 decides and every rank follows: resume the latest complete checkpoint (-y 1); start in a directory
+        without an earlier run; move an earlier run aside (--restart 1); or stop with an error that lists what the
+        directory holds. Nothing is deleted here but temporary files of writes that died before their rename."""
+        from .checkpoint import CheckpointManager, RunDirectoryLock
+        from .distributed import barrier, gather_objects, print0
+
+        if out_dir is None:
+            return None, None
+        c = self.config
+        ckpt = CheckpointManager(out_dir, keep_last=c.keep_last or None, rank=self.rank, world_size=self.world_size,
+                                 barrier=barrier, gather=gather_objects)
+        decision = None
+        if self.rank == 0:
+            try:
+                self._lock = RunDirectoryLock(out_dir).acquire()
+                decision = self._run_dir_decision(ckpt, out_dir)
+            except ValueError as e:
+                decision = ("error", str(e))
+        kind, value = gather_objects(decision)[0]
+        if kind == "error":
+            raise ValueError(value if self.rank == 0 else f"rank 0 stopped: {value}")
+        if kind == "restart":
+            print0(f"an earlier run in {out_dir} moved to {value}; starting a new run")
+        barrier()
+        if kind == "resume":
+            ckpt.adopt(s for s in ckpt.steps() if s <= value)
+            return ckpt, value
+        return ckpt, None
+
+    def _run_dir_decision(self, ckpt, out_dir: Path) -> tuple:
+        """Rank 0's ("resume", step) / ("new", None) / ("restart", folder) / ("error", message) for out_dir."""
+        stale = ckpt.stale_temp_files()  # the lock is ours: whoever wrote these is gone
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            print(f"removed {len(stale)} temporary file(s) of checkpoint writes that did not finish: "
+                  f"{', '.join(p.name for p in stale[:4])}")
+        complete, partial = ckpt.steps(), ckpt.incomplete()
+        logs = [n for n in RUN_FILES if (out_dir / n).is_file() and (out_dir / n).stat().st_size]
+        found = ([f"complete checkpoints at steps {complete}"] if complete else []) + \
+            [f"an incomplete checkpoint at step {s} ({', '.join(names)})" for s, names in sorted(partial.items())] + \
+            ([", ".join(logs)] if logs else [])
+        if self.config.resume:
+            if complete:
+                return "resume", complete[-1]
+            if not found:
+                print(f"no checkpoint in {out_dir}: starting from scratch")
+                return "new", None
+            return "error", (f"-y 1 found no complete checkpoint to resume in {out_dir}, which holds "
+                             f"{'; '.join(found)} (a complete checkpoint has its model file, state file(s) and DONE "
+                             f"marker). Nothing was changed: restore the missing files to resume, start over with "
+                             f"--restart 1 (the earlier files move to {out_dir}/earlier-<time>/), or use another -o")
+        if not found:
+            return "new", None
+        if not self.config.restart:
+            return "error", (f"{out_dir} holds an earlier run ({'; '.join(found)}); resume it with -y 1, start over "
+                             f"with --restart 1 (its files move to {out_dir}/earlier-<time>/), or use another -o")
+        dest = out_dir / time.strftime("earlier-%Y%m%d-%H%M%S")
+        dest.mkdir()
+        for name in ckpt.checkpoint_files() + logs:
+            os.replace(out_dir / name, dest / name)
+        return "restart", str(dest)
+
+    def _release_run_dir(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     # -- evaluation helpers -----------------------------------------------------------------------------
     def _sample(self, model) -> str:
@@ -622,6 +701,54 @@ class Trainer:
         except (RuntimeError, ValueError) as e:
             print(f"HellaSwag is not available, skipping its evaluation: {e}")
             return None
+
+
+def _check_finite(step: int, loss: float, norm: float, ckpt) -> None:
+    """Stop the run when the step's loss or gradient norm is not finite (nothing of this step is written)."""
+    if math.isfinite(loss) and math.isfinite(norm):
+        return
+    last = ckpt.latest() if ckpt is not None else None
+    raise RuntimeError(f"step {step + 1}: the loss is {loss} and the gradient norm {norm}: training diverged or the "
+                       f"data is bad, so the run stops here without writing a checkpoint of it; "
+                       + (f"resume from the checkpoint at step {last} (-y 1) with a lower learning rate (-l) or "
+                          f"outlier skipping (-sl/-sg)" if last is not None else
+                          "try a lower learning rate (-l) or outlier skipping (-sl/-sg)"))
+
+
+def check_state(state: dict, path, step: int, world_size: int) -> None:
+    """Check what a checkpoint's state file holds against the run and plain bounds (ValueError naming the file).
+    The optimizer and the data loader check their own parts when they load them."""
+    import torch
+
+    def bad(what: str):
+        raise ValueError(f"{path}: {what}; the state file is damaged or not from this run: use another checkpoint")
+
+    required = ("step", "optimizer", "train_loader", "loss_detector", "norm_detector", "rng", "train_config",
+                "world_size", "fp8", "cpu_threads")
+    missing = [k for k in required if k not in state]
+    if missing:
+        bad(f"it lacks {missing}")
+    if state["step"] != step or isinstance(state["step"], bool):
+        bad(f"it holds step {state['step']!r}, but belongs to the checkpoint of step {step}")
+    if state["world_size"] != world_size:
+        bad(f"it was written by {state['world_size']!r} processes, this run has {world_size}")
+    threads = state["cpu_threads"]
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or
+                                not 1 <= threads <= max(1, os.cpu_count() or 1)):
+        bad(f"cpu_threads is {threads!r}, not a thread count of this machine (1..{os.cpu_count()})")
+    for name in ("loss_detector", "norm_detector"):
+        d = state[name]
+        ok = isinstance(d, dict) and isinstance(d.get("window"), list) and len(d["window"]) <= OUTLIER_WINDOW and \
+            all(isinstance(v, float) and math.isfinite(v) for v in d["window"]) and \
+            isinstance(d.get("outliers_in_a_row"), int) and 0 <= d["outliers_in_a_row"] < 3
+        if not ok:
+            bad(f"{name} is not a window of at most {OUTLIER_WINDOW} finite values")
+    rng = state["rng"]
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+            and rng["torch"].shape == torch.get_rng_state().shape):
+        bad("its random number generator state is not torch's")
+    if not isinstance(state["train_config"], dict):
+        bad("train_config is not a dict")
 
 
 def _read_loss_and_norm(loss, norm_squared, what: str) -> tuple[float, float]:
