@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from llmc.checkpoint import write_model_file
+from llmc.checkpoint import read_marker, write_model_file
 from llmc.distributed import GradientSync, all_reduce_mean, cleanup, init_distributed, shard_partition, shard_range
 from llmc.model import GPT
 from llmc.optim import AdamW
@@ -191,7 +191,9 @@ def test_trainer_on_two_processes_zero1_equals_zero0_and_resumes_exactly(setup):
     assert sorted(z1) == list(range(10))
     files = set(os.listdir(root / "z1"))
     assert {"state_00000005.pt", "state_00000005_rank1.pt", "DONE_00000005", "model_00000005.bin"} <= files
-    assert (root / "z1" / "DONE_00000005").read_text() == "2"
+    manifest = read_marker(root / "z1" / "DONE_00000005")  # rank 1's state file is listed with its checksum
+    assert manifest["world_size"] == 2 and set(manifest["files"]) == {"model_00000005.bin", "state_00000005.pt",
+                                                                       "state_00000005_rank1.pt"}
     # the same sums on the CPU; only the grad norm is summed from the shards in another order (clip factor ulps)
     assert_close(torch.tensor([z1[s] for s in range(10)]), torch.tensor([z0[s] for s in range(10)]), torch.float32,
                  "ZeRO-1 vs ZeRO-0 losses")

@@ -194,6 +194,13 @@ class RunLog:
 
         self.out_dir = out_dir
         self.quiet = quiet
+        for name in RUN_FILES if out_dir is not None else ():  # a resumed run's lines start on lines of their own
+            path = out_dir / name
+            if path.is_file() and path.stat().st_size:
+                with open(path, "rb+") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True) \
             if sys.stdout.isatty() and not quiet else None
 
