@@ -109,8 +109,8 @@ def test_resume_without_a_complete_checkpoint_stops_and_deletes_nothing(shards, 
 def test_a_new_run_over_an_earlier_one_needs_restart_which_moves_it_aside(shards, tmp_path):
     run(shards, tmp_path, checkpoint_every=0)  # no checkpoints, only logs
     before = listing(tmp_path)
-    with pytest.raises(ValueError, match=r"holds an earlier run \(main.log, metrics.jsonl\); resume it with -y 1, "
-                                         r"start over with --restart 1"):
+    with pytest.raises(ValueError, match=r"holds an earlier run \(complete checkpoints at steps \[6\]; main.log, "
+                                         r"metrics.jsonl\); resume it with -y 1, start over with --restart 1"):
         run(shards, tmp_path)
     assert listing(tmp_path) == before
     run(shards, tmp_path, restart=True)

@@ -3,6 +3,7 @@ bad inputs; and crash faults (SIGKILL mid-run, SIGKILL while writing a checkpoin
 import dataclasses
 import fcntl
 import math
+import re
 import os
 import shutil
 import signal
@@ -407,3 +408,17 @@ def test_deterministic_option_reaches_the_model_and_is_checked(shards, tmp_path)
     model = GPT(tiny_config(), device="cpu")  # deterministic by default
     with pytest.raises(ValueError, match="build it with GPT\\(..., deterministic=False\\)"):
         Trainer(model, tiny_run(shards, tmp_path / "m", deterministic=False)).fit()
+
+
+def test_a_run_with_an_output_directory_ends_with_a_model_and_a_summary(shards, tmp_path, capsys):
+    """-o without -n still leaves the final model (llm.c format) and its checkpoint; the run ends with a summary of
+    where everything went; step lines carry elapsed time and an ETA, and no z-score before the window is full."""
+    Trainer(tiny_config(), tiny_run(shards, tmp_path, num_iterations=4, checkpoint_every=0, val_every=2)).fit()
+    assert CheckpointManager(tmp_path).steps() == [4]
+    out = capsys.readouterr().out
+    assert "nanz" not in out and "z)" not in out
+    assert re.search(r"step    4/4 \| loss [\d.]+ \| norm [\d.]+ \| .* \| 0:00:\d\d elapsed, eta 0:00:00", out)
+    summary = out[out.index("done: 4 steps"):]
+    assert re.search(r"done: 4 steps \(0 -> 4\) in 0:00:\d\d, 256 tokens", summary)
+    assert re.search(r"val loss [\d.]+ at step 4 \(best [\d.]+ at step \d\)", summary)
+    assert f"model {tmp_path / 'model_00000004.bin'} (llm.c format" in summary

@@ -262,6 +262,7 @@ class Trainer:
         self._validate()
         self.model = self.optimizer = None
         self.history: list[dict] = []
+        self.val_history: list[tuple[int, float]] = []  # (step, val loss) of this fit
 
     def _validate(self) -> None:
         c = self.config
@@ -538,20 +539,24 @@ class Trainer:
 
         log = RunLog(out_dir if main else None, total_steps=num_steps, start_step=step,
                      quiet=not main)
+        started, first_step = time.perf_counter(), step
         try:
             for step in range(step, num_steps + 1):
                 last_step = step == num_steps
                 if val_loader is not None and c.val_every > 0 and (step % c.val_every == 0 or last_step):
-                    log.val(step, all_reduce_mean(val_loss(model, val_loader, B, T, val_batches, self.rank,
-                                                           self.world_size), device))
+                    value = all_reduce_mean(val_loss(model, val_loader, B, T, val_batches, self.rank,
+                                                     self.world_size), device)
+                    log.val(step, value)
+                    self.val_history.append((step, value))
                 if hellaswag and ((step > 0 and c.val_every > 0 and step % c.val_every == 0) or last_step):
                     mine = hellaswag_eval(model, hellaswag, B, T, self.rank, self.world_size)
                     result = HellaSwagResult(*all_reduce_sum([mine.correct, mine.correct_norm, mine.total], device))
                     log.hellaswag(step, result.acc_norm, result.total)
                 if main and c.sample_every > 0 and ((step > 0 and step % c.sample_every == 0) or last_step):
                     log.sample(step, self._sample(model))
-                if ckpt is not None and c.checkpoint_every > 0 and step != resume_step and \
-                        ((step > 0 and step % c.checkpoint_every == 0) or last_step):
+                # every -n steps, and at the end of every run that has an output directory
+                if ckpt is not None and step != resume_step and \
+                        (last_step or (c.checkpoint_every > 0 and step > 0 and step % c.checkpoint_every == 0)):
                     log.print(f"writing checkpoint at step {step}")
                     ckpt.save(step, model, {
                         "step": step, "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
@@ -612,13 +617,39 @@ class Trainer:
                 record = {"step": step, "loss": loss, "norm": norm, "lr": lr, "ms": 1000 * seconds,
                           "tokens_per_s": total_batch / seconds, "skipped": skipped}
                 mfu = f" | {100 * flops_per_step / seconds / peak:.1f}% bf16 MFU" if peak else ""
-                log.train(record, f"step {step + 1:4d}/{num_steps} | loss {loss:.6f} ({zloss:+.2f}z) | norm "
-                                  f"{norm:.4f} ({znorm:+.2f}z) | lr {lr:.2e} | {record['ms']:.2f} ms{mfu} | "
-                                  f"{record['tokens_per_s']:.0f} tok/s")
+                elapsed = time.perf_counter() - started
+                eta = elapsed / (step + 1 - first_step) * (num_steps - step - 1)
+                log.train(record, f"step {step + 1:4d}/{num_steps} | loss {loss:.6f}{_z(zloss)} | norm "
+                                  f"{norm:.4f}{_z(znorm)} | lr {lr:.2e} | {record['ms']:.2f} ms{mfu} | "
+                                  f"{record['tokens_per_s']:.0f} tok/s | {_clock(elapsed)} elapsed, eta {_clock(eta)}")
                 self.history.append(record)
         finally:
             log.close()
+        if main:
+            print(self._summary(out_dir, ckpt, num_steps, first_step, total_batch, time.perf_counter() - started),
+                  flush=True)
         return self.history
+
+    def _summary(self, out_dir: Optional[Path], ckpt, num_steps: int, first_step: int, total_batch: int,
+                 seconds: float) -> str:
+        """The end-of-run report: what was trained, how it went, where everything is."""
+        vals = self.val_history
+        lines = [f"done: {num_steps - first_step} steps ({first_step} -> {num_steps}) in {_clock(seconds)}, "
+                 f"{(num_steps - first_step) * total_batch:,} tokens"
+                 + (f" ({(num_steps - first_step) * total_batch / seconds:,.0f} tokens/s)" if seconds > 0 else "")]
+        if self.history:
+            lines.append(f"final train loss {self.history[-1]['loss']:.4f}")
+        if vals:
+            best = min(vals, key=lambda v: v[1])
+            lines.append(f"val loss {vals[-1][1]:.4f} at step {vals[-1][0]} (best {best[1]:.4f} at step {best[0]})")
+        if out_dir is not None:
+            lines.append(f"run directory {out_dir}: main.log (llm.c's lines), metrics.jsonl (every step)"
+                         + (", samples.txt" if (out_dir / "samples.txt").exists() else ""))
+            latest = ckpt.latest() if ckpt is not None else None
+            if latest is not None:
+                lines.append(f"model {ckpt.model_path(latest)} (llm.c format: llmc sample / eval / export take it; "
+                             f"-y 1 resumes from its checkpoint)")
+        return "\n".join(lines)
 
     # -- the run directory ------------------------------------------------------------------------------
     def _claim_run_dir(self, out_dir: Optional[Path]):
@@ -708,6 +739,16 @@ class Trainer:
         except (RuntimeError, ValueError) as e:
             print(f"HellaSwag is not available, skipping its evaluation: {e}")
             return None
+
+
+def _z(z: float) -> str:
+    """A z-score for the step line, once the outlier window is full (nothing before)."""
+    return f" ({z:+.2f}z)" if math.isfinite(z) else ""
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _check_finite(step: int, loss: float, norm: float, ckpt) -> None:
