@@ -197,8 +197,8 @@ class DataLoader:
         positions = np.arange(first, first + self.B)
         self.row += self.world_size * self.B
         windows = positions if self._order is None else self._order[positions].astype(np.int64)
-        rows = torch.from_numpy(self._rows(windows).astype(np.int32))
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        rows = self._rows(windows)
+        return torch.from_numpy(rows[:, :-1].astype(np.int32)), torch.from_numpy(rows[:, 1:].astype(np.int32))
 
     # -- checkpointing ----------------------------------------------------------------------------------
     def _identity(self) -> dict:
