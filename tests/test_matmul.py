@@ -100,7 +100,7 @@ def _gelu_tanh_grad(x):
 @pytest.mark.cuda
 def test_matmul_backward_dgelu_at_gpt2_350m_fcproj():
     """fcproj's input gradient at d24 (C = 1024, B*T = 32768), where cuBLASLt on an H200 offers a single DGELU
-    algorithm, an sm80 CUTLASS kernel (benchmarks/probe_dgelu.py, session 8): whatever runs there must give the
+    algorithm, an sm80 CUTLASS kernel (dev/experiments/dgelu.py, session 8): whatever runs there must give the
     gradient, twice the same. The reference is fp32 torch on the GPU (on the CPU this size would take minutes)."""
     N, K, M = 32768, 4096, 1024
     dtype = torch.bfloat16
