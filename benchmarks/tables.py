@@ -33,14 +33,15 @@ def train_table(gpu: str | None) -> str:
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["gpu"], int(r["gpus"]), r["model"], r["provider"])):
         out.append(f"| {r['gpu']} | {r['model']} | {r['gpus']} | {r['micro_batch']} | {r['provider']} | "
-                   f"{int(float(r['tokens_per_s'])):,} | {float(r['ms_per_step']):.1f} | {100 * float(r['mfu']):.1f}% | "
-                   f"{float(r['peak_mem_gb']):.1f} | {r['date']} | {r['commit'][:7]} |")
+                   f"{int(float(r['tokens_per_s'])):,} | {float(r['ms_per_step']):.1f} | "
+                   f"{100 * float(r['mfu']):.1f}% | {float(r['peak_mem_gb']):.1f} | {r['date']} | {r['commit'][:7]} |")
     return "\n".join(out)
 
 
 def kernel_table(gpu: str | None) -> str:
     rows = latest(KERNEL_CSV, ("gpu", "op", "shape", "provider"), gpu)
-    out = ["| GPU | op | shape | provider | ms | GB/s | TFLOP/s | date | commit |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| GPU | op | shape | provider | ms | GB/s | TFLOP/s | date | commit |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["gpu"], r["op"], r["shape"], r["provider"])):
         out.append(f"| {r['gpu']} | {r['op']} | {r['shape']} | {r['provider']} | {float(r['ms']):.4f} | "
                    f"{r['gbps'] or ''} | {r['tflops'] or ''} | {r['date']} | {r['commit'][:7]} |")
@@ -54,17 +55,17 @@ def kernel_summary(gpu: str | None) -> str:
     groups: OrderedDict = OrderedDict()
     for r in rows:
         groups.setdefault((r["gpu"], r["op"], r["shape"]), {})[r["provider"]] = r
-    out = ["| GPU | op | shape | llmc ms | torch.compile ms | llmc / torch.compile | commit |", "|---|---|---|---|---|---|---|"]
+    out = ["| GPU | op | shape | llmc ms | torch.compile ms | llmc / torch.compile | commit |",
+           "|---|---|---|---|---|---|---|"]
     for (g, op, shape), by in sorted(groups.items()):
         mine = by.get("llmc validate=False") or by.get("llmc") or by.get("llmc (per call)")
         theirs = by.get("torch.compile") or by.get("torch.compile (per call)")
         if mine is None or theirs is None:
             continue
         ratio = float(theirs["ms"]) / float(mine["ms"])
-        out.append(f"| {g.replace('NVIDIA ', '')} | {op} | {shape} | {float(mine['ms']):.4f} | {float(theirs['ms']):.4f} | "
-                   f"{ratio:.2f}x faster | {mine['commit'][:7]} |" if ratio >= 1 else
-                   f"| {g.replace('NVIDIA ', '')} | {op} | {shape} | {float(mine['ms']):.4f} | {float(theirs['ms']):.4f} | "
-                   f"{1 / ratio:.2f}x slower | {mine['commit'][:7]} |")
+        verdict = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+        out.append(f"| {g.replace('NVIDIA ', '')} | {op} | {shape} | {float(mine['ms']):.4f} | "
+                   f"{float(theirs['ms']):.4f} | {verdict} | {mine['commit'][:7]} |")
     return "\n".join(out)
 
 

@@ -3,6 +3,7 @@ test controls (hand-checked acc / acc_norm, batching and rank splits that must n
 tiny llmc.GPT, validation loss, and the eval/sample commands."""
 import json
 import math
+import re
 import struct
 import urllib.error
 from pathlib import Path
@@ -319,3 +320,27 @@ def test_eval_and_sample_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("Once upon a time") == 2 and "--- sample 1" in out
     assert ev.sample_main([str(tmp_path / "missing.bin"), "--device", "cpu"]) == 1
+
+
+def test_llmc_eval_with_its_defaults_fits_in_a_few_gigabytes_on_the_cpu(tmp_path):
+    """GPT-2's vocabulary at T=1024: full logits of 32 rows would be 6.6 GB; the chunked loss and the CPU's default
+    batch keep `llmc eval` under a 4 GB address-space cap."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from llmc.checkpoint import write_model_file
+    from llmc.data import write_shard
+    from llmc.model import GPT
+    from llmc.trainer import parse_model_spec
+
+    write_shard(tmp_path / "v_val_000000.bin", np.random.default_rng(0).integers(0, 50257, size=40000))
+    write_model_file(tmp_path / "m.bin", GPT(parse_model_spec("d2c64"), device="cpu", seed=1))
+    cap = "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); " \
+          "sys.argv = ['llmc', 'eval', sys.argv[1], '--val', sys.argv[2], '--device', 'cpu']; " \
+          "runpy.run_module('llmc', run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", cap, str(tmp_path / "m.bin"), str(tmp_path / "v_val_*.bin")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.fullmatch(r"val_loss \d+\.\d{4}\n", done.stdout)

@@ -21,6 +21,7 @@ import sys
 import time
 
 STEPS, EVERY, MORE = 12, 3, 15
+LONG = 150  # steps of the concurrent runs, long enough that the second starts while the first trains
 
 
 def setup(work: str) -> tuple[list[str], dict]:
@@ -46,7 +47,7 @@ def setup(work: str) -> tuple[list[str], dict]:
               str(EVERY), "--device", "cpu", "--seed", "7"]
     ref = os.path.join(work, "reference")
     shutil.rmtree(ref, ignore_errors=True)
-    assert train(common, ref, MORE).returncode == 0
+    assert train(common, ref, LONG).returncode == 0  # constant lr (-q 1): the first steps of any -x are these
     return common, losses(ref)
 
 
@@ -76,7 +77,10 @@ def judge(returncode: int, stderr: str, got: dict, reference: dict, upto: int, s
         return "traceback"
     if returncode == 1:
         lines = stderr.strip().splitlines()
-        return "clear error" if len(lines) == 1 and lines[0].startswith("llmc train: error:") else "traceback"
+        if len(lines) == 1 and lines[0].startswith("llmc train: error:"):
+            print(f"   {lines[0][:150]}", flush=True)
+            return "clear error"
+        return "traceback"
     same = all(got.get(s) == reference[s] for s in range(start, upto))
     return "ok" if same else "silent difference"
 
@@ -121,14 +125,14 @@ def damage_trial(common, reference, work, rng, base: str, truncate: bool):
 def concurrent_trial(common, reference, work, rng):
     out = os.path.join(work, "trial")
     shutil.rmtree(out, ignore_errors=True)
-    first = train(common, out, STEPS, wait=False)
+    first = train(common, out, LONG, wait=False)
     time.sleep(rng.uniform(0.0, 3.0))
-    second = train(common, out, STEPS, wait=False)
+    second = train(common, out, LONG, wait=False)
     results = [(p.wait(), p.stderr.read()) for p in (first, second)]
     outcomes = []
     for code, err in results:
         if code == 0:
-            outcomes.append(judge(code, err, losses(out), reference, STEPS))
+            outcomes.append(judge(code, err, losses(out), reference, LONG))
         else:
             outcomes.append(judge(code, err, {}, reference, STEPS))
     ok = sum(o == "ok" for o in outcomes)

@@ -399,8 +399,9 @@ class CheckpointManager:
         except FileNotFoundError:
             raise ValueError(f"{path} is missing: the checkpoint at step {step} is incomplete") from None
         except Exception as e:  # a damaged file fails in pickle, zip or torch's own checks, under many types
-            raise ValueError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                             f"): the state file is damaged; use an earlier checkpoint") from None
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            raise ValueError(f"{path} cannot be read ({type(e).__name__}: {first}): the state file is damaged; use an "
+                             f"earlier checkpoint") from None
         if not isinstance(state, dict):
             raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint state: the file is damaged")
         return config, params, state

@@ -143,7 +143,8 @@ class DataLoader:
         for f, ntok in zip(self.files, self.shard_tokens):
             if ntok < micro_rows * self.T + 1:
                 raise ValueError(f"shard {f} has {ntok} tokens, fewer than one batch needs (world_size*B*T + 1 = "
-                                 f"{micro_rows * self.T + 1}); use a smaller -b/-t, or larger shards")
+                                 f"{micro_rows * self.T + 1}); use a smaller batch size or sequence length (llmc train "
+                                 f"-b/-t, llmc eval -B/-T), or larger shards")
         windows = [(ntok - 1) // (self.block_rows * self.T) * self.block_rows for ntok in self.shard_tokens]
         self._first_window = np.cumsum([0] + windows)  # global index of each shard's first window
         self.epoch_rows = int(self._first_window[-1])

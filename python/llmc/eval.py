@@ -266,7 +266,7 @@ def _completion_losses_of(model, batch: _Batch):
 
 
 def hellaswag_eval(model, examples: Sequence[HellaSwagExample], B: int, T: int, rank: int = 0,
-                   world_size: int = 1) -> HellaSwagResult:
+                   world_size: int = 1, progress: bool = False) -> HellaSwagResult:
     """Score examples rank::world_size with `model` (llmc.GPT or anything with .device, .config.vocab_size and
     forward(idx, return_logits=True) -> (loss, logits)) in (B, T) batches. Sum the results over ranks."""
     import torch
@@ -275,7 +275,7 @@ def hellaswag_eval(model, examples: Sequence[HellaSwagExample], B: int, T: int, 
     mine = list(examples)[rank::world_size]
     correct = correct_norm = 0
     with torch.no_grad():
-        for group in _batches(mine, B, T):
+        for group in _progress(list(_batches(mine, B, T)), "HellaSwag batches", progress):
             batch = _render(group, B, T)
             if hasattr(model, "position_losses"):  # llmc.GPT: the fused classifier's losses, no full logits
                 sums, counts = _completion_losses_of(model, batch)
@@ -293,8 +293,17 @@ def hellaswag_eval(model, examples: Sequence[HellaSwagExample], B: int, T: int, 
     return HellaSwagResult(correct, correct_norm, len(mine))
 
 
+def _progress(items, what: str, show: bool):
+    """items, with a progress bar (stderr, interactive terminals) when `show` and the evaluation is long."""
+    if not show or not sys.stderr.isatty() or len(items) < 20:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=what, unit="batch", leave=False, mininterval=1.0)
+
+
 def val_loss(model, data, B: int, T: int, max_batches: Optional[int] = None, rank: int = 0,
-             world_size: int = 1) -> float:
+             world_size: int = 1, progress: bool = False) -> float:
     """Mean loss of `model` over a validation set: `data` is a shard glob (or list of paths) or an
     llmc.data.DataLoader (reset first). Covers the whole set (llm.c: num_tokens // (B*T*world_size) batches)
     unless max_batches is smaller. The mean is this rank's; average it over ranks."""
@@ -317,7 +326,7 @@ def val_loss(model, data, B: int, T: int, max_batches: Optional[int] = None, ran
                          f"B*T*world_size = {B * T * world_size}; use a smaller B or T")
     losses = []
     with torch.no_grad():
-        for _ in range(n):
+        for _ in _progress(range(n), "val batches", progress):
             x, y = loader.next_batch()
             if isinstance(model, GPT):  # CPU tokens checked on the host, the loss left on the device: no wait
                 losses.append(model.forward(x, y, sync=False))
@@ -339,13 +348,22 @@ def _device(name: str) -> str:
     return "cuda" if cuda_available() else "cpu"
 
 
+# Positions per chunk of the output layer when evaluating (GPT loss_chunk): the logits buffer is then
+# chunk x padded_vocab whatever B and T are (fp32 on the CPU: 1024 x 50304 x 4 B = 206 MB instead of 6.6 GB at
+# B=32, T=1024).
+EVAL_LOSS_CHUNK = {"cuda": 8192, "cpu": 1024}
+CPU_EVAL_POSITIONS = 4096  # positions per forward of `llmc eval` on the CPU by default (B = this // T)
+
+
 def load_model(path: str | os.PathLike, device: str = "auto"):
-    """An llmc.GPT with the weights of an llm.c model file."""
+    """An llmc.GPT with the weights of an llm.c model file, its loss computed in chunks (EVAL_LOSS_CHUNK) so
+    evaluation runs in bounded memory."""
     from .checkpoint import read_model_file
     from .model import GPT
 
     config, params = read_model_file(path)
-    model = GPT(config, device=_device(device))
+    device = _device(device)
+    model = GPT(config, device=device, loss_chunk=EVAL_LOSS_CHUNK["cpu" if device == "cpu" else "cuda"])
     model.load_params_(params)
     return model
 
@@ -357,7 +375,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", metavar="PATTERN", help="validation shard glob, e.g. 'data/x/x_val_*.bin'")
     p.add_argument("--hellaswag", metavar="PATH", help="HellaSwag .jsonl or llm.c .bin; 'val' = download/cache")
     p.add_argument("--write-bin", metavar="OUT", help="write the --hellaswag examples as llm.c's eval .bin and stop")
-    p.add_argument("-B", "--batch-size", type=int, default=32, help="rows per batch (default 32)")
+    p.add_argument("-B", "--batch-size", type=int, help=f"rows per batch (default 32 on a GPU; on the CPU "
+                   f"{CPU_EVAL_POSITIONS} // T, at least 4, so activations stay small)")
     p.add_argument("-T", "--seq-len", type=int, help="tokens per row (default: the model's max_seq_len)")
     p.add_argument("--max-batches", type=int, help="cap on validation batches (default: the whole set)")
     p.add_argument("--limit", type=int, help="only the first N HellaSwag examples")
@@ -385,10 +404,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         model = load_model(args.model, args.device)
         T = args.seq_len or model.config.max_seq_len
+        if args.batch_size is None:
+            args.batch_size = 32 if model.device.type == "cuda" else max(4, CPU_EVAL_POSITIONS // T)
         if args.val:
-            print(f"val_loss {val_loss(model, args.val, args.batch_size, T, args.max_batches):.4f}")
+            print(f"val_loss {val_loss(model, args.val, args.batch_size, T, args.max_batches, progress=True):.4f}")
         if examples is not None:
-            res = hellaswag_eval(model, examples, args.batch_size, T)
+            res = hellaswag_eval(model, examples, args.batch_size, T, progress=True)
             print(f"hellaswag acc {res.acc:.4f} acc_norm {res.acc_norm:.4f} ({res.total} examples)")
     except (ValueError, TypeError, RuntimeError, OSError) as e:
         print(f"llmc eval: error: {e}", file=sys.stderr)
