@@ -5,7 +5,8 @@ flips and truncations of a run's files, concurrent starts; prints a table of out
 
 Every trial is judged against an uninterrupted reference run: `ok` (finished, losses bit-identical to the
 reference), `clear error` (exit 1 with one `llmc train: error:` line and no traceback), `traceback`, or
-`silent difference` (finished, but some step's loss differs from the reference).
+`silent difference` (finished, but some step's loss differs from the reference); `not killed` counts SIGKILL
+trials whose run ended before the signal (nothing tested).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 
 STEPS, EVERY, MORE = 12, 3, 15
 LONG = 150  # steps of the concurrent runs, long enough that the second starts while the first trains
+KILLED = 400  # steps of the runs killed while training (they take longer than the latest kill)
 
 
 def setup(work: str) -> tuple[list[str], dict]:
@@ -47,7 +49,7 @@ def setup(work: str) -> tuple[list[str], dict]:
               str(EVERY), "--device", "cpu", "--seed", "7"]
     ref = os.path.join(work, "reference")
     shutil.rmtree(ref, ignore_errors=True)
-    assert train(common, ref, LONG).returncode == 0  # constant lr (-q 1): the first steps of any -x are these
+    assert train(common, ref, KILLED).returncode == 0  # constant lr (-q 1): the first steps of any -x are these
     return common, losses(ref)
 
 
@@ -93,13 +95,16 @@ def sigkill_trial(common, reference, work, rng, in_checkpoint: bool):
         step = rng.choice([3, 6, 9])
         env["LLMC_TEST_KILL_BEFORE_RENAME"] = rng.choice(["model", "state", "DONE"]) + f"_{step:08d}"
         first = train(common, out, STEPS, env=env)
-    else:
-        proc = train(common, out, STEPS, wait=False)
-        time.sleep(rng.uniform(1.0, 6.0))
+    else:  # a longer run, killed while it trains (after its start-up, before its end)
+        proc = train(common, out, KILLED, wait=False)
+        time.sleep(rng.uniform(2.0, 8.0))
+        if proc.poll() is not None:
+            return "not killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        first = None
-    if first is not None and first.returncode == 0:  # the hook's file was not written in this run
+        again = train(common, out, KILLED, extra=["-y", "1"])
+        return judge(again.returncode, again.stderr, losses(out), reference, KILLED)
+    if first.returncode == 0:  # the hook's file was not written in this run
         return judge(0, first.stderr, losses(out), reference, STEPS)
     again = train(common, out, STEPS, extra=["-y", "1"])
     return judge(again.returncode, again.stderr, losses(out), reference, STEPS)
@@ -165,17 +170,17 @@ def main() -> int:
         outcome = trial()
         counts[name][outcome] += 1
         print(f"trial {i + 1}/{args.trials}: {name}: {outcome}", flush=True)
-    print(f"\n| scenario | trials | ok (bit-identical) | clear errors | tracebacks | silent differences |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n| scenario | trials | ok (bit-identical) | clear errors | tracebacks | silent differences | not killed |")
+    print("|---|---|---|---|---|---|---|")
     for name, _ in scenarios:
         c = counts[name]
         print(f"| {name} | {sum(c.values())} | {c['ok']} | {c['clear error']} | {c['traceback']} | "
-              f"{c['silent difference']} |")
+              f"{c['silent difference']} | {c['not killed']} |")
     total = collections.Counter()
     for c in counts.values():
         total.update(c)
     print(f"| all | {sum(total.values())} | {total['ok']} | {total['clear error']} | {total['traceback']} | "
-          f"{total['silent difference']} |")
+          f"{total['silent difference']} | {total['not killed']} |")
     return 0
 
 

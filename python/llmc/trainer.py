@@ -430,7 +430,7 @@ class Trainer:
 
         from .checkpoint import CheckpointManager
         from .data import DataLoader
-        from .distributed import GradientSync, all_reduce_mean, all_reduce_sum, barrier, print0, wait_for_device
+        from .distributed import GradientSync, all_reduce_mean, all_reduce_sum, print0, wait_for_device
         from .eval import HellaSwagResult, hellaswag_eval, val_loss
         from .optim import AdamW
         from .prepare import builtin_corpus
@@ -534,8 +534,6 @@ class Trainer:
         print0("MFU against " + (f"{peak / 1e12:.1f} TFLOP/s bf16 peak" if peak else "no known peak (not shown)"))
         if resume_step is not None:
             print0(f"resuming from the checkpoint at step {resume_step} in {out_dir}")
-        elif c.resume:
-            print0(f"no complete checkpoint in {out_dir}: starting from scratch")
 
         log = RunLog(out_dir if main else None, total_steps=num_steps, start_step=step,
                      quiet=not main)
@@ -700,7 +698,7 @@ class Trainer:
             if complete:
                 return "resume", complete[-1]
             if not found:
-                print(f"no checkpoint in {out_dir}: starting from scratch")
+                print(f"-y 1: no checkpoint in {out_dir} to resume: starting a new run there")
                 return "new", None
             return "error", (f"-y 1 found no complete checkpoint to resume in {out_dir}, which holds "
                              f"{'; '.join(found)} (a complete checkpoint has its model file, state file(s) and DONE "
