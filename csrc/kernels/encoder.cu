@@ -7,9 +7,9 @@
 //  * dwte: the B*T token ids are sorted on the device (CUB's stable LSD radix sort of (id, position) pairs over only
 //    the ceil(log2 V) low bits an id can use: 2 passes of 8 bits for GPT-2's 50304 rows, where torch.sort of int32
 //    keys makes 4 and moves int64 positions; on an H200 ~28 us against ~41, still latency-bound: CUB's one-block
-//    segmented sort took 43 us and a one-block shared-memory sort with __match_any_sync ranks 38 us at 8192 ids,
-//    benchmarks/results/encoder_backward_h200_2026-11-29.log), giving sorted_ids and the permutation perm (the row of
-//    dout behind each sorted position; increasing within a run of equal ids: the sort is stable). The sorted array is
+//    segmented sort takes 43 us and a one-block shared-memory sort with __match_any_sync ranks 38 us at 8192 ids),
+//    giving sorted_ids and the permutation perm (the row of dout behind each sorted position; increasing within a
+//    run of equal ids: the sort is stable). The sorted array is
 //    cut into segments of 32 positions, one warp per (segment, 256 channels). A warp sums each run of equal ids
 //    inside its segment in position order. A run that starts and ends inside the segment is added to dwte directly; a
 //    run that crosses a segment boundary leaves fp32 partial sums in scratch (the run's first piece in carry_last of
@@ -30,10 +30,9 @@ constexpr int kRowBatch = 8;                            // dout rows loaded befo
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // One 16-byte pack of one position per thread over a flat grid (no loop): the gather is spread over as many
-// loads in flight as the GPU holds. Faster than a warp per position on an H100 (a microbenchmark of both, session
-// 4: 103% vs 88% of the copy ceiling at B*T=65536, C=768; 99% vs 97% at 8192 x 1600). Session 7's probe of 19
-// variants (benchmarks/probe_encoder, results/encoder_forward_variants_h100_2026-11-28.log) found nothing faster
-// but the streaming store of out (st.global.cs): 1.5% at 65536 x 768, 0.8% at 8192 x 1600.
+// loads in flight as the GPU holds: 103% vs 88% of the copy ceiling for a warp per position on an H100 at
+// B*T=65536, C=768 (99% vs 97% at 8192 x 1600). Of the variants in dev/cuda/encoder_forward.cu only the streaming
+// store of out (st.global.cs) is faster: 1.5% at 65536 x 768, 0.8% at 8192 x 1600.
 constexpr int kForwardBlock = 128;
 __global__ void __launch_bounds__(kForwardBlock)
     encoder_forward_kernel(floatX* __restrict__ out, const int* __restrict__ idx, const floatX* __restrict__ wte,
@@ -45,14 +44,14 @@ __global__ void __launch_bounds__(kForwardBlock)
   const int C = C8 * x128::size;
   // wte and wpe rows are read again by other positions with the same token / time step: cached loads. The ids and
   // wpe (small, and read by every thread) carry the evict_last hint, as torch.compile's Triton kernel does: without
-  // it the gathered wte rows pushed them out of L2, 7% slower on an H200 (probe_encoder's "elcs", session 15).
+  // it the gathered wte rows push them out of L2, 7% slower on an H200.
   const uint64_t keep = l2_evict_last_policy();
   const x128 e = load128(wte + (int64_t)load_int_keep(idx + bt, keep) * C + c);
   const x128 p = load128_keep(wpe + (int64_t)(bt % T) * C + c, keep);
   x128 y;
 #pragma unroll
   for (int k = 0; k < x128::size; k++) y[k] = (floatX)((float)e[k] + (float)p[k]);
-  store128cs(out + (int64_t)q * x128::size, y);  // streaming store: 1-1.5% faster (probe_encoder, 2026-11-28)
+  store128cs(out + (int64_t)q * x128::size, y);  // streaming store: 1-1.5% faster (see above)
 }
 
 __device__ inline void add_into_bf16(floatX* dst, const float* acc) {

@@ -30,7 +30,7 @@ __device__ inline float gelu_tanh_grad(float x) {
 }
 
 // One 16-byte pack per thread over a flat grid of 128-thread blocks, no loop, plain loads and stores: what torch's
-// elementwise kernels do. A microbenchmark on an H100 (session 4) put it at 100-101% of the copy ceiling, against
+// elementwise kernels do. A microbenchmark on an H100 put it at 100-101% of the copy ceiling, against
 // 93% for a one-wave grid-stride loop with 4 streaming loads in flight per thread. n is a multiple of x128::size
 // (checked by the launcher). Outputs may alias inputs (in-place calls): each thread reads its pack before
 // writing it, and threads own disjoint packs.

@@ -76,7 +76,7 @@ void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t 
 void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream);
 // One line per GEMM plan autotuning looked at on the current device so far: its shape and the algorithm kept.
 std::vector<std::string> matmul_tuning_log();
-// Benchmarks only (benchmarks/probe_gemm_algos.py): run one of the GEMMs above with the `rank`-th algorithm the
+// Benchmarks only (dev/experiments/gemm_algos.py): run one of the GEMMs above with the `rank`-th algorithm the
 // heuristic offers (0: its first choice, what matmul_* use with LLMC_GEMM_AUTOTUNE=0). which: 0 forward (+bias
 // when not null), 1 forward GELU_AUX_BIAS, 2 dinp, 3 dinp with DGELU, 4 dweight (+=). Forward: x (N,K) inp,
 // w (M,K), d (N,M); dinp: x (N,M) dout, w (M,K), d (N,K); dweight: x (N,K) inp, w (N,M) dout, d (M,K). reps > 0:

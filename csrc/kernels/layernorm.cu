@@ -3,8 +3,7 @@
 // Forward reads inp, weight, bias and writes out, mean (fp32, N) and rstd (fp32, N). The fused residual
 // forward reads inp1 and inp2, writes residual = inp1 + inp2 (rounded to bf16) and then normalizes that
 // stored residual, in one pass over memory. The forward's outputs are written with streaming stores (st.global.cs,
-// evict-first in L2): 3% faster than plain stores on an H100 at both GPT-2 shapes, fused or not, in
-// benchmarks/probe_layernorm/probe_ln_forward.cu (results/layernorm_forward_variants_h100_2026-11-28.log).
+// evict-first in L2): 3% faster than plain stores on an H100 at both GPT-2 shapes (dev/cuda/layernorm_forward.cu).
 // Backward reads dout, inp, weight, mean, rstd; writes dinp (overwritten, or += with `accumulate`, for the
 // residual stream) and accumulates dweight and dbias (+=) deterministically: every block sums its rows
 // into fp32 partials in a fixed order, and a second kernel adds the partials, in block order, into the
@@ -37,12 +36,10 @@ constexpr int kRegWarps = 4;     // rows (warps) per block of the register-resid
 // The backward's register kernel gives a row to a team of kTeam = ceil(C / 256) warps (1 to 8), one 16-byte pack
 // per lane (see layernorm_backward_regs_kernel). Teams per block: 8 for one-warp rows, 4 for two and three, 2
 // beyond, so that blocks have 8 or more warps and the partials (one set per block) stay few. Blocks per SM (the
-// __launch_bounds__ minimum, so it caps the registers): as many as fit 28 resident warps. On an H200
-// (benchmarks/probe_layernorm/probe_ln_backward.cu, session 14, results/layernorm_backward_variants_h200_s14.log)
-// that was the fastest grid probed or within 4% of it at 768, 1024, 1280 and 1600, accumulating or not; 32 warps
-// spilled registers and were slower at 1024 and 1280 (up to 1.3x); fewer left bandwidth unused. Rows of 1, 2,
-// 6 and 8 warps (C <= 512, 1288-1536, 1800-2048) were not probed. After a498eed's leaner unpacking (fewer
-// registers) 30 warps at 1280 (3 blocks) were 6% faster than 20 when not accumulating (run 6): not yet taken.
+// __launch_bounds__ minimum, so it caps the registers): as many as fit 28 resident warps, the fastest grid or within
+// 4% of it at C = 768, 1024, 1280 and 1600 on an H200 (dev/cuda/layernorm_backward.cu); 32 warps spill registers.
+// Rows of 1, 2, 6 and 8 warps (C <= 512, 1288-1536, 1800-2048) are not measured; 30 warps at 1280 when
+// overwriting measured 6% faster than 20 and are a candidate.
 __host__ __device__ constexpr int reg_backward_teams(int team) { return team == 1 ? 8 : team <= 3 ? 4 : 2; }
 __host__ __device__ constexpr int reg_backward_blocks_per_sm(int team) {
   const int fit = 28 / (reg_backward_teams(team) * team);
@@ -52,28 +49,21 @@ __host__ __device__ constexpr int reg_backward_blocks_per_sm(int team) {
 // at 768, 1024 and 1280 in the same probe and even at 1600 (three was slower everywhere).
 constexpr int kBackwardAhead = 2;
 // Whether an accumulating launch (the residual stream's gradient, dinp +=) copies dinp's old values into shared
-// memory with each row instead of loading them after the row sums: 7-16% faster on an H200 at every GPT-2 width
-// (session 9, results/layernorm_backward_variants_h200_aa94077.log, "old1" against "ahead1"; in session 14's probe
-// 3-11% for the one-pack-per-lane kernel).
+// memory with each row instead of loading them after the row sums: 3-11% faster on an H200 at every GPT-2 width.
 constexpr bool kBackwardOld = true;
 // What the register backward kernel does with dinp, fixed at compile time: overwrite it, or add to its old values
 // loaded after the row sums or staged in shared memory with the row (kBackwardOld). A runtime switch cost the
-// overwriting launch a predicated-off load of the old values that still waited behind the row's cp.async traffic:
-// 12% of the stall samples at 8192 x 1600 (Nsight Compute, session 15).
+// overwriting launch a predicated-off load of the old values that still waited behind the row's cp.async traffic
+// (12% of the stall samples at 8192 x 1600 in Nsight Compute).
 enum class Dinp { kWrite, kAddLoaded, kAddStaged };
 // The partials' L2 hint: both backward kernels store their blocks' fp32 dweight / dbias partials with the L2 hint
 // evict_last. The reduction reads them right after, and the next launch usually overwrites them in place (torch's
-// caching allocator hands the same scratch back). With plain stores the streamed rows pushed them out of L2 (Nsight
-// Compute, session 16, with its replay's caveats: the reduction read its 3.4 MB of partials from DRAM at 8192 x
-// 1600, an L2 hit rate of 20%). On an H200, graph-timed as the benchmarks time the ops (the probe's run 17,
-// results/layernorm_backward_variants_h200_s16.log), the hint made the whole op faster at every width and in both
-// modes: 8192 x 1600 24.65 -> 23.90 us overwriting (-3%), 32.08 -> 31.52 accumulating (-1.8%); 65536 x 768 -0.6%;
-// 32768 x 1024 -1 to -1.5%; 16384 x 1280 -1.1 to -1.4%.
+// caching allocator hands the same scratch back). With plain stores the streamed rows push them out of L2 (an L2 hit
+// rate of 20% for the reduction in Nsight Compute); with the hint the whole op is 0.6-3% faster at every GPT-2
+// width on an H200, overwriting or accumulating.
 // How the register backward kernel gets its rows' mean and rstd (see the kernel): each row's kAhead rows ahead, or
 // (chunk) 32 rows' at a time, one per lane, shuffled to the lanes row by row. The chunk is taken when overwriting
-// dinp: on an H200 1.3% faster at 768 and 1600, 7-8% at 1024 and 1280 (the probe's run 11, session 15,
-// results/layernorm_backward_variants_h200_s15.log), but not when accumulating (the residual stream's gradient,
-// what the model runs), where it was 3.7% slower at 768 and 2.2% at 1024.
+// dinp (1-8% faster on an H200), not when accumulating (the residual stream's gradient), where it is 2-4% slower.
 __host__ __device__ constexpr bool backward_chunk_stats(Dinp mode) { return mode == Dinp::kWrite; }
 
 // Per-element math shared by both paths, in one place so that they round identically.
@@ -224,8 +214,7 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
     if (lane + u * WARP_SIZE < C8) add_pack_sq_dev(var, x[u], m);
   }
   const float s = rsqrtf(warp_reduce_sum(var) / C + eps);
-  // (weight and bias with the encoder's evict_last hint: 0.8% slower at 65536 x 768 and 4% at 8192 x 1600 on an
-  // H200, bench_layernorm at 1b38214, session 15)
+  // (weight and bias take plain loads: the encoder's evict_last hint is 1-4% slower here on an H200)
 #pragma unroll
   for (int u = 0; u < kPacks; u++) {
     const int j = lane + u * WARP_SIZE;
@@ -249,12 +238,9 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // are on their way into shared memory by cp.async (kAhead + 1 buffers per team, in turn): each lane copies, and
 // later reads, only its own pack, so its own cp.async.wait_group is all the synchronisation needed, and no
 // register holds a row ahead.
-// Against session 9's kernel (teams of 1, 2 or 4 warps with several packs per lane, the dweight / dbias sums in
-// shared memory, read and written for every row) on an H200, probe_ln_backward.cu (session 14, with the reduction;
-// results/layernorm_backward_variants_h200_s14.log, runs 2 and 6): 8192 x 1600 36.2 -> 28.8 us, 65536 x 768
-// 100.6 -> 83.1 us, accumulating 39.4 -> 34.0 and 114.5 -> 101.8 us. Nsight Compute showed both kernels issuing
-// instructions in about 60% of cycles (results/layernorm_backward_ncu_h200_s14.md): at 1600 the row kernel is
-// bound by instructions per row more than by memory, hence the lean per-element math above.
+// One pack per lane with the column sums in registers is 11-20% faster on an H200 than teams with several packs per
+// lane summing dweight / dbias in shared memory. At 1600 the row kernel is bound by instructions per row more than
+// by memory (Nsight Compute: instructions issued in about 60% of cycles), hence the lean per-element math above.
 // After the last row the block adds its teams' sums in team order (through shared memory, over the row buffers)
 // and writes its partials [dweight | dbias] to partials[blockIdx.x * 2C ...] (3C with kColSum, below). dinp may
 // be dout or inp: a team reads a row before it writes that row, and no other team touches it.
@@ -301,14 +287,10 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
   // is the one the previous iteration read into registers.
   // The rows' mean and rstd: with kChunkStats (overwriting launches) lane l of every warp holds those of the team's
   // row 32 q + l while the team works its rows 32 q .. 32 q + 31 (one gather per 32 rows), and a shuffle hands each
-  // row's to the lanes; otherwise they are loaded into registers one row ahead. Nsight Compute at 8192 x 1600
-  // (session 15) found the overwriting launch waiting for those one-row-ahead loads at the end of every row (they
-  // queue behind the rows' cp.async traffic; 18% of the stall samples). Also measured in session 15
-  // (results/layernorm_backward_variants_h200_s15.log): loaded kAhead rows ahead through a register shift (3-4%
-  // faster overwriting, the shift itself still waiting a row after each load; accumulating even, and 12 more bytes
-  // of spill in the 1600 accumulate + colsum kernel); copied into shared memory with the row by 4-byte cp.asyncs
-  // (11% slower at 1600); the loop unrolled by kAhead + 1 so that no shift is needed (ptxas spilled 16-132 bytes);
-  // each team a contiguous range of rows (3-10% slower but at 1280).
+  // row's to the lanes; otherwise they are loaded into registers one row ahead. One-row-ahead loads queue behind the
+  // rows' cp.async traffic, so the overwriting launch waits for them at the end of every row (18% of the stall
+  // samples at 8192 x 1600 in Nsight Compute); the chunk avoids that wait. Slower alternatives are kept in
+  // dev/cuda/layernorm_backward.cu.
   for (int k = 0; k < kAhead; k++) fetch_row(first + k * stride, k);
   float next_m = 0.0f, next_s = 0.0f, chunk_m = 0.0f, chunk_s = 0.0f;
   if constexpr (kChunkStats) {
@@ -579,17 +561,13 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
 // torch allocation, so the loads are aligned), y strides over the partials with kReduceDepth loads in flight per
 // thread. Each thread adds its partials in g order, the warp's 8 rows are added by a fixed butterfly of shuffles,
 // the block's warps in warp order: the same order every time, so the result is deterministic.
-// Session 16: one round of loads for up to kReduceRows * kReduceDepth = 512 partials, where the kernel before it
-// (32 columns per block, 16 rows, one load per thread at a time) issued ~17 rounds at GPT-2 shapes. On an H200 (the
-// probe's runs 13-16, results/layernorm_backward_variants_h200_s16.log) that alone changed little: at 8192 x 1600,
-// graph-timed, -1.6% overwriting but +1.8% accumulating; 32 or 8 columns per block were no better overall. What the
-// reduction costs is mostly waiting on memory: a dependent that only waits costs 0.4 us, the reduction 1.3-1.7 us
-// more (before the partials' L2 hint, above).
+// One round of loads covers up to kReduceRows * kReduceDepth = 512 partials. What the reduction costs is mostly
+// waiting on memory (the partials' L2 hint, above, is what shortens it); 32 or 8 columns per block are no faster.
 constexpr int kReduceQuads = 4;
 constexpr int kReduceRows = 64;
 constexpr int kReduceDepth = 8;
 constexpr int kReduceCols = 4 * kReduceQuads;  // columns per block
-// (template arguments for the probe, benchmarks/probe_layernorm/probe_ln_backward.cu; kPrefetch: see below)
+// (template arguments so that dev/cuda/layernorm_backward.cu can time other geometries; kPrefetch: see below)
 template <int kQuads = kReduceQuads, int kRows = kReduceRows, int kDepth = kReduceDepth, bool kPrefetch = true>
 __global__ void __launch_bounds__(kQuads * kRows)
     layernorm_param_grad_reduce_kernel(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
@@ -600,8 +578,8 @@ __global__ void __launch_bounds__(kQuads * kRows)
   const int width = (colsum != nullptr ? 3 : 2) * C;
   const int col = (blockIdx.x * kQuads + threadIdx.x) * 4;
   // The gradients' old values, read before waiting: the kernel writing the partials does not touch them (kernels
-  // before it on the stream have completed), so this read no longer follows the partials' (session 16, the probe's
-  // run 16: 0.3-0.4 us off the op at 8192 x 1600, both modes).
+  // before it on the stream have completed), so this read need not follow the partials' (0.3-0.4 us off the op at
+  // 8192 x 1600 on an H200).
   floatX* dst = nullptr;
   float total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   if (threadIdx.y == 0 && col < width) {
@@ -870,7 +848,7 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
   }
   CUDA_CHECK(cudaGetLastError());
   // A programmatic dependent launch on sm_90: scheduled while the row kernel runs, so that the launch gap between
-  // the two is hidden (1-3% of the op in the probe of sessions 8 and 14).
+  // the two is hidden (1-3% of the op).
   launch_param_grad_reduce(dweight, dbias, scratch, cfg.blocks, C, fused ? colsum : nullptr, stream);
   // Not fused: the column sums of the dinp just written, in a pass of their own (the scratch is free again).
   if (colsum != nullptr && !fused) bias_grad_accumulate(colsum, dinp, N, C, scratch, stream);

@@ -24,7 +24,7 @@
 // the caller's stream, so calls on one device from different streams must not run concurrently.
 //
 // Algorithm choice. cublasLtMatmulAlgoGetHeuristic ranks its algorithms by a model; on an H100 its first choice
-// was up to 20% slower than another it offers for several of GPT-2's GEMMs (benchmarks/probe_gemm_algos.py).
+// was up to 20% slower than another it offers for several of GPT-2's GEMMs (dev/experiments/gemm_algos.py).
 // So the first call of a plan that overwrites its output (forward, dinp) times every offered algorithm on the
 // call's own inputs (3 runs each) and keeps the fastest whose output has exactly the bits of the heuristic's first
 // choice (compared by a hash of every output element). The probe found every algorithm offered for those GEMMs
@@ -524,8 +524,8 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
   if (pre_gelu != nullptr) {
     // Where the heuristic offers a single DGELU algorithm, it was an sm80 CUTLASS kernel at GPT-2 350M's fcproj
     // (C = 1024, N = 32768): 0.82 ms at 335 TFLOP/s on an H200, against 0.58 ms for the plain GEMM and then the
-    // GELU backward in place (benchmarks/probe_dgelu.py, session 8; at d12 and d48 it offers 8, and the fused
-    // epilogue was as fast or faster). The rule depends on the heuristic's answer only, not on timing, so a
+    // GELU backward in place (dev/experiments/dgelu.py; at d12 and d48 it offers 8, and the fused epilogue is as
+    // fast or faster). The rule depends on the heuristic's answer only, not on timing, so a
     // given GPU and library always take the same path (the two paths' dinp differ in the last bf16 bit).
     const Plan* fused = find_plan(s, g, stream);
     if (fused == nullptr || fused->offered <= 1) {

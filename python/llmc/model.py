@@ -747,17 +747,16 @@ class _Fp8:
     outgrows the cast of its (N, C) input). The class can also run fcproj's forward (FCPROJ_FWD_FROM) and the
     input gradients of fc and qkv (DINP_FROM; the e5m2 cast of their 4C- or 3C-wide output gradient also sums the
     bias gradient, ops.fp8_cast with dbias) in FP8 from a given width, both off by default: in 300-step loss
-    curves on an H100 (benchmarks/README.md, FP8 loss curves) the input gradients in FP8 moved d12's validation
-    loss from 0.011 to 0.034 above bf16's, and at d48 the three together ended 0.071 above bf16 against 0.034
-    with fc's forward alone, the gap growing over the run, for a step 4% faster (164 vs 171 ms); fcproj's
-    forward added to fc's was no faster at d48 (171 ms) and ended 0.051 above bf16 (separate runs, the last two
-    also with session 6's LayerNorm backward). qkv's forward stays bf16: in FP8 the attention scores' error moved
+    curves on an H100 (dev/experiments/fp8_loss_curve.py) the input gradients in FP8 move d12's validation loss
+    from 0.011 to 0.034 above bf16's, and at d48 the three together end 0.071 above bf16 against 0.034 with fc's
+    forward alone, the gap growing over the run, for a step 4% faster; fcproj's forward added to fc's is no faster
+    at d48 and ends 0.051 above bf16. qkv's forward stays bf16: in FP8 the attention scores' error moved
     qkv's and wte's gradients past FP8_MODEL's bound (tests/conftest.py; cosine 0.975 against bf16 at C=1024, on
     an H100 and in a CPU simulation). The attention projection (C to C)
     stays bf16: its GEMM is small next to its casts. fcproj's input gradient stays bf16: it carries the GELU
     backward, and cuBLASLt runs FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took
-    1.3 ms per call at d12 (0.56 ms at d48) on an H100, far more than FP8 saves
-    (benchmarks/results/profile_d*_fp8_h100_2a444b1.md). Weight gradients and everything else stay bf16, so the
+    1.3 ms per call at d12 (0.56 ms at d48) on an H100 (benchmarks/profile_step.py), far more than FP8 saves.
+    Weight gradients and everything else stay bf16, so the
     optimizer, the checkpoints and the bf16 copies of every activation are unchanged.
 
     Formats: activations and weights e4m3, gradients e5m2, one scale per tensor (ops.fp8_cast). Weights are cast for
@@ -776,7 +775,7 @@ class _Fp8:
     FC_IN, FCPROJ_IN, FC_DOUT, QKV_DOUT = 0, 1, 3, 4
     PER_LAYER = 5
     # n_embd from which fcproj's forward, and the input gradients of fc and qkv, run in FP8 too; None: never (the
-    # default, see the class docstring). Class attributes: benchmarks/fp8_loss_curve.py and test_fp8 set them.
+    # default, see the class docstring). Class attributes: dev/experiments/fp8_loss_curve.py and test_fp8 set them.
     FCPROJ_FWD_FROM: Optional[int] = None
     DINP_FROM: Optional[int] = None
 

@@ -42,7 +42,7 @@ GRAD_CLIP = 1.0
 BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
 # Output layer + loss 8192 positions at a time: the logits buffer is 0.8 GB instead of 6.6 GB at d12, B=64, and
-# on an H100 the step was no slower (d12 B=64: 115.2 vs 117.8 ms/step, benchmarks/README.md).
+# on an H100 the step is no slower.
 DEFAULT_LOSS_CHUNK = 8192
 QUICKSTART_CPU_MODEL = "d4c128"  # 4 layers, 128 channels (see parse_model_spec)
 
