@@ -182,8 +182,9 @@ class DataLoader:
         starts = (windows - self._first_window[shards]) * T
         out = np.empty((len(windows), T + 1), dtype=np.uint16)
         span = np.arange(T + 1)
-        self.last_files = [self.files[i].name for i in np.unique(shards)]
-        for index in np.unique(shards):
+        used = np.unique(shards)
+        self.last_files = [self.files[i].name for i in used]
+        for index in used:
             mine = shards == index
             out[mine] = self._shard(int(index))[starts[mine][:, None] + span]
         return out
