@@ -11,6 +11,10 @@ unless asked, lr 6e-4, weight decay 0.1, fp32 master weights, for --warmup + --s
   atomic dQ: opt-in, not bit-reproducible; torch's SDPA backward in the torch.compile baseline is not either).
 - torch.compile: one GPU only; bf16 autocast, fused AdamW, clipping to 1.0, the same total batch (gradient
   accumulation when it is larger than B*T), timed the same way.
+- llm.c: one GPU only, `--llm-c PATH` (train_gpt2cu built by build_llm_c.sh), a preset model (d12/d24/d36/d48)
+  from its own random init (`-e dN`), the same B, T, total batch, lr, weight decay and -r, no validation,
+  sampling or checkpoints; ms/step is the median of the times it prints per step; peak memory is the device's
+  highest use while it runs less what was in use before it started (this process's own context).
 A step covers --total-batch tokens over all GPUs (default: one micro-batch of B*T per GPU, no accumulation).
 tokens/s is over all GPUs; MFU is llm.c's 6*N + 6*L*C*T FLOPs per token against N x 989.5 TFLOP/s (the H100 SXM
 bf16 dense peak). Peak memory is the largest over the ranks of what a daemon thread sees every 20 ms during the
@@ -49,7 +53,9 @@ from common import RESULTS_DIR, append_csv, git_commit
 TRAIN_CSV = os.path.join(RESULTS_DIR, "train.csv")
 TRAIN_COLUMNS = ["model", "gpus", "micro_batch", "seq_len", "zero", "provider", "tokens_per_s", "ms_per_step", "mfu",
                  "peak_mem_gb", "gpu", "date", "commit"]
-PROVIDERS = ("llmc", "llmc-fp8", "llmc-nondet", "llmc-fp8-nondet", "torch.compile")
+PROVIDERS = ("llmc", "llmc-fp8", "llmc-nondet", "llmc-fp8-nondet", "torch.compile", "llm.c")
+LLM_C_PRESETS = ("d12", "d24", "d36", "d48")  # the models train_gpt2cu makes from "-e dN"
+LLM_C_STEP = re.compile(r"^step\s+\d+/\d+ \|.*\| ([\d.]+) ms \|")
 H100_BF16_PEAK = 989.5e12
 LEARNING_RATE, WEIGHT_DECAY = 6e-4, 0.1
 MAX_SHARD_TOKENS = 100_000_000  # 200 MB of uint16: runs that need more tokens wrap around the (random) shard
@@ -80,6 +86,7 @@ def parse_args(argv=None):
                    help="cpu: smoke-test the harness (gloo, reference ops); its figures mean nothing")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one run (all its processes) may take")
     p.add_argument("--csv", default=TRAIN_CSV)
+    p.add_argument("--llm-c", default=None, help="llm.c's train_gpt2cu, for the llm.c provider")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: model:B:provider:shard of one run
     return p.parse_args(argv)
 
@@ -117,6 +124,8 @@ def plan_runs(args) -> list[Run]:
         raise SystemExit("--steps and --seq-len must be >= 1 and --warmup >= 0")
     if args.device == "cuda" and max(gpu_counts) > torch.cuda.device_count():
         raise SystemExit(f"--gpus asks for {max(gpu_counts)} GPUs but {torch.cuda.device_count()} are visible")
+    if "llm.c" in providers and not (args.llm_c and os.access(args.llm_c, os.X_OK)):
+        raise SystemExit(f"the llm.c provider needs --llm-c PATH to an executable train_gpt2cu, got {args.llm_c!r}")
     runs = []
     for item in args.configs.split(","):
         model, _, batch = item.partition(":")
@@ -128,9 +137,12 @@ def plan_runs(args) -> list[Run]:
             raise SystemExit(f"--configs entry {item!r}: need micro_batch >= 1 and --seq-len <= {cfg.max_seq_len}")
         for provider in providers:
             for n in gpu_counts:
-                if provider == "torch.compile" and n > 1:
-                    print(f"note: torch.compile runs on one GPU only; skipping {model} on {n} GPUs", flush=True)
+                if provider in ("torch.compile", "llm.c") and n > 1:
+                    print(f"note: {provider} runs on one GPU only here; skipping {model} on {n} GPUs", flush=True)
                     continue
+                if provider == "llm.c" and (model not in LLM_C_PRESETS or args.device != "cuda"):
+                    raise SystemExit(f"the llm.c provider runs {', '.join(LLM_C_PRESETS)} on a GPU, not {model} "
+                                     f"on {args.device}")
                 total = B * args.seq_len * n if args.total_batch == -1 else args.total_batch
                 if total < 1 or total % (B * args.seq_len * n):
                     raise SystemExit(f"--total-batch {args.total_batch} is not a multiple of B*T*gpus = "
@@ -229,6 +241,24 @@ def train_torch(model: str, B: int, T: int, total_batch: int, shard: str, device
     return times, 6 * n_params + 6 * cfg.n_layer * cfg.n_embd * T
 
 
+def train_llm_c(model: str, B: int, T: int, total_batch: int, shard: str, memory: PeakMemory, args):
+    """Per-step milliseconds llm.c's train_gpt2cu prints, its FLOPs per token (llm.c's formula for the same
+    model) and its peak memory above what was in use before it started."""
+    from llmc.trainer import parse_model_spec
+
+    cmd = [args.llm_c, "-i", shard, "-j", shard, "-e", model, "-b", str(B), "-t", str(T), "-d", str(total_batch),
+           "-x", str(args.warmup + args.steps), "-l", str(LEARNING_RATE), "-c", str(WEIGHT_DECAY),
+           "-r", str(args.recompute), "-v", "1000000", "-s", "0", "-n", "0"]
+    before = memory.used()
+    memory.peak = before
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    steps = [float(m.group(1)) for m in map(LLM_C_STEP.match, proc.stdout.splitlines()) if m]
+    if proc.returncode != 0:
+        raise RuntimeError(f"llm.c exited with {proc.returncode}:\n{proc.stdout[-3000:]}")
+    cfg = parse_model_spec(model)
+    return steps, 6 * cfg.num_params + 6 * cfg.n_layer * cfg.n_embd * T, memory.peak - before
+
+
 def max_over_ranks(value: float, device: torch.device) -> float:
     import torch.distributed as dist
 
@@ -256,9 +286,11 @@ def one(args):
                 times, flops_per_token = train_llmc(model, B, T, args.total_batch, args.zero, shard, args,
                                                     fp8="fp8" in provider,
                                                     deterministic=not provider.endswith("nondet"))
+            elif provider == "llm.c":
+                times, flops_per_token, own_peak = train_llm_c(model, B, T, args.total_batch, shard, memory, args)
             else:
                 times, flops_per_token = train_torch(model, B, T, args.total_batch, shard, device, args)
-        peak = max_over_ranks(memory.peak, device)
+        peak = own_peak if provider == "llm.c" else max_over_ranks(memory.peak, device)
     finally:
         cleanup()
     if info.rank != 0:
@@ -293,7 +325,8 @@ def launch(run: Run, shard: str, args) -> dict:
                       "--total-batch", str(run.total_batch), "--zero", str(run.zero), "--seq-len", str(args.seq_len),
                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--recompute", str(args.recompute),
                       "--device", args.device] + \
-        ([] if args.loss_chunk is None else ["--loss-chunk", str(args.loss_chunk)])
+        ([] if args.loss_chunk is None else ["--loss-chunk", str(args.loss_chunk)]) + \
+        ([] if args.llm_c is None else ["--llm-c", os.path.abspath(args.llm_c)])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(script), start_new_session=True)
     try:
