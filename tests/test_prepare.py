@@ -53,10 +53,33 @@ def test_jsonl_to_shards(tmp_path, workers):
     assert "café" in decode(np.concatenate(shards).tolist())
 
 
-def test_val_defaults_to_shard_size(tmp_path):
+def test_val_defaults_to_a_tenth_of_a_small_corpus(tmp_path):
     docs = _texts(STORIES)
+    total = len(_stream(docs))
     paths = prep.write_shards(docs, tmp_path, "s", shard_size=40, workers=1, progress=False)
-    _check_shards(paths, "s", docs, shard_size=40, val_tokens=40)
+    _check_shards(paths, "s", docs, shard_size=40, val_tokens=total // 10)
+
+
+@pytest.mark.parametrize("cap,shard_size", [(7, 100), (100, 9)])
+def test_val_default_is_capped(tmp_path, monkeypatch, cap, shard_size):
+    """A corpus of ten times the cap or more gets a validation shard of min(cap, shard_size) tokens."""
+    docs = _texts(FINEWEB)
+    assert len(_stream(docs)) >= 10 * min(cap, shard_size)
+    monkeypatch.setattr(prep, "AUTO_VAL_MAX", cap)
+    paths = prep.write_shards(docs, tmp_path, "c", shard_size=shard_size, workers=1, progress=False)
+    _check_shards(paths, "c", docs, shard_size=shard_size, val_tokens=min(cap, shard_size))
+
+
+def test_val_default_under_100m_tokens_on_the_command_line(tmp_path, capsys):
+    """`llmc prepare --input FILE` works for a small corpus without --val-tokens and says what it chose."""
+    docs = _texts(FINEWEB)
+    out = tmp_path / "out"
+    assert prep.main(["--input", str(FINEWEB), "--out-dir", str(out), "--name", "edu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    val = len(_stream(docs)) // 10
+    assert f"validation: the first {val:,} tokens, a tenth of the corpus" in printed
+    _check_shards(sorted(out.glob("edu_val_*.bin")) + sorted(out.glob("edu_train_*.bin")), "edu", docs,
+                  shard_size=prep.DEFAULT_SHARD_SIZE, val_tokens=val)
 
 
 def test_parquet_with_column(tmp_path):

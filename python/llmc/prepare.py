@@ -6,6 +6,7 @@ that ship with every CPython (`builtin_corpus`, the offline corpus for tests and
 tokenized with an EOT token in front, in a pool of worker processes. The token stream is cut into shards as
 llm.c does: the first `val_tokens` tokens form the validation shard `<name>_val_000000.bin`, the rest go to
 `<name>_train_000001.bin`, `..._000002.bin`, ... of `shard_size` tokens each (documents may straddle shards).
+For local files the validation size defaults to a tenth of the corpus, at most 10M tokens.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from .data import MAX_SHARD_TOKENS, shard_num_tokens, write_shard
 from .tokenizer import EOT, encode
 
 DEFAULT_SHARD_SIZE = 10**8
+AUTO_VAL_FRACTION = 10  # without --val-tokens, the validation shard is 1/AUTO_VAL_FRACTION of the corpus ...
+AUTO_VAL_MAX = 10**7    # ... and at most this many tokens
 TEXT_UNITS = {"file": None, "paragraph": "\n\n", "line": "\n"}
 FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".json": "jsonl", ".parquet": "parquet"}
@@ -157,17 +160,20 @@ def _check_count(value, what: str, maximum: int = MAX_SHARD_TOKENS) -> int:
 def write_shards(documents: Iterable[str], out_dir: str | os.PathLike, name: str, *,
                  shard_size: int = DEFAULT_SHARD_SIZE, val_tokens: Optional[int] = None,
                  workers: Optional[int] = None, progress: bool = True, overwrite: bool = False) -> list[Path]:
-    """Tokenize `documents` (EOT before each) into `out_dir`: the validation shard first (`val_tokens`, default
-    `shard_size`), then training shards of `shard_size` tokens. Returns the shard paths, validation first.
+    """Tokenize `documents` (EOT before each) into `out_dir`: the validation shard first, then training shards
+    of `shard_size` tokens. Returns the shard paths, validation first.
 
-    `workers` processes tokenize (default: all CPUs; 1 tokenizes in this process). Shards of an earlier run with
-    the same name make this fail unless `overwrite`, which deletes them first. On any error the shards written
-    so far are removed.
+    `val_tokens` None chooses the validation size from the corpus: a tenth of it, at most
+    min(shard_size, AUTO_VAL_MAX) tokens (the first tokens are held in memory until the corpus is known to be
+    ten times that, or ends). `workers` processes tokenize (default: all CPUs; 1 tokenizes in this process).
+    Shards of an earlier run with the same name make this fail unless `overwrite`, which deletes them first. On
+    any error the shards written so far are removed.
     """
     from tqdm.auto import tqdm
 
     shard_size = _check_count(shard_size, "shard_size")
-    val_tokens = _check_count(shard_size if val_tokens is None else val_tokens, "val_tokens")
+    if val_tokens is not None:
+        val_tokens = _check_count(val_tokens, "val_tokens")
     workers = _check_count((os.cpu_count() or 1) if workers is None else workers, "workers", 1024)
     if not isinstance(name, str) or not re.fullmatch(r"[\w.\-]+", name):
         raise ValueError(f"name must be a non-empty file-name prefix of letters, digits, '_', '-', '.', got {name!r}")
@@ -180,15 +186,35 @@ def write_shards(documents: Iterable[str], out_dir: str | os.PathLike, name: str
     for p in old:
         p.unlink()
 
-    buf = np.empty(max(shard_size, val_tokens), dtype=np.uint16)
+    auto_cap = min(shard_size, AUTO_VAL_MAX)
     written: list[Path] = []
-    fill, capacity, total = 0, val_tokens, 0
+    held: list[np.ndarray] = []  # tokens read before the validation size is known
+    held_count, total = 0, 0
+    shard = None  # [buffer, fill, capacity] once the validation size is known
 
-    def flush():
-        split = "val" if not written else "train"
-        path = shard_path(out_dir, name, split, len(written))
-        write_shard(path, buf[:fill])
+    def start(val: int) -> None:
+        nonlocal shard
+        shard = [np.empty(max(shard_size, val), dtype=np.uint16), 0, val]
+        for tokens in held:
+            add(tokens)
+        held.clear()
+
+    def flush(fill: int) -> None:
+        path = shard_path(out_dir, name, "val" if not written else "train", len(written))
+        write_shard(path, shard[0][:fill])
         written.append(path)
+
+    def add(tokens: np.ndarray) -> None:
+        buf, fill, capacity = shard
+        pos = 0
+        while pos < len(tokens):
+            take = min(capacity - fill, len(tokens) - pos)
+            buf[fill:fill + take] = tokens[pos:pos + take]
+            fill, pos = fill + take, pos + take
+            if fill == capacity:
+                flush(fill)
+                fill, capacity = 0, shard_size
+        shard[1], shard[2] = fill, capacity
 
     try:
         with contextlib.ExitStack() as stack:
@@ -199,22 +225,26 @@ def write_shards(documents: Iterable[str], out_dir: str | os.PathLike, name: str
                 token_arrays = map(tokenize_document, documents)
             bar = stack.enter_context(tqdm(unit="tok", unit_scale=True, desc=f"tokenizing {name}",
                                            disable=not progress))
+            if val_tokens is not None:
+                start(val_tokens)
             for tokens in token_arrays:
-                pos = 0
-                while pos < len(tokens):
-                    take = min(capacity - fill, len(tokens) - pos)
-                    buf[fill:fill + take] = tokens[pos:pos + take]
-                    fill, pos = fill + take, pos + take
-                    if fill == capacity:
-                        flush()
-                        fill, capacity = 0, shard_size
+                if shard is None:
+                    held.append(tokens)
+                    held_count += len(tokens)
+                    if held_count >= AUTO_VAL_FRACTION * auto_cap:
+                        start(auto_cap)
+                else:
+                    add(tokens)
                 bar.update(len(tokens))
                 total += len(tokens)
-        if fill:
-            flush()
+        if shard is None:
+            start(max(1, total // AUTO_VAL_FRACTION))
+        if shard[1]:
+            flush(shard[1])
         if len(written) < 2:
             raise ValueError(f"the corpus has only {total} tokens, not enough for a validation shard of "
-                             f"{val_tokens} tokens and a training shard; lower val_tokens (--val-tokens)")
+                             f"{shard[2] if not written else shard_num_tokens(written[0])} tokens and a training "
+                             f"shard; " + ("lower val_tokens (--val-tokens)" if val_tokens else "add text"))
     except BaseException:  # all shards or none: a failed run leaves nothing half-written behind
         for p in written:
             p.unlink(missing_ok=True)
@@ -393,7 +423,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text-unit", choices=sorted(TEXT_UNITS), default="file",
                    help="what one document of a text file is (default: the whole file)")
     p.add_argument("--shard-size", type=int, help=f"tokens per training shard (default {DEFAULT_SHARD_SIZE:,})")
-    p.add_argument("--val-tokens", type=int, help="tokens in the validation shard (default: the shard size)")
+    p.add_argument("--val-tokens", type=int,
+                   help=f"tokens in the validation shard (default for --input: a tenth of the corpus, at most "
+                        f"{AUTO_VAL_MAX:,}; for a recipe: the recipe's)")
     p.add_argument("--workers", type=int, help="tokenizer processes (default: all CPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace shards of the same name in the output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -427,5 +459,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     sizes = [shard_num_tokens(p) for p in shards]
     train, val = shard_patterns(shards[0].parent, name)
     print(f"wrote {len(shards)} shards, {sum(sizes):,} tokens ({sizes[0]:,} validation) to {shards[0].parent}")
+    if args.input and args.val_tokens is None:
+        print(f"validation: the first {sizes[0]:,} tokens, a tenth of the corpus at most "
+              f"{min(args.shard_size or DEFAULT_SHARD_SIZE, AUTO_VAL_MAX):,} (--val-tokens sets it)")
     print(f"train: {train}\nval: {val}")
     return 0
