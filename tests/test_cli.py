@@ -51,6 +51,47 @@ def test_bad_flags_exit_with_usage(capsys):
     assert "usage: llmc train" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["-h"], ["-b", "4", "-h"], ["-h", "--seed", "3"], ["--help"]])
+def test_h_without_a_value_shows_help(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        cli.train_config(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: llmc train") and "--hellaswag" in out
+    assert cli.train_config(["-h", "1"]).hellaswag and not cli.train_config(["-h", "0"]).hellaswag
+
+
+def test_o_naming_a_file_says_so(tmp_path, capsys):
+    train, _ = write_tiny_shards(tmp_path / "data")
+    (tmp_path / "notes.txt").write_text("mine")
+    assert cli.main(["train", "-i", train, "-o", str(tmp_path / "notes.txt"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a directory" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_failed_run_leaves_no_empty_directory(tmp_path, capsys):
+    out = tmp_path / "runs" / "new"
+    assert cli.main(["train", "-i", str(tmp_path / "missing_*.bin"), "-o", str(out), "--device", "cpu"]) == 1
+    assert "matches no file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "kept").mkdir()  # a directory the user made stays, even empty
+    assert cli.main(["train", "-i", str(tmp_path / "missing_*.bin"), "-o", str(tmp_path / "kept"),
+                     "--device", "cpu"]) == 1
+    assert (tmp_path / "kept").is_dir()
+
+
+def test_resume_into_a_missing_directory_is_loud(tmp_path, capsys):
+    train, val = write_tiny_shards(tmp_path / "data")
+    (tmp_path / "runs" / "tiny_d4").mkdir(parents=True)
+    args = ["train", "-i", train, "-j", val, "-e", "d2c32", "-b", "2", "-t", "16", "-x", "1", "-v", "0", "-s", "0",
+            "--device", "cpu", "-y", "1"]
+    assert cli.main(args + ["-o", str(tmp_path / "runs" / "tiny_d5")]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: -y 1 but the output directory" in err and "starting a NEW run" in err
+    assert f"Did you mean {tmp_path / 'runs' / 'tiny_d4'}?" in err
+
+
 def test_routing(capsys, monkeypatch):
     assert cli.main([]) == 2 and "commands:" in capsys.readouterr().out
     assert cli.main(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err

@@ -104,7 +104,12 @@ def train_config(argv: list[str]):
         from .ops import cuda_available
 
         return TrainConfig.quickstart("cuda" if cuda_available() else "cpu")
-    args = train_parser().parse_args(argv)
+    parser = train_parser()
+    for i, arg in enumerate(argv):  # -h without a value asks for help; -h 0/1 is llm.c's HellaSwag switch
+        if arg == "-h" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            parser.print_help()
+            raise SystemExit(0)
+    args = parser.parse_args(argv)
     return TrainConfig(**{k: v for k, v in vars(args).items() if v is not None})
 
 

@@ -335,10 +335,18 @@ class Trainer:
         return torch.device(self.config.device)
 
     def _out_dir(self) -> Optional[Path]:
-        """The output directory, created and checked writable before any work."""
+        """The output directory, created and checked writable before any work. The folders this creates are
+        remembered: a run that fails before writing anything into them removes them again."""
         if self.config.output_dir is None:
             return None
         out = Path(self.config.output_dir)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"-o {out} is a file, not a directory; give a directory for the run's logs and "
+                             f"checkpoints")
+        missing = [d for d in (out, *out.parents) if not d.exists()]
+        if missing and self.config.resume and self.rank == 0:
+            print(f"WARNING: -y 1 but the output directory {out} does not exist, so there is nothing to resume: "
+                  f"starting a NEW run there.{_similar_run_dirs(out)}", file=sys.stderr, flush=True)
         try:
             out.mkdir(parents=True, exist_ok=True)
             probe = out / f".write-test-{os.getpid()}"
@@ -346,7 +354,24 @@ class Trainer:
             probe.unlink()
         except OSError as e:
             raise ValueError(f"output directory {out} is not writable ({e.strerror or e}); choose another -o") from None
+        self._made_dirs = missing if self.rank == 0 else []
         return out
+
+    def _remove_made_dirs(self) -> None:
+        """After a failed run: the folders _out_dir created, if they hold nothing but the run's lock file."""
+        from .checkpoint import RunDirectoryLock
+
+        for d in getattr(self, "_made_dirs", []):
+            try:
+                if d == self._made_dirs[0]:
+                    names = [p.name for p in d.iterdir()]
+                    if names and names != [RunDirectoryLock.NAME]:
+                        return
+                    (d / RunDirectoryLock.NAME).unlink(missing_ok=True)
+                d.rmdir()
+            except OSError:
+                return
+        self._made_dirs = []
 
     def _model_source(self):
         """(GPTConfig, fp32 params or None) that model_or_preset describes; params come from a model file."""
@@ -408,8 +433,11 @@ class Trainer:
         device = self.model_source.device if isinstance(self.model_source, GPT) else self._device()
         own_group = self.world_size > 1 and not dist.is_initialized()
         init_distributed(device.type, self.config.dist_timeout)
+        finished = False
         try:
-            return self._fit(device)
+            history = self._fit(device)
+            finished = True
+            return history
         except dist.DistError as e:
             raise RuntimeError(f"rank {self.rank} of {self.world_size}: a collective failed or waited longer than "
                                f"dist_timeout={self.config.dist_timeout:g} s (another rank died or hangs; its own "
@@ -422,6 +450,8 @@ class Trainer:
                                f"gradient accumulation) or recompute activations (-r 1, or -r 2)") from None
         finally:
             self._release_run_dir()
+            if not finished:
+                self._remove_made_dirs()
             if own_group:
                 cleanup()
 
@@ -742,6 +772,22 @@ class Trainer:
 def _z(z: float) -> str:
     """A z-score for the step line, once the outlier window is full (nothing before)."""
     return f" ({z:+.2f}z)" if math.isfinite(z) else ""
+
+
+def _similar_run_dirs(out: Path) -> str:
+    """' Did you mean ...?' naming existing folders next to `out` (or its nearest existing parent) whose names are
+    close to the missing part of the path, or ''."""
+    import difflib
+
+    parent, name = out.parent, out.name
+    while not parent.exists() and parent != parent.parent:
+        parent, name = parent.parent, parent.name
+    try:
+        folders = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, folders, n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(str(parent / c) for c in close)}?" if close else ""
 
 
 def _clock(seconds: float) -> str:
