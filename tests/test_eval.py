@@ -322,6 +322,22 @@ def test_eval_and_sample_commands(tmp_path, capsys):
     assert ev.sample_main([str(tmp_path / "missing.bin"), "--device", "cpu"]) == 1
 
 
+def test_sample_takes_a_run_directory(tmp_path, capsys):
+    checkpoint = pytest.importorskip("llmc.checkpoint")
+    model = _tiny_gpt()
+    manager = checkpoint.CheckpointManager(tmp_path / "run")
+    manager.save(3, model, {"step": 3}, dtype="fp32")
+    manager.save(7, model, {"step": 7}, dtype="fp32")
+    assert ev.sample_main([str(tmp_path / "run"), "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "--- sample 0" in captured.out
+    assert f"model: {tmp_path / 'run' / 'model_00000007.bin'} (the newest complete checkpoint" in captured.err
+    (tmp_path / "empty").mkdir()
+    assert ev.sample_main([str(tmp_path / "empty"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("llmc sample: error: run directory") and "no complete checkpoint" in err
+
+
 def test_llmc_eval_with_its_defaults_fits_in_a_few_gigabytes_on_the_cpu(tmp_path):
     """GPT-2's vocabulary at T=1024: full logits of 32 rows would be 6.6 GB; the chunked loss and the CPU's default
     batch keep `llmc eval` under a 4 GB address-space cap."""

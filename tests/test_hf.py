@@ -110,3 +110,26 @@ def test_export_command(tmp_path, capsys):
     (tmp_path / "bad.bin").write_bytes(b"not a model")
     assert main(["--hf", str(tmp_path / "hf2"), str(tmp_path / "bad.bin")]) == 1
     assert "llmc export: error" in capsys.readouterr().err
+
+
+def test_export_takes_a_run_directory_and_writes_files_the_umask_allows(tmp_path, capsys):
+    import os
+
+    from llmc.checkpoint import CheckpointManager
+
+    model = GPT(tiny_config(), device="cpu")
+    manager = CheckpointManager(tmp_path / "run")
+    for step in (2, 4):
+        randomize_params(model, seed=step)
+        manager.save(step, model, {"step": step}, dtype="fp32")
+    old = os.umask(0o022)
+    try:
+        assert main(["--hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 0
+    finally:
+        os.umask(old)
+    assert torch.equal(import_hf(tmp_path / "hf", device="cpu").params, model.params)  # step 4's weights
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644
+    (tmp_path / "empty").mkdir()
+    assert main(["--hf", str(tmp_path / "hf3"), str(tmp_path / "empty")]) == 1
+    assert "holds no complete checkpoint" in capsys.readouterr().err

@@ -166,6 +166,24 @@ def write_model_file(path: str | os.PathLike, model, dtype: str = "bf16") -> dic
     return atomic_write(path, write)
 
 
+def model_file_of(path: str | os.PathLike) -> Path:
+    """`path` when it is a file; for a run directory, the model file of its newest complete checkpoint (what
+    `llmc sample/eval/export runs/NAME` read). ValueError when there is none, saying what the directory holds."""
+    path = Path(path)
+    if not path.is_dir():
+        if not path.exists():
+            raise ValueError(f"model file {path} does not exist")
+        return path
+    manager = CheckpointManager(path)
+    latest = manager.latest()
+    if latest is None:
+        partial = sorted(manager.incomplete())
+        raise ValueError(f"run directory {path} holds no complete checkpoint to read a model from"
+                         + (f" (incomplete ones at steps {partial})" if partial else "")
+                         + "; pass a model file (model_NNNNNNNN.bin) or train with -o into this directory")
+    return manager.model_path(latest)
+
+
 def read_model_file(path: str | os.PathLike):
     """(GPTConfig, flat fp32 CPU tensor of the parameters in llm.c's order) from an llm.c model file (v3 or v5).
     A checkpoint's model file is checked against its DONE manifest when that lies beside it, and a file with a

@@ -358,10 +358,13 @@ CPU_EVAL_POSITIONS = 4096  # positions per forward of `llmc eval` on the CPU by 
 def load_model(path: str | os.PathLike, device: str = "auto"):
     """An llmc.GPT with the weights of an llm.c model file, its loss computed in chunks (EVAL_LOSS_CHUNK) so
     evaluation runs in bounded memory."""
-    from .checkpoint import read_model_file
+    from .checkpoint import model_file_of, read_model_file
     from .model import GPT
 
-    config, params = read_model_file(path)
+    file = model_file_of(path)
+    if file != Path(path):
+        print(f"model: {file} (the newest complete checkpoint in {path})", file=sys.stderr)
+    config, params = read_model_file(file)
     device = _device(device)
     model = GPT(config, device=device, loss_chunk=EVAL_LOSS_CHUNK["cpu" if device == "cpu" else "cuda"])
     model.load_params_(params)
@@ -371,7 +374,8 @@ def load_model(path: str | os.PathLike, device: str = "auto"):
 def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmc eval", description="Validation loss and HellaSwag accuracy of an llm.c "
                                 "model file; or convert HellaSwag jsonl to llm.c's .bin (--write-bin, no model).")
-    p.add_argument("model", nargs="?", help="llm.c model file (.bin, as `llmc train` writes)")
+    p.add_argument("model", nargs="?", help="llm.c model file (.bin, as `llmc train` writes), or a run directory "
+                                            "(its newest checkpoint's model)")
     p.add_argument("--val", metavar="PATTERN", help="validation shard glob, e.g. 'data/x/x_val_*.bin'")
     p.add_argument("--hellaswag", metavar="PATH", help="HellaSwag .jsonl or llm.c .bin; 'val' = download/cache")
     p.add_argument("--write-bin", metavar="OUT", help="write the --hellaswag examples as llm.c's eval .bin and stop")
@@ -420,7 +424,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def sample_main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="llmc sample", description="Print continuations of a prompt from an llm.c "
                                 "model file.")
-    p.add_argument("model", help="llm.c model file (.bin)")
+    p.add_argument("model", help="llm.c model file (.bin), or a run directory (its newest checkpoint's model)")
     p.add_argument("--prompt", default="", help="text to continue (default: none, i.e. start after <|endoftext|>)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0)

@@ -102,9 +102,12 @@ def write_hf(config: GPTConfig, tensors: dict[str, torch.Tensor], out_dir, dtype
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    save_file(hf_state_dict(config, tensors, _DTYPES[dtype]), str(out / "model.safetensors"),
-              metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(_hf_config(config), indent=2) + "\n")
+    weights = out / "model.safetensors"
+    save_file(hf_state_dict(config, tensors, _DTYPES[dtype]), str(weights), metadata={"format": "pt"})
+    # safetensors writes through a private temporary file (mode 0600): give the weights config.json's mode, which
+    # follows the user's umask like every other file written here
+    os.chmod(weights, (out / "config.json").stat().st_mode & 0o777)
     if config.vocab_size == VOCAB_SIZE:
         write_gpt2_tokenizer(out, config.max_seq_len)
     return out
@@ -224,13 +227,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="llmc export", description="Convert an llm.c model file into a Hugging Face "
                                 "transformers GPT-2 directory (config.json, model.safetensors, tokenizer files).")
     p.add_argument("--hf", required=True, metavar="DIR", help="output directory")
-    p.add_argument("model", metavar="MODEL.bin", help="llm.c model file (version 3 fp32 or 5 bf16)")
+    p.add_argument("model", metavar="MODEL.bin", help="llm.c model file (version 3 fp32 or 5 bf16), or a run "
+                                                      "directory (its newest checkpoint's model)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weights' dtype (default float32)")
     args = p.parse_args(argv)
     try:
-        from .checkpoint import read_model_file
+        from .checkpoint import model_file_of, read_model_file
 
-        config, flat = read_model_file(args.model)
+        config, flat = read_model_file(model_file_of(args.model))
         out = write_hf(config, split_params(config, flat), args.hf, args.dtype)
     except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"llmc export: error: {e}", file=sys.stderr)
