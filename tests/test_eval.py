@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import llmc.eval as ev
 import llmc.prepare as prep
-from llmc.tokenizer import encode
+from llmc.tokenizer import decode, encode
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HELLASWAG = FIXTURES / "hellaswag_mini.jsonl"
@@ -317,9 +317,32 @@ def test_eval_and_sample_commands(tmp_path, capsys):
     assert "hellaswag acc " in out and "(6 examples)" in out
     assert ev.sample_main([str(path), "--prompt", "Once upon a time", "--max-new-tokens", "8", "--num-samples", "2",
                            "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("Once upon a time") == 2 and "--- sample 1" in out
+    captured = capsys.readouterr()
+    assert captured.out.count("Once upon a time") == 2 and "--- sample 1" in captured.out
+    assert re.search(r"^\d+ tokens in [\d.]+ s \([\d.]+ tokens/s, cpu\)$", captured.err, re.M)
     assert ev.sample_main([str(tmp_path / "missing.bin"), "--device", "cpu"]) == 1
+
+
+def test_sample_streams_text_as_tokens_come(monkeypatch, capsys):
+    """Each token's text is on stdout before the next token is drawn; characters that span tokens come out whole."""
+    text = "Grüße ✓ 日本語 done"
+    tokens = encode(text)
+    seen = []
+
+    class FakeModel:
+        device = torch.device("cpu")
+
+        def stream(self, prompt, n, **kw):
+            for t in tokens:
+                seen.append(capsys.readouterr().out)
+                yield t
+
+    monkeypatch.setattr(ev, "load_model", lambda path, device: FakeModel())
+    assert ev.sample_main(["m.bin", "--max-new-tokens", str(len(tokens))]) == 0
+    out = "".join(seen) + capsys.readouterr().out
+    assert out == f"--- sample 0\n{text}\n"
+    assert seen[:2] == ["--- sample 0\n", decode(tokens[:1])]  # the first token's text before the second is drawn
+    assert "\ufffd" not in out
 
 
 def test_sample_takes_a_run_directory(tmp_path, capsys):

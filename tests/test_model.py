@@ -331,6 +331,44 @@ def test_generate_is_seeded_and_greedy_follows_the_logits():
     assert out[:len(long_prompt)] == long_prompt and len(out) == len(long_prompt) + 3
 
 
+def test_kv_cache_gives_the_full_forwards_logits():
+    from llmc.model import _KVDecoder
+
+    config = tiny_config()
+    model = GPT(config, device="cpu", seed=13)
+    randomize_params(model, seed=15)
+    ids = [int(t) for t in torch.randint(0, config.vocab_size, (20,), generator=torch.Generator().manual_seed(0))]
+
+    def full(context):
+        _, logits = model.forward(torch.tensor([context], dtype=torch.int32), return_logits=True)
+        return logits[0, -1, :config.vocab_size].float()
+
+    decoder = _KVDecoder(model)
+    torch.testing.assert_close(decoder.prefill(ids[:5]), full(ids[:5]), atol=2e-5, rtol=1e-5)
+    for n in range(6, 21):
+        torch.testing.assert_close(decoder.step(ids[n - 1]), full(ids[:n]), atol=2e-5, rtol=1e-5)
+
+
+def test_stream_past_max_seq_len_keeps_the_newest_half():
+    """Greedy streaming equals greedy decoding with the full forward over the documented window: the context
+    grows to max_seq_len tokens, then restarts from its newest max_seq_len // 2 + 1."""
+    config = tiny_config()
+    model = GPT(config, device="cpu", seed=13)
+    randomize_params(model, seed=16)
+    maxT = config.max_seq_len
+    rng = torch.Generator().manual_seed(1)
+    prompt = [int(t) for t in torch.randint(0, config.vocab_size, (maxT - 3,), generator=rng)]
+    streamed = list(model.stream(prompt, maxT, temperature=0))
+    context, expected = list(prompt), []
+    for _ in range(maxT):
+        _, logits = model.forward(torch.tensor([context], dtype=torch.int32), return_logits=True)
+        expected.append(int(logits[0, -1, :config.vocab_size].argmax()))
+        context.append(expected[-1])
+        if len(context) > maxT:
+            context = context[-(maxT // 2 + 1):]
+    assert streamed == expected
+
+
 def test_generate_rejects_bad_input():
     model = GPT(tiny_config(), device="cpu")
     with pytest.raises(ValueError, match="empty"):

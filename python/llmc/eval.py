@@ -15,16 +15,18 @@ completion length and its tokens.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .tokenizer import EOT, decode, encode
+from .tokenizer import EOT, decode, encode, token_bytes
 
 HELLASWAG_MAGIC = 20240522
 HELLASWAG_VERSION = 1
@@ -438,13 +440,21 @@ def sample_main(argv: Optional[list[str]] = None) -> int:
     try:
         model = load_model(args.model, args.device)
         prompt = encode(args.prompt) if args.prompt else [EOT]
+        generated, seconds = 0, 0.0
         for i in range(args.num_samples):
-            ids = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                 seed=args.seed + i)
-            new = ids[len(prompt):]
-            if EOT in new:
-                new = new[:new.index(EOT)]
-            print(f"--- sample {i}\n{args.prompt}{decode(new)}")
+            print(f"--- sample {i}\n{args.prompt}", end="", flush=True)
+            text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
+            started = time.perf_counter()
+            for token in model.stream(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                      seed=args.seed + i):
+                generated += 1
+                if token == EOT:
+                    break
+                print(text.decode(token_bytes(token)), end="", flush=True)
+            seconds += time.perf_counter() - started
+            print(text.decode(b"", final=True), flush=True)
+        print(f"{generated} tokens in {seconds:.1f} s ({generated / max(seconds, 1e-9):.1f} tokens/s, "
+              f"{model.device.type})", file=sys.stderr)
     except (ValueError, TypeError, RuntimeError, OSError) as e:
         print(f"llmc sample: error: {e}", file=sys.stderr)
         return 1

@@ -29,7 +29,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -663,10 +663,18 @@ class GPT:
     # -----------------------------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, seed: Optional[int] = None) -> list[int]:
-        """prompt_ids followed by max_new_tokens sampled tokens. The context is the last max_seq_len tokens, run
-        through the full forward each step (no KV cache) at a length rounded up to 16 (causal attention makes
-        the padding invisible). temperature 0 means greedy; top_k keeps the k most likely tokens. Sampling uses
-        a torch.Generator seeded with `seed` (random when None)."""
+        """prompt_ids followed by max_new_tokens sampled tokens (see `stream`)."""
+        new = self.stream(prompt_ids, max_new_tokens, temperature, top_k, seed)  # checks the arguments
+        return [int(t) for t in prompt_ids] + list(new)
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+               top_k: Optional[int] = None, seed: Optional[int] = None) -> Iterator[int]:
+        """Yield max_new_tokens sampled tokens that continue prompt_ids, one at a time as each is drawn. Keys and
+        values are cached (the parameters' dtype: bf16 on a GPU, fp32 on the CPU), so each new token runs one
+        position through the model. The context is at most max_seq_len tokens: when it is full, the cache is
+        rebuilt from the newest half, which then sit at positions 0.. as in a fresh forward. temperature 0 means
+        greedy; top_k keeps the k most likely tokens. Sampling uses a torch.Generator seeded with `seed` (random
+        when None)."""
         c = self.config
         if isinstance(prompt_ids, (str, bytes)) or isinstance(prompt_ids, torch.Tensor) and prompt_ids.dim() != 1:
             raise TypeError("prompt_ids must be a sequence of token ids (use llmc.tokenizer.encode for text)")
@@ -681,19 +689,26 @@ class GPT:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k):
             raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+        return self._stream(ids, max_new_tokens, temperature, top_k, seed)
+
+    def _stream(self, ids: list[int], max_new_tokens: int, temperature, top_k, seed) -> Iterator[int]:
         gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else seed)
-        longest = min(c.max_seq_len, _round_up(len(ids) + max_new_tokens, 16))
-        if self._acts.nbytes < _layout(self._activation_specs(1, longest))[1]:
-            self.allocate(1, longest, training=False)
-        for _ in range(max_new_tokens):
-            context = ids[-c.max_seq_len:]
-            T = min(c.max_seq_len, _round_up(len(context), 16))
-            tokens = torch.zeros((1, T), dtype=torch.int32)
-            tokens[0, :len(context)] = torch.tensor(context, dtype=torch.int32)
-            _, logits = self.forward(tokens, return_logits=True)
-            row = logits[0, len(context) - 1, :c.vocab_size].float().cpu()
-            ids.append(_sample(row, temperature, top_k, gen))
-        return ids
+        decoder = _KVDecoder(self)
+        maxT = self.config.max_seq_len
+        context = ids[-maxT:]
+        with torch.no_grad():
+            logits = decoder.prefill(context)
+            for i in range(max_new_tokens):
+                token = _sample(logits, temperature, top_k, gen)
+                yield token
+                if i + 1 == max_new_tokens:
+                    return
+                context.append(token)
+                if len(context) > maxT:
+                    context = context[-(maxT // 2 + 1):]
+                    logits = decoder.prefill(context)
+                else:
+                    logits = decoder.step(token)
 
     def memory_plan(self, B: Optional[int] = None, T: Optional[int] = None, master_weights: Optional[bool] = None,
                     shard: Optional[tuple[int, int]] = None) -> str:
@@ -865,6 +880,52 @@ class _Fp8:
 
 def _round_up(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
+
+
+class _KVDecoder:
+    """GPT-2 inference with a key/value cache, in plain torch on the model's parameter views (the parameters'
+    dtype; LayerNorm statistics, softmax and the logits in fp32). prefill(ids) runs a context from position 0 and
+    step(token) one more position; both return the last position's logits (fp32, the real vocabulary)."""
+
+    def __init__(self, model: "GPT"):
+        c = model.config
+        self.p, self.c = model.param_tensors, c
+        self.hs = c.n_embd // c.n_head
+        shape = (c.n_layer, c.n_head, c.max_seq_len, self.hs)
+        self.k = torch.empty(shape, dtype=model.params.dtype, device=model.params.device)
+        self.v = torch.empty_like(self.k)
+        self.pos = 0
+
+    def _ln(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(x.float(), (x.shape[-1],), w.float(), b.float(), LN_EPS).to(x.dtype)
+
+    def _run(self, tokens: list[int]) -> torch.Tensor:
+        F, p, c, hs = torch.nn.functional, self.p, self.c, self.hs
+        T, start = len(tokens), self.pos
+        idx = torch.tensor(tokens, dtype=torch.long, device=self.k.device)
+        x = p["wte"][idx] + p["wpe"][start:start + T]
+        for l in range(c.n_layer):
+            q, k, v = F.linear(self._ln(x, p["ln1w"][l], p["ln1b"][l]), p["qkvw"][l], p["qkvb"][l]).split(
+                c.n_embd, dim=-1)
+            self.k[l, :, start:start + T] = k.view(T, c.n_head, hs).transpose(0, 1)
+            self.v[l, :, start:start + T] = v.view(T, c.n_head, hs).transpose(0, 1)
+            y = F.scaled_dot_product_attention(q.view(T, c.n_head, hs).transpose(0, 1).float(),
+                                               self.k[l, :, :start + T].float(), self.v[l, :, :start + T].float(),
+                                               is_causal=T > 1)  # T > 1 only in prefill, which starts at 0
+            x = x + F.linear(y.transpose(0, 1).reshape(T, c.n_embd).to(x.dtype), p["attprojw"][l], p["attprojb"][l])
+            h = F.gelu(F.linear(self._ln(x, p["ln2w"][l], p["ln2b"][l]), p["fcw"][l], p["fcb"][l]),
+                       approximate="tanh")
+            x = x + F.linear(h, p["fcprojw"][l], p["fcprojb"][l])
+        self.pos = start + T
+        last = self._ln(x[-1:], p["lnfw"], p["lnfb"])
+        return F.linear(last, p["wte"][:c.vocab_size]).float()[0].cpu()
+
+    def prefill(self, tokens: list[int]) -> torch.Tensor:
+        self.pos = 0
+        return self._run(tokens)
+
+    def step(self, token: int) -> torch.Tensor:
+        return self._run([token])
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: Optional[int], gen: torch.Generator) -> int:

@@ -72,6 +72,11 @@ def decode(ids: Iterable[int]) -> str:
     return get_encoding().decode(ids)
 
 
+def token_bytes(token: int) -> bytes:
+    """The bytes of one GPT-2 token (a character can span tokens: decode a stream with an incremental decoder)."""
+    return get_encoding().decode_single_token_bytes(_check_ids([token])[0])
+
+
 def _check_ids(ids) -> list[int]:
     if isinstance(ids, (str, bytes)):
         raise TypeError("decode takes a sequence of token ids, not a string")
