@@ -1,4 +1,5 @@
 """llmc.plot: main.log parsing and the PNG of one or more runs (fixture logs under tests/fixtures/logs)."""
+import json
 import sys
 from pathlib import Path
 
@@ -42,9 +43,51 @@ def test_png_from_fixture_logs(tmp_path, capsys):
     data = out.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (1600, 600)  # loss and HellaSwag side by side
+    assert (width, height) == (1600, 1200)  # loss, HellaSwag and run_a's one lr point: two rows of two
+    two = plot.main([str(RUN_A), str(RUN_B), "--out", str(out), "--panels", "loss,hellaswag"])
+    assert two == 0 and _size(out) == (1600, 600)  # loss and HellaSwag side by side
     single = plot.plot_runs([RUN_B], tmp_path / "loss_only.png", labels=["b"])
-    assert int.from_bytes(single.read_bytes()[16:20], "big") == 800  # no HellaSwag data, no refs: one panel
+    assert _size(single) == (800, 600)  # no HellaSwag, lr or throughput data, no refs: one panel
+
+
+def _size(png):
+    data = Path(png).read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_smoothing():
+    assert plot.smooth([1.0, 2.0, 3.0], 0.0) == [1.0, 2.0, 3.0]
+    # weight 0.5: averages 0.5, 1.25, 2.125 over the debiasing factors 0.5, 0.75, 0.875
+    assert plot.smooth([1.0, 2.0, 3.0], 0.5) == pytest.approx([1.0, 5 / 3, 17 / 7])
+    assert plot.smooth([4.0] * 5, 0.9) == pytest.approx([4.0] * 5)  # a constant stays put from the first point
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            plot.smooth([1.0], bad)
+
+
+def test_lr_and_throughput_panels_from_a_run_directory(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib is the optional 'plot' extra")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "main.log").write_text("".join(f"s:{i} trl:{5 - i / 10:.4f} lr:{i * 1e-4:.6f} norm:1.0\n"
+                                          for i in range(10)))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1.0, "tokens_per_s": 1000.0 + i})
+                                               + "\n" for i in range(10)))
+    assert plot.parse_throughput(run) == (list(range(10)), [1000.0 + i for i in range(10)])
+    assert plot.parse_log(run)["lr"] == (list(range(10)), [float(f"{i * 1e-4:.6f}") for i in range(10)])
+    out = tmp_path / "p.png"
+    assert plot.main([str(run), "--out", str(out), "--smooth", "0.9"]) == 0
+    assert _size(out) == (1600, 1200)  # loss, lr, throughput
+    assert plot.main([str(run), "--out", str(out), "--panels", "loss,throughput"]) == 0
+    assert _size(out) == (1600, 600)
+    capsys.readouterr()
+    assert plot.main([str(run), "--out", str(out), "--panels", "loss,speed"]) == 1
+    assert "unknown panel(s) ['speed']" in capsys.readouterr().err
+    assert plot.main([str(run), "--out", str(out), "--smooth", "1.5"]) == 1
+    assert "smoothing must lie in [0, 1)" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert plot.main([str(run), "--out", str(out)]) == 1
+    assert "metrics.jsonl:1: not a metrics record" in capsys.readouterr().err
 
 
 def test_plot_errors(tmp_path, monkeypatch, capsys):
