@@ -53,7 +53,8 @@ TRAIN_OPTIONS = [
     ("-m", "--val-max-steps", "val_max_steps", int, "validation batches, -1: all (default 20)"),
     ("-s", "--sample-every", "sample_every", int, "sample text every N steps, 0: never (default 20)"),
     ("-g", "--gen-tokens", "gen_tokens", int, "tokens per sample (default 64)"),
-    ("-n", "--checkpoint-every", "checkpoint_every", int, "checkpoint every N steps, 0: never (default 0)"),
+    ("-n", "--checkpoint-every", "checkpoint_every", int, "checkpoint every N steps, 0: only the final one "
+                                                         "(a run with -o always ends with one; default 0)"),
     ("-nk", "--keep-last", "keep_last", int, "checkpoints to keep, 0: all (default 0)"),
     ("-y", "--resume", "resume", _flag, "1: continue from the latest complete checkpoint in -o (default 0)"),
     ("-r", "--recompute", "recompute", int, "0: none, 1: recompute GELU, 2: GELU and layernorms (default 1)"),
