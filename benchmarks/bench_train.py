@@ -81,7 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0)
     p.add_argument("--loss-chunk", type=int, default=None,
                    help="llmc: positions per chunk of the output layer and loss (TrainConfig.loss_chunk; 0: all; "
-                        "default: the Trainer's, 8192)")
+                        "default: the Trainer's, llmc.model.DEFAULT_LOSS_CHUNK)")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                    help="cpu: smoke-test the harness (gloo, reference ops); its figures mean nothing")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one run (all its processes) may take")

@@ -24,21 +24,21 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--loss-chunk", type=int, default=None,
-                   help="GPT loss_chunk (default: the Trainer's, 8192; 0: the whole batch at once)")
+                   help="GPT loss_chunk (default: the Trainer's, llmc.model.DEFAULT_LOSS_CHUNK; 0: the whole "
+                        "batch at once)")
     p.add_argument("--fp8", action="store_true", help="GPT(fp8=True): the MLP's matmuls in FP8")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
 
     from llmc import ops
-    from llmc.model import GPT, GPTConfig
+    from llmc.model import DEFAULT_LOSS_CHUNK, GPT, GPTConfig
     from llmc.optim import AdamW, grad_norm_squared
-    from llmc.trainer import DEFAULT_LOSS_CHUNK
 
     torch.set_num_threads(1)  # as the Trainer does on a GPU (see llmc.trainer)
     cfg = GPTConfig.from_preset(args.model)
     B, T = args.batch, args.seq_len
     chunk = DEFAULT_LOSS_CHUNK if args.loss_chunk is None else args.loss_chunk
-    model = GPT(cfg, device="cuda", loss_chunk=chunk or None, fp8=args.fp8)
+    model = GPT(cfg, device="cuda", loss_chunk=chunk, fp8=args.fp8)
     opt = AdamW(model, lr=6e-4, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
 

@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from llmc.checkpoint import read_marker, write_model_file
-from llmc.distributed import GradientSync, all_reduce_mean, cleanup, init_distributed, shard_partition, shard_range
+from llmc.distributed import GradientSync, all_reduce_mean, cleanup, init_distributed
 from llmc.model import GPT
 from llmc.optim import AdamW
 from conftest import assert_close, requires_cuda
@@ -40,26 +40,6 @@ def free_port() -> int:
 def dist_env(rank: int, world_size: int, port: int) -> dict:
     return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port)}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# sharding arithmetic
-# ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n,world_size", [(1000, 2), (1003, 4), (124_475_904, 8), (37, 4)])
-def test_shards_cover_the_flat_range_in_aligned_pieces(n, world_size):
-    ranges = [shard_range(n, r, world_size) for r in range(world_size)]
-    assert ranges[0][0] == 0 and ranges[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-    assert all(start % 8 == 0 for start, _ in ranges)
-    assert ranges[-1][1] - ranges[-1][0] - (ranges[0][1] - ranges[0][0]) < 8 * world_size  # only the tail extra
-
-
-def test_shard_partition_cuts_tensors_at_the_shard_edges():
-    sizes, decay = [10, 5, 20, 3], [True, False, True, False]
-    assert shard_partition(sizes, decay, 0, 38) == (sizes, decay)
-    assert shard_partition(sizes, decay, 8, 16) == ([2, 5, 1], [True, False, True])
-    assert shard_partition(sizes, decay, 16, 35) == ([19], [True])
-    assert shard_partition(sizes, decay, 35, 38) == ([3], [False])
 
 
 # ---------------------------------------------------------------------------------------------------------

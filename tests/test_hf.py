@@ -47,7 +47,7 @@ def test_round_trip_is_exact_and_import_accepts_a_model_or_a_directory(tmp_path)
     assert from_dir.config == config
     assert torch.equal(from_dir.params, flat)
     hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path))
-    assert torch.equal(GPT.from_hf(hf, device="cpu").params, flat)
+    assert torch.equal(import_hf(hf, device="cpu").params, flat)
 
 
 def test_import_of_a_transformers_initialised_model(tmp_path):
@@ -57,7 +57,7 @@ def test_import_of_a_transformers_initialised_model(tmp_path):
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
     for p in hf.parameters():  # transformers initialises biases to 0 and layernorms to 1: randomise them all
         p.data.add_(torch.randn_like(p) * 0.02)
-    model = GPT.from_hf(hf, device="cpu")
+    model = import_hf(hf, device="cpu")
     assert model.config == GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=300, padded_vocab_size=384,
                                      max_seq_len=24)
     assert not model.param_tensors["wte"][300:].any()

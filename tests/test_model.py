@@ -205,7 +205,7 @@ def test_loss_chunks_give_the_loss_and_gradients_of_the_whole_batch(device, chun
     config = tiny_config()
     idx, targets = random_batch(config, 3, 24, seed=4, ignore_every=5)
     runs = []
-    for loss_chunk in (None, chunk):
+    for loss_chunk in (0, chunk):
         model = GPT(config, device=device, recompute=recompute, seed=3, loss_chunk=loss_chunk)
         for _ in range(2):  # two micro-steps: gradients accumulate the same way
             loss = model.forward(idx, targets, grad_scale=0.5)
@@ -235,9 +235,11 @@ def test_loss_chunks_give_the_loss_and_gradients_of_the_whole_batch(device, chun
 def test_loss_chunk_is_checked_and_shrinks_the_memory_plan():
     config = tiny_config()
     with pytest.raises(ValueError, match="loss_chunk"):
-        GPT(config, device="cpu", loss_chunk=0)
-    with pytest.raises(TypeError, match="loss_chunk"):
-        GPT(config, device="cpu", loss_chunk=1.5)
+        GPT(config, device="cpu", loss_chunk=-1)
+    for bad in (1.5, None):
+        with pytest.raises(TypeError, match="loss_chunk"):
+            GPT(config, device="cpu", loss_chunk=bad)
+    assert GPT(config, device="cpu").loss_chunk == 0  # the whole batch at once
     mib = lambda plan: float(re.search(r"activations: +([0-9.]+) MiB", plan).group(1))
     whole = GPT(config, device="cpu").memory_plan(16, 32)
     chunked = GPT(config, device="cpu", loss_chunk=64).memory_plan(16, 32)
@@ -408,7 +410,7 @@ def test_memory_plan_and_flops():
 
 
 def test_memory_plan_counts_only_the_zero1_shard_of_the_optimizer_state():
-    from llmc.distributed import shard_range
+    from llmc.sharding import shard_range
 
     model = GPT(tiny_config(n_embd=128, n_head=4, n_layer=3), device="cpu")
     n = model.num_params

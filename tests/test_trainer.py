@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from llmc.checkpoint import KILL_HOOK_ENV, CheckpointManager, write_model_file
-from llmc.model import GPT
+from llmc.model import DEFAULT_LOSS_CHUNK, GPT
 from llmc.ops import global_norm_squared
-from llmc.trainer import (DEFAULT_LOSS_CHUNK, OUTLIER_WINDOW, OutlierDetector, TrainConfig, Trainer, learning_rate,
-                          parse_model_spec)
+from llmc.trainer import OUTLIER_WINDOW, OutlierDetector, TrainConfig, Trainer, learning_rate, parse_model_spec
 from conftest import assert_close, requires_cuda
 from train_helpers import read_metrics, tiny_config, write_tiny_shards
 
@@ -154,7 +153,7 @@ def test_loss_chunk_trains_like_the_whole_batch(shards, tmp_path, device):
 def test_default_loss_chunk_applies_to_models_the_trainer_builds(shards, tmp_path):
     """loss_chunk=None (the default): a model the Trainer builds gets DEFAULT_LOSS_CHUNK, a given GPT its own."""
     for source, expected in ((tiny_config(), DEFAULT_LOSS_CHUNK), (GPT(tiny_config(), device="cpu", loss_chunk=16), 16),
-                             (GPT(tiny_config(), device="cpu"), None)):
+                             (GPT(tiny_config(), device="cpu"), 0)):
         trainer = Trainer(source, tiny_run(shards, tmp_path / f"d{expected}", num_iterations=1, checkpoint_every=0,
                                            val_every=0, device="cpu"))
         trainer.fit()
@@ -257,6 +256,23 @@ def test_bad_inputs_are_clear_errors(shards, tmp_path):
     with pytest.raises(ValueError, match="resume needs the output directory"):
         Trainer(tiny_config(), tiny_run(shards, tmp_path, output_dir=None, resume=True))
     assert not (tmp_path / "t" / "metrics.jsonl").exists()
+
+
+def test_only_the_zero_stages_that_run_are_accepted(shards, tmp_path, capsys):
+    """ZeRO-0 and ZeRO-1 (llmc.distributed.GradientSync) run; any other -z is one error line saying what to use,
+    with one process too."""
+    from llmc.cli import train_main
+    from llmc.distributed import ZERO_STAGES
+
+    assert ZERO_STAGES == (0, 1)
+    for stage in (-1, 0, 1):
+        Trainer(tiny_config(), tiny_run(shards, tmp_path, zero_stage=stage))
+    for stage in (2, 3, -2, True, 1.5):
+        with pytest.raises(ValueError, match=r"zero_stage \(-z\) .* is not implemented: use -z 0 .* or -z 1"):
+            Trainer(tiny_config(), tiny_run(shards, tmp_path, zero_stage=stage))
+    assert train_main(["-z", "2", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("llmc train: error: zero_stage (-z) 2 is not implemented: use -z 0")
 
 
 def test_resume_with_another_model_config_is_refused(shards, tmp_path):

@@ -32,9 +32,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import llmc.ops as ops
-    from llmc.model import GPT, GPTConfig
+    from llmc.model import DEFAULT_LOSS_CHUNK, GPT, GPTConfig
     from llmc.optim import AdamW, grad_norm_squared, step_seed
-    from llmc.trainer import DEFAULT_LOSS_CHUNK
 
     torch.set_num_threads(1)
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__}")

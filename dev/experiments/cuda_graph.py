@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from llmc.model import GPT, GPTConfig
+from llmc.model import DEFAULT_LOSS_CHUNK, GPT, GPTConfig
 from llmc.optim import AdamW, grad_norm_squared
 
 T = 1024
@@ -42,7 +42,7 @@ def median_ms(step, batches, synced: bool) -> float:
 
 
 def probe(cfg: GPTConfig, B: int, deterministic: bool, batches) -> dict:
-    model = GPT(cfg, device="cuda", loss_chunk=8192, deterministic=deterministic)
+    model = GPT(cfg, device="cuda", loss_chunk=DEFAULT_LOSS_CHUNK, deterministic=deterministic)
     opt = AdamW(model, lr=6e-4, weight_decay=0.1)
     model.allocate(B, T)
 

@@ -19,8 +19,7 @@ import argparse
 import torch
 
 from llmc import ops
-from llmc.model import GPTConfig
-from llmc.trainer import DEFAULT_LOSS_CHUNK
+from llmc.model import DEFAULT_LOSS_CHUNK, GPTConfig
 
 FWD, FWD_GELU, DINP, DINP_DGELU, DWEIGHT = range(5)
 KIND_NAMES = {FWD: "fwd", FWD_GELU: "fwd gelu_aux_bias", DINP: "dinp", DINP_DGELU: "dinp dgelu", DWEIGHT: "dweight"}
@@ -83,7 +82,7 @@ def main():
         saved = 0.0
         for name, K, M, has_bias, kinds in layer_gemms(cfg.n_embd, cfg.padded_vocab_size):
             rows, count = N, cfg.n_layer
-            if name == "lm_head":  # the Trainer's default loss_chunk: the output layer runs 8192 rows at a time
+            if name == "lm_head":  # the Trainer's default loss_chunk: the output layer runs that many rows at a time
                 rows = min(N, DEFAULT_LOSS_CHUNK)
                 count = -(-N // rows)  # the last chunk may be shorter: counted as a whole one
             for kind in kinds:

@@ -27,9 +27,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args(argv)
 
-    from llmc.model import GPT, GPTConfig
+    from llmc.model import DEFAULT_LOSS_CHUNK, GPT, GPTConfig
     from llmc.optim import AdamW, grad_norm_squared
-    from llmc.trainer import DEFAULT_LOSS_CHUNK
 
     torch.set_num_threads(1)
     dev = torch.device("cuda", 0)
@@ -66,7 +65,7 @@ def main(argv=None):
     report("cuda context")
     cfg = GPTConfig.from_preset(args.model)
     B, T = args.batch, args.seq_len
-    model = GPT(cfg, device="cuda", loss_chunk=chunk or None, deterministic=not args.nondet)
+    model = GPT(cfg, device="cuda", loss_chunk=chunk, deterministic=not args.nondet)
     report("GPT (params)")
     opt = AdamW(model, lr=6e-4, weight_decay=0.1)
     report("AdamW (m, v, master)")

@@ -77,7 +77,8 @@ TRAIN_OPTIONS = [
     (None, "--dist-timeout", "dist_timeout", float, "seconds a collective may wait for the other ranks before the "
                                                     "job fails (default 600)"),
     (None, "--loss-chunk", "loss_chunk", int, "positions per chunk of the output layer and loss: the logits buffer "
-                                              "holds that many rows instead of B*T (default 8192; 0: all at once)"),
+                                              "holds that many rows instead of B*T (default {loss_chunk}; 0: all at "
+                                              "once)"),
     (None, "--fp8", "fp8", _flag, "1: the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU "
                                   "(opt-in; default 0, bf16)"),
     (None, "--deterministic", "deterministic", _flag, "0: cuDNN's faster attention backward, whose dQ sums in "
@@ -86,6 +87,8 @@ TRAIN_OPTIONS = [
 
 
 def train_parser() -> argparse.ArgumentParser:
+    from .model import DEFAULT_LOSS_CHUNK
+
     # add_help=False: -h is llm.c's HellaSwag switch; --help stays. allow_abbrev=False: -s must not match -sl.
     p = argparse.ArgumentParser(prog="llmc train", add_help=False, allow_abbrev=False,
                                 description="Train GPT-2 on llm.c token shards. Takes llm.c train_gpt2cu's flags; "
@@ -93,7 +96,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--help", action="help", help="show this help and exit")
     for short, long, field, kind, text in TRAIN_OPTIONS:
         names = [short, long] if short else [long]
-        p.add_argument(*names, dest=field, type=kind, default=None, metavar=field.upper(), help=text)
+        p.add_argument(*names, dest=field, type=kind, default=None, metavar=field.upper(),
+                       help=text.format(loss_chunk=DEFAULT_LOSS_CHUNK))
     return p
 
 

@@ -13,12 +13,11 @@ so the Trainer runs one code path.
 gradients are SUMMED: the Trainer scales the loss gradient by 1/(grad_accum * world_size) in forward, so the sum
 is the mean over the total batch.
 - ZeRO-0: every rank gets the summed gradients (all-reduce) and runs the same AdamW update on all parameters.
-- ZeRO-1: the flat range is cut into world_size shards of S elements (S a multiple of 8, so every shard starts
-  16-byte aligned for the AdamW kernel); the last rank also owns the tail of fewer than 8*world_size elements.
-  Each rank receives the sums of its own shard only; its AdamW (llmc.optim.AdamW with shard=...) keeps m, v and
-  master weights for that shard and updates that slice of model.params; the parameters are then all-gathered in
-  place and the tail is broadcast from the last rank. Outside its shard a rank's model.grads holds partial sums
-  until zero_grad().
+- ZeRO-1: the flat range is cut into world_size shards (llmc.sharding: a multiple of 8 elements each, so every
+  shard starts 16-byte aligned for the AdamW kernel; the last rank also owns the tail). Each rank receives the
+  sums of its own shard only; its AdamW (llmc.optim.AdamW with shard=...) keeps m, v and master weights for that
+  shard and updates that slice of model.params; the parameters are then all-gathered in place and the tail is
+  broadcast from the last rank. Outside its shard a rank's model.grads holds partial sums until zero_grad().
 Overlap (`start_overlap()` before the last micro-step's backward): the model calls back as gradients become final
 (lnf, then layers from the last to the first, then the embeddings) and the gradients go out in buckets of about
 BUCKET_ELEMENTS while backward goes on: NCCL runs on its own stream, ordered after the kernels that produced the
@@ -38,13 +37,13 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from .sharding import LAYER_PARAMS, PARAM_NAMES, shard_range, shard_size, tensor_ranges
+
 DEFAULT_TIMEOUT_S = 600.0
-SHARD_ALIGN = 8  # elements: 16 bytes of bf16
+ZERO_STAGES = (0, 1)  # what GradientSync runs: 0 all-reduce, 1 sharded optimizer state (ZeRO-1)
 BUCKET_ELEMENTS = 2**24  # gradients per overlapped bucket (32 MiB of bf16), whole layers, at least one
 TIMEOUT_EXIT_CODE = 3  # a process ended by wait_for_device's timeout
 _wait_timeout_s: Optional[float] = None  # set by init_distributed for NCCL process groups
-LAYER_KINDS = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw",
-               "fcprojb")  # the per-layer tensors (model.PARAM_NAMES between wpe and lnfw)
 
 
 @dataclass(frozen=True)
@@ -226,27 +225,6 @@ def all_reduce_sum(values: list[int], device) -> list[int]:
     return [int(round(x)) for x in t.tolist()]
 
 
-def shard_range(num_params: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, end) of the flat parameter range that `rank` owns under ZeRO-1 (module doc): shards of a multiple
-    of 8 elements, the last rank also owning the tail."""
-    per_rank = num_params // (world_size * SHARD_ALIGN) * SHARD_ALIGN
-    start = rank * per_rank
-    return start, (num_params if rank == world_size - 1 else start + per_rank)
-
-
-def shard_partition(sizes, decay, start: int, end: int) -> tuple[list[int], list[bool]]:
-    """The (tensor_sizes, tensor_decay) of the range [start, end) of a flat buffer made of tensors of `sizes`:
-    the non-empty intersections of [start, end) with each tensor, in order."""
-    out_sizes, out_decay, offset = [], [], 0
-    for size, flag in zip(sizes, decay):
-        lo, hi = max(start, offset), min(end, offset + size)
-        if hi > lo:
-            out_sizes.append(hi - lo)
-            out_decay.append(bool(flag))
-        offset += size
-    return out_sizes, out_decay
-
-
 class GradientSync:
     """Gradient reduction, global grad norm and parameter gathering of one GPT across the ranks (module doc).
     With one process every method is local: no collectives."""
@@ -254,19 +232,20 @@ class GradientSync:
     def __init__(self, model, zero_stage: int = 0):
         import torch.distributed as dist
 
-        if isinstance(zero_stage, bool) or zero_stage not in (0, 1):
-            raise ValueError(f"zero_stage must be 0 (all-reduce) or 1 (sharded optimizer state), got {zero_stage!r}")
+        if isinstance(zero_stage, bool) or not isinstance(zero_stage, int) or zero_stage not in ZERO_STAGES:
+            raise ValueError(f"zero_stage {zero_stage!r} is not implemented: use 0 (all-reduce) or 1 (ZeRO-1, sharded "
+                             f"optimizer state)")
         self.model = model
         self.zero_stage = zero_stage
         self.world_size = dist.get_world_size() if is_distributed() else 1
         self.rank = dist.get_rank() if is_distributed() else 0
         n = model.num_params
         self.shard = shard_range(n, self.rank, self.world_size) if zero_stage == 1 else (0, n)
-        self.per_rank = n // (self.world_size * SHARD_ALIGN) * SHARD_ALIGN
+        self.per_rank = shard_size(n, self.world_size)
         self.prefix = self.per_rank * self.world_size  # reduce-scattered / all-gathered; [prefix, n) is the tail
         model.grad_ready_hook = None  # a hook left by an earlier GradientSync of this model does not apply
-        self._kinds = self._kind_ranges()  # [start, end) of each tensor kind in the flat buffer
-        self._per_layer = sum(self._kinds[k][1] - self._kinds[k][0] for k in LAYER_KINDS) // model.config.n_layer
+        self._kinds = dict(zip(PARAM_NAMES, tensor_ranges(model.param_sizes)))  # [start, end) of each tensor kind
+        self._per_layer = sum(self._kinds[k][1] - self._kinds[k][0] for k in LAYER_PARAMS) // model.config.n_layer
         self._works: Optional[list] = None  # collectives in flight since start_overlap()
         self._bucket: list[tuple[int, int]] = []  # ranges of final gradients not sent yet
         self._bucket_layers = 0
@@ -292,15 +271,6 @@ class GradientSync:
             self.model.grad_ready_hook = None
         self._works, self._bucket, self._bucket_layers = None, [], 0
 
-    def _kind_ranges(self) -> dict[str, tuple[int, int]]:
-        from .model import PARAM_NAMES
-
-        ranges, offset = {}, 0
-        for name, size in zip(PARAM_NAMES, self.model.param_sizes):
-            ranges[name] = (offset, offset + size)
-            offset += size
-        return ranges
-
     def _grads_ready(self, layer: int) -> None:
         """model.grad_ready_hook: collect final ranges into a bucket, send it when it is big enough."""
         kinds, L = self._kinds, self.model.config.n_layer
@@ -313,7 +283,7 @@ class GradientSync:
             if self._bucket_layers * self._per_layer < BUCKET_ELEMENTS and layer > 0:
                 return
             lo, hi = layer, layer + self._bucket_layers  # layers [lo, hi)
-            for name in LAYER_KINDS:
+            for name in LAYER_PARAMS:
                 start, end = kinds[name]
                 per = (end - start) // L
                 self._bucket.append((start + lo * per, start + hi * per))

@@ -350,25 +350,23 @@ def _device(name: str) -> str:
     return "cuda" if cuda_available() else "cpu"
 
 
-# Positions per chunk of the output layer when evaluating (GPT loss_chunk): the logits buffer is then
-# chunk x padded_vocab whatever B and T are (fp32 on the CPU: 1024 x 50304 x 4 B = 206 MB instead of 6.6 GB at
-# B=32, T=1024).
-EVAL_LOSS_CHUNK = {"cuda": 8192, "cpu": 1024}
 CPU_EVAL_POSITIONS = 4096  # positions per forward of `llmc eval` on the CPU by default (B = this // T)
 
 
 def load_model(path: str | os.PathLike, device: str = "auto"):
-    """An llmc.GPT with the weights of an llm.c model file, its loss computed in chunks (EVAL_LOSS_CHUNK) so
-    evaluation runs in bounded memory."""
+    """An llmc.GPT with the weights of an llm.c model file, its loss computed in chunks so evaluation runs in
+    bounded memory: the logits buffer is chunk x padded_vocab whatever B and T are. The chunk is
+    DEFAULT_LOSS_CHUNK on a GPU and an eighth of it on the CPU, whose logits are fp32 in host memory (1024 x 50304
+    x 4 B = 206 MB instead of 6.6 GB at B=32, T=1024)."""
     from .checkpoint import model_file_of, read_model_file
-    from .model import GPT
+    from .model import DEFAULT_LOSS_CHUNK, GPT
 
     file = model_file_of(path)
     if file != Path(path):
         print(f"model: {file} (the newest complete checkpoint in {path})", file=sys.stderr)
     config, params = read_model_file(file)
     device = _device(device)
-    model = GPT(config, device=device, loss_chunk=EVAL_LOSS_CHUNK["cpu" if device == "cpu" else "cuda"])
+    model = GPT(config, device=device, loss_chunk=DEFAULT_LOSS_CHUNK // 8 if device == "cpu" else DEFAULT_LOSS_CHUNK)
     model.load_params_(params)
     return model
 

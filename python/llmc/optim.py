@@ -9,7 +9,7 @@ must use the same seed, or their bf16 parameters drift apart.
 
 ZeRO-1 (llmc.distributed): AdamW(model, shard=(start, end)) keeps m, v and master for that slice of the flat
 range only and updates only model.params[start:end], with the weight-decay flags of the tensors the slice cuts
-(llmc.distributed.shard_partition); its rounding seed also mixes in `start`, so the shards round independently.
+(llmc.sharding.shard_partition); its rounding seed also mixes in `start`, so the shards round independently.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import ops
-from .distributed import SHARD_ALIGN, shard_partition
+from .sharding import check_shard, shard_partition
 
 _MASK64 = (1 << 64) - 1
 
@@ -58,7 +58,7 @@ class AdamW:
             float(weight_decay)
         self.seed = seed
         self.step_count = 0
-        start, end = (0, model.num_params) if shard is None else _check_shard(shard, model.num_params)
+        start, end = (0, model.num_params) if shard is None else check_shard(shard, model.num_params)
         self.shard = (start, end)
         self.tensor_sizes, self.tensor_decay = shard_partition(model.param_sizes, model.param_decay, start, end)
         n, device = end - start, model.device
@@ -147,17 +147,6 @@ class AdamW:
         self.step_count = int(state["step"])
         self.lr, self.betas, self.eps = float(state["lr"]), tuple(state["betas"]), float(state["eps"])
         self.weight_decay, self.seed = float(state["weight_decay"]), int(state["seed"])
-
-
-def _check_shard(shard, n: int) -> tuple[int, int]:
-    if not isinstance(shard, (tuple, list)) or len(shard) != 2 or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in shard) or not 0 <= shard[0] < shard[1] <= n:
-        raise ValueError(f"shard must be (start, end) with 0 <= start < end <= {n} (the model's parameter count), "
-                         f"got {shard!r}")
-    if shard[0] % SHARD_ALIGN:
-        raise ValueError(f"shard start {shard[0]} is not a multiple of {SHARD_ALIGN} elements: the AdamW kernel needs "
-                         f"16-byte aligned ranges (use llmc.distributed.shard_range)")
-    return int(shard[0]), int(shard[1])
 
 
 def grad_norm_squared(model) -> torch.Tensor:

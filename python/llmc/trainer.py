@@ -21,6 +21,7 @@ MFU is llm.c's: model.flops_per_token(T) = 6*N + 6*L*C*T FLOPs per token against
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._validate import check_int
+from .distributed import ZERO_STAGES
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.5, "H100 80GB HBM3": 989.5, "H200": 989.5, "GH200": 989.5,
@@ -41,9 +43,6 @@ RUN_FILES = ("main.log", "metrics.jsonl", "samples.txt")  # what a run writes be
 GRAD_CLIP = 1.0
 BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
-# Output layer + loss 8192 positions at a time: the logits buffer is 0.8 GB instead of 6.6 GB at d12, B=64, and
-# on an H100 the step is no slower.
-DEFAULT_LOSS_CHUNK = 8192
 QUICKSTART_CPU_MODEL = "d4c128"  # 4 layers, 128 channels (see parse_model_spec)
 
 
@@ -87,8 +86,9 @@ class TrainConfig:
                                          # reads them with its shuffling off
     device: str = "auto"                 # cuda, cpu or auto
     dist_timeout: float = 600.0          # seconds a collective waits for the other ranks before the job fails
-    loss_chunk: Optional[int] = None     # positions per chunk of the output layer + loss (GPT loss_chunk); 0: all
-                                         # at once; None: 8192 for a model the Trainer builds, a given GPT's own
+    loss_chunk: Optional[int] = None     # positions per chunk of the output layer + loss (GPT loss_chunk; 0: all
+                                         # at once); None: llmc.model.DEFAULT_LOSS_CHUNK for a model the Trainer
+                                         # builds, a given GPT's own
     fp8: bool = False                    # FP8 matmuls on an H100 (GPT fp8=True; opt-in, changes the numerics);
                                          # a GPT passed in keeps its own (True with a bf16 GPT is an error)
     deterministic: bool = True           # bit-reproducible backward (GPT deterministic); False: cuDNN's attention
@@ -242,6 +242,32 @@ class RunLog:
             self.bar.close()
 
 
+@dataclass
+class _Run:
+    """What one Trainer.fit works with: made by _setup, start_step set by _resume."""
+    device: object
+    out_dir: Optional[Path]
+    ckpt: object                         # CheckpointManager of out_dir, None without one
+    resume_step: Optional[int]
+    state: Optional[dict]                # the state file of the checkpoint resumed
+    train_loader: object
+    val_loader: object                   # None without val data
+    total_batch: int                     # tokens per step, over all ranks
+    grad_accum: int                      # micro-steps per step
+    zero_stage: int
+    num_steps: int
+    model: object
+    sync: object                         # llmc.distributed.GradientSync
+    optimizer: object                    # llmc.optim.AdamW
+    loss_detector: OutlierDetector
+    norm_detector: OutlierDetector
+    fixed_batch: Optional[tuple]         # -a: the one batch trained on
+    hellaswag: Optional[list]            # -h 1: the HellaSwag examples
+    peak: Optional[float]                # bf16 FLOP/s of all ranks for the MFU, None when unknown
+    flops_per_step: int
+    start_step: int = 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------------------
@@ -284,16 +310,17 @@ class Trainer:
         if not c.learning_rate > 0 or not 0 <= c.final_lr_fraction <= 1 or c.weight_decay < 0:
             raise ValueError(f"need learning_rate > 0, 0 <= final_lr_fraction <= 1 and weight_decay >= 0; got "
                              f"{c.learning_rate}, {c.final_lr_fraction}, {c.weight_decay}")
-        if c.recompute not in (0, 1, 2) or c.zero_stage not in (-1, 0, 1, 2, 3) or c.gelu_fusion not in (-1, 0, 1, 2):
-            raise ValueError(f"recompute must be 0/1/2, zero_stage -1..3 and gelu_fusion -1/0/1/2; got {c.recompute}, "
-                             f"{c.zero_stage}, {c.gelu_fusion}")
-        if self.world_size > 1 and c.zero_stage not in (-1, 0, 1):
-            raise ValueError(f"zero_stage {c.zero_stage} is not implemented; with several processes use -z 0 "
-                             f"(all-reduce) or -z 1 (sharded optimizer state, the default)")
+        if c.recompute not in (0, 1, 2) or c.gelu_fusion not in (-1, 0, 1, 2):
+            raise ValueError(f"recompute must be 0/1/2 and gelu_fusion -1/0/1/2; got {c.recompute}, {c.gelu_fusion}")
+        if isinstance(c.zero_stage, bool) or not isinstance(c.zero_stage, int) or \
+                c.zero_stage not in (-1,) + ZERO_STAGES:
+            raise ValueError(f"zero_stage (-z) {c.zero_stage!r} is not implemented: use -z 0 (all-reduce) or -z 1 "
+                             f"(ZeRO-1, sharded optimizer state), or leave it at -1 (1 with several processes)")
         if isinstance(c.dist_timeout, bool) or not isinstance(c.dist_timeout, (int, float)) or not c.dist_timeout > 0:
             raise ValueError(f"dist_timeout must be a number of seconds > 0, got {c.dist_timeout!r}")
         if c.loss_chunk is not None:
-            check_int(c.loss_chunk, "loss_chunk (0: the whole batch at once, None: the default)", 0)
+            check_int(c.loss_chunk, "loss_chunk (positions per chunk; 0: the whole batch at once; None: the default)",
+                      0)
         if not isinstance(c.fp8, bool):
             raise TypeError(f"fp8 must be a bool, got {c.fp8!r}")
         if not isinstance(c.restart, bool):
@@ -392,14 +419,14 @@ class Trainer:
 
     def _build_model(self, model_config, device, params):
         """The GPT on `device`, with `params` (fp32 flat) loaded when given (a model file or a checkpoint)."""
-        from .model import GPT
+        from .model import DEFAULT_LOSS_CHUNK, GPT
 
         if isinstance(self.model_source, GPT):
             model = self.model_source
             chunk = self.config.loss_chunk
-            if chunk is not None and (chunk or None) != model.loss_chunk:
+            if chunk is not None and chunk != model.loss_chunk:
                 raise ValueError(f"loss_chunk={chunk} is a property of the model: the GPT passed to the Trainer has "
-                                 f"loss_chunk={model.loss_chunk}; build it with GPT(..., loss_chunk={chunk or None}) "
+                                 f"loss_chunk={model.loss_chunk}; build it with GPT(..., loss_chunk={chunk}) "
                                  f"or leave TrainConfig.loss_chunk at None")
             if self.config.fp8 and not model.fp8:
                 raise ValueError("fp8=True is a property of the model: the GPT passed to the Trainer was built with "
@@ -415,7 +442,7 @@ class Trainer:
             chunk = DEFAULT_LOSS_CHUNK if self.config.loss_chunk is None else self.config.loss_chunk
             fusion = {} if self.config.gelu_fusion == -1 else {"gelu_fusion": self.config.gelu_fusion}
             model = GPT(model_config, device=device, recompute=self.config.recompute, seed=self.config.seed,
-                        loss_chunk=chunk or None, fp8=self.config.fp8, deterministic=self.config.deterministic,
+                        loss_chunk=chunk, fp8=self.config.fp8, deterministic=self.config.deterministic,
                         **fusion)
         if params is not None:
             model.load_params_(params)
@@ -424,6 +451,34 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
         """Train; returns one record per step taken (step, loss, norm, lr, ms, tokens_per_s, skipped)."""
+        with self._session() as device:
+            run = self._setup(device)
+            self._resume(run)
+            self._announce(run)
+            log = RunLog(run.out_dir if self.rank == 0 else None, total_steps=run.num_steps,
+                         start_step=run.start_step, quiet=self.rank != 0)
+            started = time.perf_counter()
+            try:
+                for step in range(run.start_step, run.num_steps + 1):
+                    self._evaluate(run, log, step)  # before the step of that number, and after the last
+                    if self._checkpoint_due(run, step):
+                        log.print(f"writing checkpoint at step {step}")
+                        run.ckpt.save(step, run.model, self._checkpoint_state(run, step))
+                    if step == run.num_steps:
+                        break
+                    record, zscores, seconds = self._train_step(run, log, step)
+                    self._log_step(run, log, record, zscores, seconds, started)
+            finally:
+                log.close()
+            if self.rank == 0:
+                print(self._summary(run, time.perf_counter() - started), flush=True)
+        return self.history
+
+    @contextlib.contextmanager
+    def _session(self):
+        """The device to train on, inside the process group (joined here, or the one that exists). A collective
+        that fails and running out of GPU memory are told in terms of the run's options; at the end the run
+        directory is unlocked and a process group joined here is left."""
         import torch
         import torch.distributed as dist
 
@@ -435,9 +490,8 @@ class Trainer:
         init_distributed(device.type, self.config.dist_timeout)
         finished = False
         try:
-            history = self._fit(device)
+            yield device
             finished = True
-            return history
         except dist.DistError as e:
             raise RuntimeError(f"rank {self.rank} of {self.world_size}: a collective failed or waited longer than "
                                f"dist_timeout={self.config.dist_timeout:g} s (another rank died or hangs; its own "
@@ -455,23 +509,56 @@ class Trainer:
             if own_group:
                 cleanup()
 
-    def _fit(self, device) -> list[dict]:
-        import torch
-
-        from .checkpoint import CheckpointManager
-        from .data import DataLoader
-        from .distributed import GradientSync, all_reduce_mean, all_reduce_sum, print0, wait_for_device
-        from .eval import HellaSwagResult, hellaswag_eval, val_loss
+    def _setup(self, device) -> "_Run":
+        """Everything before the first step: the data, the run directory, the model (from the checkpoint to resume,
+        a model file or a preset), its gradient sync and optimizer, all activation memory, the number of steps."""
+        from .distributed import GradientSync, print0
         from .optim import AdamW
+
+        c = self.config
+        B, T = c.batch_size, c.seq_len
+        zero_stage = (1 if c.zero_stage == -1 else c.zero_stage) if self.world_size > 1 else 0
+        out_dir = self._out_dir()
+        train_loader, val_loader, total_batch, grad_accum = self._data()
+        ckpt, resume_step = self._claim_run_dir(out_dir)
+        model_config, params, state = self._starting_point(ckpt, resume_step, out_dir)
+        if T > model_config.max_seq_len:
+            raise ValueError(f"sequence length T={T} (-t) exceeds the model's context of {model_config.max_seq_len} "
+                             f"tokens; use -t {model_config.max_seq_len} or less")
+        self._set_cpu_threads(device, state)
+        model = self.model = self._build_model(model_config, device, params)
+        print0(f"llmc train | device {device} | model {model_config} | {model.num_params:,} parameters")
+        sync = GradientSync(model, zero_stage)
+        print0(model.memory_plan(B, T, master_weights=c.master_weights and device.type == "cuda",
+                                 shard=sync.shard if zero_stage == 1 and self.world_size > 1 else None))
+        optimizer = self.optimizer = AdamW(model, lr=c.learning_rate, betas=BETAS, eps=ADAM_EPS,
+                                           weight_decay=c.weight_decay, master_weights=c.master_weights, seed=c.seed,
+                                           shard=sync.shard)
+        model.allocate(B, T)  # all activation memory now, so running out of memory happens before any work
+
+        num_steps = c.num_iterations if c.num_iterations != -1 else train_loader.num_tokens // total_batch
+        if num_steps < 1 and c.num_iterations == -1:
+            raise ValueError(f"the training data ({train_loader.num_tokens} tokens) is less than one step of "
+                             f"{total_batch} tokens; pass -x or a smaller -d")
+        peak = peak_flops(device)
+        return _Run(device=device, out_dir=out_dir, ckpt=ckpt, resume_step=resume_step, state=state,
+                    train_loader=train_loader, val_loader=val_loader, total_batch=total_batch,
+                    grad_accum=grad_accum, zero_stage=zero_stage, num_steps=num_steps,
+                    model=model, sync=sync, optimizer=optimizer,
+                    loss_detector=OutlierDetector(c.skip_update_lossz), norm_detector=OutlierDetector(c.skip_update_gradz),
+                    fixed_batch=train_loader.next_batch() if c.overfit_single_batch else None,  # -a: the first batch
+                    hellaswag=self._hellaswag_examples() if c.hellaswag else None,
+                    peak=peak * self.world_size if peak else peak,  # flops_per_step counts the tokens of all ranks
+                    flops_per_step=model.flops_per_token(T) * total_batch)
+
+    def _data(self):
+        """(train loader, val loader or None, tokens per step, micro-steps per step): the built-in corpus unless -i is given; -a trains on
+        the first val batch (as llm.c). A step reads the same rows however it is split among GPUs."""
+        from .data import DataLoader
         from .prepare import builtin_corpus
 
         c = self.config
         B, T = c.batch_size, c.seq_len
-        main = self.rank == 0
-        zero_stage = (1 if c.zero_stage == -1 else c.zero_stage) if self.world_size > 1 else 0
-        out_dir = self._out_dir()
-
-        # data: the built-in corpus unless -i is given; -a trains on the first val batch (as llm.c)
         train_pattern, val_pattern = c.input_train, c.input_val
         if train_pattern is None:
             train_pattern, builtin_val = builtin_corpus()
@@ -481,26 +568,31 @@ class Trainer:
         tokens_per_micro_step = B * T * self.world_size
         total_batch = tokens_per_micro_step if c.total_batch_size == -1 else c.total_batch_size
         grad_accum = total_batch // tokens_per_micro_step
-        # a step reads total_batch tokens: the same rows however it is split among GPUs
         train_loader = DataLoader(train_pattern, B, T, self.rank, self.world_size, shuffle=c.shuffle, seed=c.seed,
                                   accum=grad_accum)
         val_loader = None if val_pattern is None else \
             DataLoader(val_pattern, B, T, self.rank, self.world_size, shuffle=False)
+        return train_loader, val_loader, total_batch, grad_accum
 
-        # model: from the latest complete checkpoint when resuming, else from model_or_preset
-        ckpt, resume_step = self._claim_run_dir(out_dir)
+    def _starting_point(self, ckpt, resume_step: Optional[int], out_dir: Optional[Path]):
+        """(GPTConfig, fp32 params or None, checkpoint state or None): the latest complete checkpoint when resuming,
+        else what model_or_preset describes."""
         model_config, params = self._model_source()
-        state = None
-        if resume_step is not None:
-            saved_config, params, state = ckpt.load(resume_step)
-            if saved_config != model_config:
-                raise ValueError(f"the checkpoint at step {resume_step} in {out_dir} is a model {saved_config}, but "
-                                 f"this run asks for {model_config}; pass the same -e as the original run, or "
-                                 f"another -o to start a new run")
-            check_state(state, ckpt.state_path(resume_step), resume_step, self.world_size)
-        if T > model_config.max_seq_len:
-            raise ValueError(f"sequence length T={T} (-t) exceeds the model's context of {model_config.max_seq_len} "
-                             f"tokens; use -t {model_config.max_seq_len} or less")
+        if resume_step is None:
+            return model_config, params, None
+        saved_config, params, state = ckpt.load(resume_step)
+        if saved_config != model_config:
+            raise ValueError(f"the checkpoint at step {resume_step} in {out_dir} is a model {saved_config}, but "
+                             f"this run asks for {model_config}; pass the same -e as the original run, or "
+                             f"another -o to start a new run")
+        check_state(state, ckpt.state_path(resume_step), resume_step, self.world_size)
+        return model_config, params, state
+
+    def _set_cpu_threads(self, device, state: Optional[dict]) -> None:
+        import torch
+
+        from .distributed import print0
+
         if device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
             # The host only launches kernels and checks token ids; torch's CPU thread pool (one thread per core)
             # made each step's host work slow on a 64-core machine (d12: 163 ms per micro-step instead of 118 ms
@@ -517,154 +609,162 @@ class Trainer:
             if threads > 1:
                 print0(f"note: {threads} CPU threads; a run repeats bit for bit with the same thread count on the same "
                        f"CPU (OMP_NUM_THREADS=1 repeats on any CPU)")
-        model = self.model = self._build_model(model_config, device, params)
-        print0(f"llmc train | device {device} | model {model_config} | {model.num_params:,} parameters")
-        sync = GradientSync(model, zero_stage)
-        print0(model.memory_plan(B, T, master_weights=c.master_weights and device.type == "cuda",
-                                 shard=sync.shard if zero_stage == 1 and self.world_size > 1 else None))
-        optimizer = self.optimizer = AdamW(model, lr=c.learning_rate, betas=BETAS, eps=ADAM_EPS,
-                                           weight_decay=c.weight_decay, master_weights=c.master_weights, seed=c.seed,
-                                           shard=sync.shard)
-        model.allocate(B, T)  # all activation memory now, so running out of memory happens before any work
 
-        num_steps = c.num_iterations if c.num_iterations != -1 else train_loader.num_tokens // total_batch
-        if num_steps < 1 and c.num_iterations == -1:
-            raise ValueError(f"the training data ({train_loader.num_tokens} tokens) is less than one step of "
-                             f"{total_batch} tokens; pass -x or a smaller -d")
-        val_batches = None if c.val_max_steps == -1 else c.val_max_steps
-        loss_detector = OutlierDetector(c.skip_update_lossz)
-        norm_detector = OutlierDetector(c.skip_update_gradz)
-        fixed_batch = train_loader.next_batch() if c.overfit_single_batch else None  # -a: the first batch
-        step = 0
-        if state is not None:
-            saved_fp8 = bool(state.get("train_config", {}).get("fp8", False))
-            if saved_fp8 != model.fp8:
-                raise ValueError(f"the checkpoint at step {resume_step} was trained with fp8={saved_fp8}; resume it "
-                                 f"with --fp8 {int(saved_fp8)} (the FP8 matmuls change the numerics)")
-            if model.fp8 and state.get("fp8") is not None:
-                model._fp8.load_state_dict(state["fp8"])
-            optimizer.load_state_dict(state["optimizer"])
-            train_loader.load_state_dict(state["train_loader"])
-            loss_detector.load_state_dict(state["loss_detector"])
-            norm_detector.load_state_dict(state["norm_detector"])
-            restore_rng(state["rng"])
-            step = state["step"]
-        hellaswag = self._hellaswag_examples() if c.hellaswag else None
-        peak = peak_flops(device)
-        if peak:
-            peak *= self.world_size  # flops_per_step counts the tokens of all ranks
-        flops_per_step = model.flops_per_token(T) * total_batch
+    def _resume(self, run: "_Run") -> None:
+        """Restore the FP8 scaling, optimizer, data position, outlier windows, RNG and step of the checkpoint."""
+        state = run.state
+        if state is None:
+            return
+        saved_fp8 = bool(state.get("train_config", {}).get("fp8", False))
+        if saved_fp8 != run.model.fp8:
+            raise ValueError(f"the checkpoint at step {run.resume_step} was trained with fp8={saved_fp8}; resume it "
+                             f"with --fp8 {int(saved_fp8)} (the FP8 matmuls change the numerics)")
+        if run.model.fp8 and state.get("fp8") is not None:
+            run.model._fp8.load_state_dict(state["fp8"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.train_loader.load_state_dict(state["train_loader"])
+        run.loss_detector.load_state_dict(state["loss_detector"])
+        run.norm_detector.load_state_dict(state["norm_detector"])
+        restore_rng(state["rng"])
+        run.start_step = state["step"]
 
-        print0(f"train {train_loader}\nval {val_loader}")
-        print0(f"B={B} T={T} world_size={self.world_size} total_batch_size={total_batch} => grad_accum_steps="
-               f"{grad_accum}; {num_steps} steps; lr {c.learning_rate:g} {c.lr_schedule} warmup {c.warmup_iterations} "
-               f"final fraction {c.final_lr_fraction:g}; weight decay {c.weight_decay:g}; recompute {c.recompute}; "
-               f"zero stage {zero_stage}" + ("" if self.world_size > 1 else " (sharding needs several processes)") +
-               ("; FP8 matmuls (see GPT fp8)" if model.fp8 else ""))
-        print0("MFU against " + (f"{peak / 1e12:.1f} TFLOP/s bf16 peak" if peak else "no known peak (not shown)"))
-        if resume_step is not None:
-            print0(f"resuming from the checkpoint at step {resume_step} in {out_dir}")
+    def _announce(self, run: "_Run") -> None:
+        """Rank 0 prints what the run is about to do."""
+        from .distributed import print0
 
-        log = RunLog(out_dir if main else None, total_steps=num_steps, start_step=step,
-                     quiet=not main)
-        started, first_step = time.perf_counter(), step
-        try:
-            for step in range(step, num_steps + 1):
-                last_step = step == num_steps
-                if val_loader is not None and c.val_every > 0 and (step % c.val_every == 0 or last_step):
-                    value = all_reduce_mean(val_loss(model, val_loader, B, T, val_batches, self.rank,
-                                                     self.world_size), device)
-                    log.val(step, value)
-                    self.val_history.append((step, value))
-                if hellaswag and ((step > 0 and c.val_every > 0 and step % c.val_every == 0) or last_step):
-                    mine = hellaswag_eval(model, hellaswag, B, T, self.rank, self.world_size)
-                    result = HellaSwagResult(*all_reduce_sum([mine.correct, mine.correct_norm, mine.total], device))
-                    log.hellaswag(step, result.acc_norm, result.total)
-                if main and c.sample_every > 0 and ((step > 0 and step % c.sample_every == 0) or last_step):
-                    log.sample(step, self._sample(model))
-                # every -n steps, and at the end of every run that has an output directory
-                if ckpt is not None and step != resume_step and \
-                        (last_step or (c.checkpoint_every > 0 and step > 0 and step % c.checkpoint_every == 0)):
-                    log.print(f"writing checkpoint at step {step}")
-                    ckpt.save(step, model, {
-                        "step": step, "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
-                        "loss_detector": loss_detector.state_dict(), "norm_detector": norm_detector.state_dict(),
-                        "rng": rng_state(), "train_config": dataclasses.asdict(c), "world_size": self.world_size,
-                        "fp8": model._fp8.state_dict() if model.fp8 else None,
-                        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None})
-                if last_step:
-                    break
+        c = self.config
+        print0(f"train {run.train_loader}\nval {run.val_loader}")
+        print0(f"B={c.batch_size} T={c.seq_len} world_size={self.world_size} total_batch_size={run.total_batch} => "
+               f"grad_accum_steps={run.grad_accum}; {run.num_steps} steps; lr {c.learning_rate:g} {c.lr_schedule} "
+               f"warmup {c.warmup_iterations} final fraction {c.final_lr_fraction:g}; weight decay {c.weight_decay:g}; "
+               f"recompute {c.recompute}; zero stage {run.zero_stage}" +
+               ("" if self.world_size > 1 else " (sharding needs several processes)") +
+               ("; FP8 matmuls (see GPT fp8)" if run.model.fp8 else ""))
+        print0("MFU against " + (f"{run.peak / 1e12:.1f} TFLOP/s bf16 peak" if run.peak else
+                                 "no known peak (not shown)"))
+        if run.resume_step is not None:
+            print0(f"resuming from the checkpoint at step {run.resume_step} in {run.out_dir}")
 
-                # One optimization step over total_batch tokens. The host does not wait for the GPU until the
-                # step's loss and norm are read at its end (unless outlier skipping needs them before the update):
-                # tokens are checked on the host, clipping happens in the AdamW kernel.
-                t0 = time.perf_counter()
-                loss_t = None
-                for micro_step in range(grad_accum):
-                    x, y = fixed_batch if fixed_batch is not None else train_loader.next_batch()
-                    try:
-                        micro = model.forward(x, y, grad_scale=1.0 / (grad_accum * self.world_size), sync=False)
-                    except ValueError as e:  # token ids the model cannot take: say which data holds them
-                        raise ValueError(f"training batch of step {step + 1} (rows from "
-                                         f"{', '.join(train_loader.last_files)}): {e}") from None
-                    loss_t = micro / grad_accum if loss_t is None else loss_t + micro / grad_accum
-                    if micro_step == grad_accum - 1:
-                        sync.start_overlap()  # the last backward sends its gradients as they become final
-                    try:
-                        model.backward()
-                    except BaseException:
-                        sync.abort_overlap()  # no stale hook on the model if it is trained again
-                        raise
-                sync.reduce_gradients()
-                loss_t = sync.mean_over_ranks(loss_t)
-                norm_sq = sync.grad_norm_squared()
-                lr = learning_rate(step, schedule=c.lr_schedule, max_lr=c.learning_rate,
-                                   warmup=c.warmup_iterations, total=num_steps, final_fraction=c.final_lr_fraction)
-                checked = loss_detector.threshold or norm_detector.threshold
-                if checked:  # the z-scores decide whether to update: they need the values now
-                    loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
-                    _check_finite(step, loss, norm, ckpt)
-                    zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
-                skipped = bool(checked) and (loss_detector.is_outlier(zloss) or norm_detector.is_outlier(znorm))
-                if skipped:
-                    log.print(f"skipping the update of step {step}: loss z-score {zloss:+.2f}, norm z-score "
-                              f"{znorm:+.2f}")
-                else:
-                    optimizer.step_count = step  # AdamW's t is step + 1, also after skipped updates (as llm.c)
-                    optimizer.step(lr, grad_norm_squared=norm_sq, max_grad_norm=GRAD_CLIP)
-                    sync.gather_params()
-                model.zero_grad()
-                if not checked:
-                    loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
-                    _check_finite(step, loss, norm, ckpt)
-                    zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
-                if checked:  # the loss was read before the update: wait for the update and its collectives too
-                    wait_for_device(device, f"step {step + 1}")
-                seconds = time.perf_counter() - t0
+    def _evaluate(self, run: "_Run", log: "RunLog", step: int) -> None:
+        """Validation loss (every -v steps), HellaSwag (with -h 1, at validation steps after the first) and a text
+        sample (rank 0, every -s steps after the first); all three after the last step."""
+        from .distributed import all_reduce_mean, all_reduce_sum
+        from .eval import HellaSwagResult, hellaswag_eval, val_loss
 
-                record = {"step": step, "loss": loss, "norm": norm, "lr": lr, "ms": 1000 * seconds,
-                          "tokens_per_s": total_batch / seconds, "skipped": skipped}
-                mfu = f" | {100 * flops_per_step / seconds / peak:.1f}% bf16 MFU" if peak else ""
-                elapsed = time.perf_counter() - started
-                eta = elapsed / (step + 1 - first_step) * (num_steps - step - 1)
-                log.train(record, f"step {step + 1:4d}/{num_steps} | loss {loss:.6f}{_z(zloss)} | norm "
-                                  f"{norm:.4f}{_z(znorm)} | lr {lr:.2e} | {record['ms']:.2f} ms{mfu} | "
-                                  f"{record['tokens_per_s']:.0f} tok/s | {_clock(elapsed)} elapsed, eta {_clock(eta)}")
-                self.history.append(record)
-        finally:
-            log.close()
-        if main:
-            print(self._summary(out_dir, ckpt, num_steps, first_step, total_batch, time.perf_counter() - started),
-                  flush=True)
-        return self.history
+        c, model, device = self.config, run.model, run.device
+        B, T = c.batch_size, c.seq_len
+        last_step = step == run.num_steps
+        if run.val_loader is not None and c.val_every > 0 and (step % c.val_every == 0 or last_step):
+            val_batches = None if c.val_max_steps == -1 else c.val_max_steps
+            value = all_reduce_mean(val_loss(model, run.val_loader, B, T, val_batches, self.rank, self.world_size),
+                                    device)
+            log.val(step, value)
+            self.val_history.append((step, value))
+        if run.hellaswag and ((step > 0 and c.val_every > 0 and step % c.val_every == 0) or last_step):
+            mine = hellaswag_eval(model, run.hellaswag, B, T, self.rank, self.world_size)
+            result = HellaSwagResult(*all_reduce_sum([mine.correct, mine.correct_norm, mine.total], device))
+            log.hellaswag(step, result.acc_norm, result.total)
+        if self.rank == 0 and c.sample_every > 0 and ((step > 0 and step % c.sample_every == 0) or last_step):
+            log.sample(step, self._sample(model))
 
-    def _summary(self, out_dir: Optional[Path], ckpt, num_steps: int, first_step: int, total_batch: int,
-                 seconds: float) -> str:
+    def _checkpoint_due(self, run: "_Run", step: int) -> bool:
+        """Every -n steps, and at the end of every run that has an output directory (not the step resumed from)."""
+        every = self.config.checkpoint_every
+        return run.ckpt is not None and step != run.resume_step and \
+            (step == run.num_steps or (every > 0 and step > 0 and step % every == 0))
+
+    def _checkpoint_state(self, run: "_Run", step: int) -> dict:
+        """This rank's state file of the checkpoint at `step`: what _resume restores, and what check_state checks."""
+        import torch
+
+        return {"step": step, "optimizer": run.optimizer.state_dict(), "train_loader": run.train_loader.state_dict(),
+                "loss_detector": run.loss_detector.state_dict(), "norm_detector": run.norm_detector.state_dict(),
+                "rng": rng_state(), "train_config": dataclasses.asdict(self.config), "world_size": self.world_size,
+                "fp8": run.model._fp8.state_dict() if run.model.fp8 else None,
+                "cpu_threads": torch.get_num_threads() if run.device.type == "cpu" else None}
+
+    def _train_step(self, run: "_Run", log: "RunLog", step: int) -> tuple[dict, tuple[float, float], float]:
+        """One optimization step over total_batch tokens: (its record, the loss's and norm's z-scores, its
+        seconds). The host
+        does not wait for the GPU until the step's loss and norm are read at its end (unless outlier skipping needs
+        them before the update): tokens are checked on the host, clipping happens in the AdamW kernel."""
+        from .distributed import wait_for_device
+
+        c, model, sync = self.config, run.model, run.sync
+        loss_detector, norm_detector = run.loss_detector, run.norm_detector
+        t0 = time.perf_counter()
+        loss_t = self._forward_backward(run, step)
+        sync.reduce_gradients()
+        loss_t = sync.mean_over_ranks(loss_t)
+        norm_sq = sync.grad_norm_squared()
+        lr = learning_rate(step, schedule=c.lr_schedule, max_lr=c.learning_rate, warmup=c.warmup_iterations,
+                           total=run.num_steps, final_fraction=c.final_lr_fraction)
+        checked = loss_detector.threshold or norm_detector.threshold
+        if checked:  # the z-scores decide whether to update: they need the values now
+            loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
+            _check_finite(step, loss, norm, run.ckpt)
+            zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
+        skipped = bool(checked) and (loss_detector.is_outlier(zloss) or norm_detector.is_outlier(znorm))
+        if skipped:
+            log.print(f"skipping the update of step {step}: loss z-score {zloss:+.2f}, norm z-score {znorm:+.2f}")
+        else:
+            run.optimizer.step_count = step  # AdamW's t is step + 1, also after skipped updates (as llm.c)
+            run.optimizer.step(lr, grad_norm_squared=norm_sq, max_grad_norm=GRAD_CLIP)
+            sync.gather_params()
+        model.zero_grad()
+        if not checked:
+            loss, norm = _read_loss_and_norm(loss_t, norm_sq, f"step {step + 1}")
+            _check_finite(step, loss, norm, run.ckpt)
+            zloss, znorm = loss_detector.update(loss), norm_detector.update(norm)
+        if checked:  # the loss was read before the update: wait for the update and its collectives too
+            wait_for_device(run.device, f"step {step + 1}")
+        seconds = time.perf_counter() - t0
+        record = {"step": step, "loss": loss, "norm": norm, "lr": lr, "ms": 1000 * seconds,
+                  "tokens_per_s": run.total_batch / seconds, "skipped": skipped}
+        return record, (zloss, znorm), seconds
+
+    def _forward_backward(self, run: "_Run", step: int):
+        """The micro-steps of a step: forward and backward of each micro-batch, gradients accumulated; the last
+        backward sends its gradients to the other ranks as they become final. Returns the mean loss as a device
+        tensor (no host sync)."""
+        model, sync, loader, grad_accum = run.model, run.sync, run.train_loader, run.grad_accum
+        loss_t = None
+        for micro_step in range(grad_accum):
+            x, y = run.fixed_batch if run.fixed_batch is not None else loader.next_batch()
+            try:
+                micro = model.forward(x, y, grad_scale=1.0 / (grad_accum * self.world_size), sync=False)
+            except ValueError as e:  # token ids the model cannot take: say which data holds them
+                raise ValueError(f"training batch of step {step + 1} (rows from {', '.join(loader.last_files)}): "
+                                 f"{e}") from None
+            loss_t = micro / grad_accum if loss_t is None else loss_t + micro / grad_accum
+            if micro_step == grad_accum - 1:
+                sync.start_overlap()
+            try:
+                model.backward()
+            except BaseException:
+                sync.abort_overlap()  # no stale hook on the model if it is trained again
+                raise
+        return loss_t
+
+    def _log_step(self, run: "_Run", log: "RunLog", record: dict, zscores: tuple[float, float], seconds: float,
+                  started: float) -> None:
+        """The step's console line, main.log and metrics.jsonl lines, and its entry in self.history."""
+        step = record["step"]
+        mfu = f" | {100 * run.flops_per_step / seconds / run.peak:.1f}% bf16 MFU" if run.peak else ""
+        elapsed = time.perf_counter() - started
+        eta = elapsed / (step + 1 - run.start_step) * (run.num_steps - step - 1)
+        log.train(record, f"step {step + 1:4d}/{run.num_steps} | loss {record['loss']:.6f}{_z(zscores[0])} | norm "
+                          f"{record['norm']:.4f}{_z(zscores[1])} | lr {record['lr']:.2e} | {record['ms']:.2f} ms{mfu} | "
+                          f"{record['tokens_per_s']:.0f} tok/s | {_clock(elapsed)} elapsed, eta {_clock(eta)}")
+        self.history.append(record)
+
+    def _summary(self, run: "_Run", seconds: float) -> str:
         """The end-of-run report: what was trained, how it went, where everything is."""
-        vals = self.val_history
-        lines = [f"done: {num_steps - first_step} steps ({first_step} -> {num_steps}) in {_clock(seconds)}, "
-                 f"{(num_steps - first_step) * total_batch:,} tokens"
-                 + (f" ({(num_steps - first_step) * total_batch / seconds:,.0f} tokens/s)" if seconds > 0 else "")]
+        vals, out_dir, ckpt = self.val_history, run.out_dir, run.ckpt
+        steps = run.num_steps - run.start_step
+        lines = [f"done: {steps} steps ({run.start_step} -> {run.num_steps}) in {_clock(seconds)}, "
+                 f"{steps * run.total_batch:,} tokens"
+                 + (f" ({steps * run.total_batch / seconds:,.0f} tokens/s)" if seconds > 0 else "")]
         if self.history:
             lines.append(f"final train loss {self.history[-1]['loss']:.4f}")
         if vals:
