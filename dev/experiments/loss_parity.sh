@@ -2,7 +2,8 @@
 # Loss parity with llm.c on the GPU machine: builds llmc and llm.c, makes the CPython corpus and a d12 init, then
 # runs benchmarks/curves.py jobs given as arguments ("shuffled SEEDS... -- VARIANTS" style is left to curves.py:
 # each argument is one quoted curves.py argument list, run in parallel with the others).
-# Usage: dev/experiments/loss_parity.sh OUT 'ARGS1' ['ARGS2' ...]
+# Usage: [LLMC_CORPUS=headers] dev/experiments/loss_parity.sh OUT 'ARGS1' ['ARGS2' ...]
+#   the corpus: cpython (default: .ref/mkdata_cpython.py, py_*.bin) or headers (mkdata_headers.py, hdr_*.bin)
 #   needs, git-ignored and carried: .ref/llm.c (an llm.c checkout), .ref/fe/include (cudnn-frontend headers),
 #   .ref/mkdata_cpython.py (the corpus script of the reference runs), .deps/include (cudnn-frontend for llmc's build).
 set -uo pipefail
@@ -20,6 +21,10 @@ if ! python3 -c "import llmc._llmc" 2>/dev/null; then
     >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 fi
 echo "llmc built at $(( $(date +%s) - t0 )) s"
+corpus=${LLMC_CORPUS:-cpython}
+if [ "$corpus" = headers ] && [ ! -e "$data/hdr_val_000000.bin" ]; then
+  python3 dev/experiments/mkdata_headers.py "$data"
+fi
 if [ ! -e "$data/py_val_000000.bin" ]; then
   mkdir -p "$data"
   python3 .ref/mkdata_cpython.py "$data"
