@@ -31,6 +31,17 @@ def parse_trackers(names: Optional[str | Sequence[str]]) -> tuple[str, ...]:
     return chosen
 
 
+def tracker_installed(name: str) -> bool:
+    """Whether the package behind tracker `name` can be imported (checked before a run starts)."""
+    import importlib.util
+
+    module = {"tensorboard": "tensorboard", "wandb": "wandb"}[name]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # a module set to None in sys.modules (tests hide packages that way)
+        return False
+
+
 class TensorBoardTracker:
     def __init__(self, run_dir: Path, config: dict):
         try:
@@ -61,7 +72,6 @@ class WandbTracker:
         name = Path(run_dir).resolve().name if run_dir is not None else None
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "llmc"), name=name, config=config,
                               dir=str(run_dir) if run_dir is not None else None)
-        self.samples = []
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._validate import check_int
+from .trackers import Trackers, parse_trackers, tracker_installed
 from .distributed import ZERO_STAGES
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -94,6 +95,8 @@ class TrainConfig:
     deterministic: bool = True           # bit-reproducible backward (GPT deterministic); False: cuDNN's attention
                                          # backward with atomic dQ, faster, not reproducible bit for bit; a
                                          # GPT passed in keeps its own (False with a deterministic GPT is an error)
+    log: str = ""                        # trackers besides main.log/metrics.jsonl: "tensorboard", "wandb" or both,
+                                         # comma-separated (llmc.trackers; optional extras)
 
     @classmethod
     def quickstart(cls, device: str) -> "TrainConfig":
@@ -189,11 +192,13 @@ class RunLog:
     """main.log (llm.c lines), metrics.jsonl and samples.txt in the output directory; console lines go through
     the progress bar when there is one (interactive terminals only)."""
 
-    def __init__(self, out_dir: Optional[Path], total_steps: int, start_step: int, quiet: bool = False):
+    def __init__(self, out_dir: Optional[Path], total_steps: int, start_step: int, quiet: bool = False,
+                 trackers: Optional[Trackers] = None):
         from tqdm.auto import tqdm
 
         self.out_dir = out_dir
         self.quiet = quiet
+        self.trackers = trackers or Trackers((), None, {})
         for name in RUN_FILES if out_dir is not None else ():  # a resumed run's lines start on lines of their own
             path = out_dir / name
             if path.is_file() and path.stat().st_size:
@@ -220,26 +225,32 @@ class RunLog:
     def val(self, step: int, loss: float) -> None:
         self.print(f"val loss {loss:.6f}")
         self._append("main.log", f"s:{step} tel:{loss:.4f}\n")
+        self.trackers.log(step, {"val/loss": loss})
 
     def hellaswag(self, step: int, acc_norm: float, total: int) -> None:
         self.print(f"HellaSwag: acc_norm {acc_norm:.4f} over {total} examples")
         self._append("main.log", f"s:{step} eval:{acc_norm:.4f}\n")
+        self.trackers.log(step, {"val/hellaswag": acc_norm})
 
     def sample(self, step: int, text: str) -> None:
         self.print(f"generating:\n---\n{text}\n---")
         self._append("samples.txt", f"=== step {step}\n{text}\n")
+        self.trackers.text(step, "samples", text)
 
     def train(self, record: dict, line: str) -> None:
         self.print(line)
         self._append("main.log", f"s:{record['step']} trl:{record['loss']:.4f} lr:{record['lr']:.6f} "
                                  f"norm:{record['norm']:.2f}\n")
         self._append("metrics.jsonl", json.dumps(record) + "\n")
+        self.trackers.log(record["step"], {f"train/{key}": record[key]
+                                           for key in ("loss", "norm", "lr", "tokens_per_s", "ms")})
         if self.bar is not None:
             self.bar.update(1)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        self.trackers.close()
 
 
 @dataclass
@@ -341,6 +352,13 @@ class Trainer:
             raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {c.device!r}")
         if c.resume and c.output_dir is None:
             raise ValueError("resume needs the output directory (-o) that holds the checkpoints")
+        trackers = parse_trackers(c.log)
+        if "tensorboard" in trackers and c.output_dir is None:
+            raise ValueError("--log tensorboard writes into the run directory: give -o")
+        missing = [name for name in trackers if not tracker_installed(name)]
+        if missing:
+            raise ValueError(f"--log {','.join(missing)} needs the {' and '.join(missing)} package: pip install "
+                             f"'llmc[{','.join(missing)}]'")
         tokens_per_micro_step = c.batch_size * c.seq_len * self.world_size
         if c.total_batch_size != -1 and c.total_batch_size % tokens_per_micro_step:
             raise ValueError(f"total_batch_size (-d) {c.total_batch_size} is not a multiple of B*T*world_size = "
@@ -455,8 +473,10 @@ class Trainer:
             run = self._setup(device)
             self._resume(run)
             self._announce(run)
+            trackers = Trackers(parse_trackers(self.config.log) if self.rank == 0 else (), run.out_dir,
+                                dataclasses.asdict(self.config))
             log = RunLog(run.out_dir if self.rank == 0 else None, total_steps=run.num_steps,
-                         start_step=run.start_step, quiet=self.rank != 0)
+                         start_step=run.start_step, quiet=self.rank != 0, trackers=trackers)
             started = time.perf_counter()
             try:
                 for step in range(run.start_step, run.num_steps + 1):
