@@ -705,9 +705,9 @@ class Trainer:
 
     def _train_step(self, run: "_Run", log: "RunLog", step: int) -> tuple[dict, tuple[float, float], float]:
         """One optimization step over total_batch tokens: (its record, the loss's and norm's z-scores, its
-        seconds). The host
-        does not wait for the GPU until the step's loss and norm are read at its end (unless outlier skipping needs
-        them before the update): tokens are checked on the host, clipping happens in the AdamW kernel."""
+        seconds). The host does not wait for the GPU until the step's loss and norm are read at its end (unless
+        outlier skipping needs them before the update): tokens are checked on the host, clipping happens in the
+        AdamW kernel."""
         from .distributed import wait_for_device
 
         c, model, sync = self.config, run.model, run.sync
