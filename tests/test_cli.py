@@ -124,3 +124,36 @@ def test_end_to_end_with_llmc_short_flags(tmp_path):
     assert sorted(read_metrics(out)) == [0, 1, 2, 3]
     assert CheckpointManager(out).steps() == [4]  # -nk 1
     assert (out / "samples.txt").read_text().startswith("=== step 4")
+
+
+def test_ctrl_c_with_save_on_interrupt_checkpoints_the_last_completed_step(tmp_path):
+    import signal
+    import time
+
+    train, val = write_tiny_shards(tmp_path / "data")
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "llmc", "train", "-i", train, "-j", val, "-o", str(out), "-e", "d2c32", "-b", "2",
+            "-t", "16", "-v", "0", "-s", "0", "-k", "constant", "--device", "cpu"]
+    proc = subprocess.Popen(args + ["-x", "100000", "--save-on-interrupt", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and
+                                          len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout + stderr
+    assert "finishing this step and writing its checkpoint" in stderr
+    steps = CheckpointManager(out).steps()
+    done = sorted(read_metrics(out))
+    assert len(steps) == 1 and done == list(range(steps[0])) and steps[0] >= 3  # every completed step, no more
+    assert f"interrupted: writing checkpoint at step {steps[0]}" in stdout
+    resumed = subprocess.run(args + ["-x", str(steps[0] + 2), "-y", "1"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from the checkpoint at step {steps[0]}" in resumed.stdout
+    assert sorted(read_metrics(out)) == list(range(steps[0] + 2))
+
+
+def test_save_on_interrupt_needs_an_output_directory(capsys):
+    assert cli.main(["train", "--save-on-interrupt", "1", "--device", "cpu", "-x", "1"]) == 1
+    assert "needs -o and one process" in capsys.readouterr().err

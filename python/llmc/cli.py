@@ -81,6 +81,8 @@ TRAIN_OPTIONS = [
                                               "once)"),
     (None, "--fp8", "fp8", _flag, "1: the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU "
                                   "(opt-in; default 0, bf16)"),
+    (None, "--save-on-interrupt", "save_on_interrupt", _flag, "1: Ctrl-C finishes the step and writes its "
+                                                              "checkpoint before stopping (one process, with -o)"),
     (None, "--log", "log", str, "also log to tensorboard (into -o/tensorboard/), wandb, or both: "
                                 "'tensorboard,wandb' (optional extras; WANDB_MODE=offline works without a network)"),
     (None, "--deterministic", "deterministic", _flag, "0: cuDNN's faster attention backward, whose dQ sums in "

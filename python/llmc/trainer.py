@@ -95,6 +95,7 @@ class TrainConfig:
     deterministic: bool = True           # bit-reproducible backward (GPT deterministic); False: cuDNN's attention
                                          # backward with atomic dQ, faster, not reproducible bit for bit; a
                                          # GPT passed in keeps its own (False with a deterministic GPT is an error)
+    save_on_interrupt: bool = False      # Ctrl-C finishes the step and checkpoints it (one process, needs -o)
     log: str = ""                        # trackers besides main.log/metrics.jsonl: "tensorboard", "wandb" or both,
                                          # comma-separated (llmc.trackers; optional extras)
 
@@ -352,6 +353,11 @@ class Trainer:
             raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {c.device!r}")
         if c.resume and c.output_dir is None:
             raise ValueError("resume needs the output directory (-o) that holds the checkpoints")
+        if not isinstance(c.save_on_interrupt, bool):
+            raise TypeError(f"save_on_interrupt must be a bool, got {c.save_on_interrupt!r}")
+        if c.save_on_interrupt and (c.output_dir is None or self.world_size > 1):
+            raise ValueError("save_on_interrupt (--save-on-interrupt 1) needs -o and one process; with several, "
+                             "checkpoint with -n")
         trackers = parse_trackers(c.log)
         if "tensorboard" in trackers and c.output_dir is None:
             raise ValueError("--log tensorboard writes into the run directory: give -o")
@@ -479,15 +485,18 @@ class Trainer:
                          start_step=run.start_step, quiet=self.rank != 0, trackers=trackers)
             started = time.perf_counter()
             try:
-                for step in range(run.start_step, run.num_steps + 1):
-                    self._evaluate(run, log, step)  # before the step of that number, and after the last
-                    if self._checkpoint_due(run, step):
-                        log.print(f"writing checkpoint at step {step}")
-                        run.ckpt.save(step, run.model, self._checkpoint_state(run, step))
-                    if step == run.num_steps:
-                        break
-                    record, zscores, seconds = self._train_step(run, log, step)
-                    self._log_step(run, log, record, zscores, seconds, started)
+                with _deferred_interrupt(self.config.save_on_interrupt) as interrupted:
+                    for step in range(run.start_step, run.num_steps + 1):
+                        if interrupted() and step > run.start_step:
+                            self._save_interrupted(run, log, step)  # raises KeyboardInterrupt
+                        self._evaluate(run, log, step)  # before the step of that number, and after the last
+                        if self._checkpoint_due(run, step):
+                            log.print(f"writing checkpoint at step {step}")
+                            run.ckpt.save(step, run.model, self._checkpoint_state(run, step))
+                        if step == run.num_steps:
+                            break
+                        record, zscores, seconds = self._train_step(run, log, step)
+                        self._log_step(run, log, record, zscores, seconds, started)
             finally:
                 log.close()
             if self.rank == 0:
@@ -686,6 +695,13 @@ class Trainer:
             log.hellaswag(step, result.acc_norm, result.total)
         if self.rank == 0 and c.sample_every > 0 and ((step > 0 and step % c.sample_every == 0) or last_step):
             log.sample(step, self._sample(model))
+
+    def _save_interrupted(self, run: "_Run", log: "RunLog", step: int) -> None:
+        """Ctrl-C with save_on_interrupt: checkpoint the last completed step (unless it has one) and stop."""
+        if run.ckpt is not None and step not in run.ckpt.steps():
+            log.print(f"interrupted: writing checkpoint at step {step} (the last completed step; -y 1 resumes it)")
+            run.ckpt.save(step, run.model, self._checkpoint_state(run, step))
+        raise KeyboardInterrupt
 
     def _checkpoint_due(self, run: "_Run", step: int) -> bool:
         """Every -n steps, and at the end of every run that has an output directory (not the step resumed from)."""
@@ -892,6 +908,33 @@ class Trainer:
 def _z(z: float) -> str:
     """A z-score for the step line, once the outlier window is full (nothing before)."""
     return f" ({z:+.2f}z)" if math.isfinite(z) else ""
+
+
+@contextlib.contextmanager
+def _deferred_interrupt(enabled: bool):
+    """Yields a function that tells whether Ctrl-C (SIGINT) came. When enabled (and in the main thread), the first
+    SIGINT only sets that flag, so the loop can finish the step and checkpoint it; a second one interrupts at
+    once. Disabled, SIGINT interrupts as usual and the function stays False."""
+    import signal
+    import threading
+
+    came = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if came:
+            raise KeyboardInterrupt
+        came.append(True)
+        print("\nCtrl-C: finishing this step and writing its checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(came)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _similar_run_dirs(out: Path) -> str:
