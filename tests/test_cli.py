@@ -1,6 +1,7 @@
 """`llmc` command routing and `llmc train`: llm.c's short flags (multi-character ones too), long options, the
 no-argument quickstart, errors, and an end-to-end run through `python -m llmc train`."""
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -157,3 +158,20 @@ def test_ctrl_c_with_save_on_interrupt_checkpoints_the_last_completed_step(tmp_p
 def test_save_on_interrupt_needs_an_output_directory(capsys):
     assert cli.main(["train", "--save-on-interrupt", "1", "--device", "cpu", "-x", "1"]) == 1
     assert "needs -o and one process" in capsys.readouterr().err
+
+
+def test_cpu_runs_warn_when_slow_and_say_what_the_process_holds(tmp_path, capsys, monkeypatch):
+    import llmc.trainer as trainer
+
+    train, val = write_tiny_shards(tmp_path / "data")
+    args = ["train", "-i", train, "-j", val, "-e", "d2c32", "-b", "2", "-t", "16", "-x", "2", "-v", "0", "-s", "0",
+            "--device", "cpu"]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: on this CPU" not in captured.err  # a tiny model is quick
+    assert re.search(r"memory after the first step: \d+\.\d\d GiB peak resident", captured.out)
+    monkeypatch.setattr(trainer, "CPU_SLOW_STEP_S", 0.0)
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"WARNING: on this CPU a step of this model \(\d+M parameters, 32 tokens\) takes at least", err)
+    assert "-e d4c128 -t 256" in err

@@ -673,6 +673,15 @@ class Trainer:
                                  "no known peak (not shown)"))
         if run.resume_step is not None:
             print0(f"resuming from the checkpoint at step {run.resume_step} in {run.out_dir}")
+        if run.device.type == "cpu" and self.rank == 0:
+            seconds = run.flops_per_step / _cpu_matmul_rate()
+            if seconds > CPU_SLOW_STEP_S:
+                print(f"WARNING: on this CPU a step of this model ({run.model.num_params / 1e6:.0f}M parameters, "
+                      f"{run.total_batch} tokens) takes at least {seconds:.0f} s (its matrix products alone at the "
+                      f"rate measured here), {_clock(seconds * (run.num_steps - run.start_step))} for "
+                      f"{run.num_steps - run.start_step} steps. A CPU suits small models: e.g. -e "
+                      f"{QUICKSTART_CPU_MODEL} -t 256 (the quickstart's size), or a GPU for GPT-2 sizes.",
+                      file=sys.stderr, flush=True)
 
     def _evaluate(self, run: "_Run", log: "RunLog", step: int) -> None:
         """Validation loss (every -v steps), HellaSwag (with -h 1, at validation steps after the first) and a text
@@ -792,6 +801,8 @@ class Trainer:
         log.train(record, f"step {step + 1:4d}/{run.num_steps} | loss {record['loss']:.6f}{_z(zscores[0])} | norm "
                           f"{record['norm']:.4f}{_z(zscores[1])} | lr {record['lr']:.2e} | {record['ms']:.2f} ms{mfu} | "
                           f"{record['tokens_per_s']:.0f} tok/s | {_clock(elapsed)} elapsed, eta {_clock(eta)}")
+        if step == run.start_step:
+            log.print(_memory_in_use(run.device))
         self.history.append(record)
 
     def _summary(self, run: "_Run", seconds: float) -> str:
@@ -908,6 +919,38 @@ class Trainer:
 def _z(z: float) -> str:
     """A z-score for the step line, once the outlier window is full (nothing before)."""
     return f" ({z:+.2f}z)" if math.isfinite(z) else ""
+
+
+CPU_SLOW_STEP_S = 10.0  # a CPU run whose steps take longer than this (at least) gets a warning before it starts
+
+
+def _cpu_matmul_rate() -> float:
+    """FLOP/s of an fp32 matrix product on this CPU with torch's current threads (best of three 512^3 products)."""
+    import torch
+
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 512 ** 3 / max(best, 1e-9)
+
+
+def _memory_in_use(device) -> str:
+    """What the process holds after its first step, next to the memory plan printed before it: on the CPU its peak
+    resident memory (the plan's buffers plus the reference ops' temporaries, torch and Python); on a GPU the most
+    torch has reserved on the device."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return f"memory after the first step: {torch.cuda.max_memory_reserved(device) / 2**30:.2f} GiB reserved by " \
+               f"torch on {device} at most (the plan above, plus temporaries and allocator slack)"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return f"memory after the first step: {peak / 2**30:.2f} GiB peak resident (the plan above, plus the reference " \
+           f"ops' temporaries, torch and Python)"
 
 
 @contextlib.contextmanager
