@@ -6,7 +6,7 @@ unless asked, lr 6e-4, weight decay 0.1, fp32 master weights, for --warmup + --s
   checkpoints or HellaSwag; logs in a temporary directory); ms/step is the median of the Trainer's own per-step
   times (history[i]["ms"], host clock around the whole step with a device sync at its end) after the warm-up.
   With N > 1 GPUs the run is `torchrun --standalone --nproc_per_node=N` of this file; ZeRO-1 by default.
-- llmc-fp8: the same with TrainConfig(fp8=True) (fc's forward in FP8, opt-in; llmc.model._Fp8).
+- llmc-fp8: the same with TrainConfig(fp8=True) (fc's forward in FP8, opt-in; llmc.fp8._Fp8).
 - llmc-nondet, llmc-fp8-nondet: the same with TrainConfig(deterministic=False) (cuDNN's attention backward with
   atomic dQ: opt-in, not bit-reproducible; torch's SDPA backward in the torch.compile baseline is not either).
 - torch.compile: one GPU only; bf16 autocast, fused AdamW, clipping to 1.0, the same total batch (gradient

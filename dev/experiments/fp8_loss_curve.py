@@ -11,7 +11,7 @@ kind of shards come from `llmc prepare --input '/usr/lib/python3.11/**/*.py' --f
 --name pystd --val-tokens 262144` (that glob also takes the test folders).
 
 --providers picks the runs: llmc (bf16), llmc-fp8 (TrainConfig(fp8=True) as shipped: fc's forward only since
-session 6), and FP8 with the policy of llmc.model._Fp8 set: llmc-fp8-fconly (fc's forward only), llmc-fp8-fwd
+session 6), and FP8 with the policy of llmc.fp8._Fp8 set: llmc-fp8-fconly (fc's forward only), llmc-fp8-fwd
 (fc's and fcproj's forwards), llmc-fp8-all (those and the input gradients of fc and qkv: the shipped policy of
 session 5), the last two from C = 1024.
 
@@ -44,7 +44,7 @@ PROVIDERS = {"llmc": (False, SHIPPED, SHIPPED), "llmc-fp8": (True, SHIPPED, SHIP
 def run(args, provider: str):
     from llmc import TrainConfig, Trainer
     from llmc.eval import val_loss
-    from llmc.model import _Fp8
+    from llmc.fp8 import _Fp8
 
     fp8, fcproj_from, dinp_from = PROVIDERS[provider]
     shipped = _Fp8.FCPROJ_FWD_FROM, _Fp8.DINP_FROM

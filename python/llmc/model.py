@@ -35,6 +35,7 @@ import torch
 
 from . import ops
 from ._validate import check_int as _check_int
+from .fp8 import _Fp8
 from .sharding import PARAM_NAMES, check_shard
 
 DECAYED_PARAMS = frozenset({"wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw"})
@@ -246,7 +247,7 @@ class GPT:
         positions (DEFAULT_LOSS_CHUNK, what the Trainer uses), not tens. Rounded up to a multiple of 8 positions
         (each chunk's targets and losses must start 16-byte aligned). 0 (the default): the whole batch at once.
         fp8: run the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU (opt-in, changes the numerics;
-            see _Fp8).
+            see llmc.fp8).
         gelu_fusion (llm.c's -ge): 0 runs the MLP's GELU as its own kernel in forward and backward; 1 fuses the
             forward GELU into fc's matmul (cuBLASLt epilogue); 2 also fuses the GELU backward into fcproj's
             input-gradient matmul. With fusion the forward's GELU is taken from fc's fp32 output, while a
@@ -271,13 +272,8 @@ class GPT:
         self.device = _resolve_device(device)
         if not isinstance(fp8, bool):
             raise TypeError(f"fp8 must be a bool, got {type(fp8).__name__}")
-        if fp8 and not (self.device.type == "cuda" and ops.fp8_supported(self.device)):
-            where = "the CPU" if self.device.type != "cuda" else torch.cuda.get_device_name(self.device)
-            raise ValueError(f"fp8=True needs a CUDA GPU of compute capability 8.9 or more (H100-class) and llmc built "
-                             f"with CUDA; {where} has none. Use fp8=False (bf16)")
-        if fp8 and config.n_embd % 16:
-            raise ValueError(f"fp8=True needs n_embd to be a multiple of 16 (FP8 matmul rows are 16-byte aligned), "
-                             f"got {config.n_embd}")
+        if fp8:
+            _Fp8.check_supported(config, self.device)
         self.fp8 = fp8
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.param_sizes = config.param_sizes()
@@ -374,9 +370,7 @@ class GPT:
             ("residual3", L, (N, C), x), ("proj", 1, (N, C), x),
             ("lnf", 1, (N, C), x), ("lnf_mean", 1, (N,), f), ("lnf_rstd", 1, (N,), f),
             ("losses", 1, (N,), f), ("logits", 1, (min(N, self._chunk_rows or N), c.padded_vocab_size), x),
-            # fp8: the FP8 copy of one matmul input at a time (up to (N, 4C)) and of one weight (4C x C)
-            ("fp8_x", 1 if self.fp8 else 0, (N * 4 * C,), torch.uint8),
-            ("fp8_w", 1 if self.fp8 else 0, (4 * C * C,), torch.uint8),
+            *_Fp8.scratch_specs(N, C, self.fp8),
         ]
 
     def _grad_scratch_specs(self, B: int, T: int):
@@ -607,7 +601,7 @@ class GPT:
                 ln1, ln2, fch_gelu = self._layer_ln(a, "ln1", l), self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
                 if self.recompute >= 1:
                     ops.gelu_forward(a["fch"][l], out=fch_gelu)
-                # bf16 even with fp8: see _Fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow)
+                # bf16 even with fp8: see llmc.fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow)
                 fused = self.gelu_fusion == 2
                 ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], None, dinp=dbt4c,
                                     pre_gelu=a["fch"][l] if fused else None)
@@ -745,129 +739,6 @@ class GPT:
         """llm.c's estimate for one training token (forward + backward): 6*N + 6*L*C*T, N = all parameters."""
         self._check_shape(1, T)
         return 6 * self.num_params + 6 * self.config.n_layer * self.config.n_embd * T
-
-
-class _Fp8:
-    """The FP8 matmuls of GPT(fp8=True): what they cast, how they scale, and the scratch they use.
-
-    Which matmuls, by default: fc's forward only, at every width (its output is 4C wide, so the FP8 GEMM's saving
-    outgrows the cast of its (N, C) input). The class can also run fcproj's forward (FCPROJ_FWD_FROM) and the
-    input gradients of fc and qkv (DINP_FROM; the e5m2 cast of their 4C- or 3C-wide output gradient also sums the
-    bias gradient, ops.fp8_cast with dbias) in FP8 from a given width, both off by default: in 300-step loss
-    curves on an H100 (dev/experiments/fp8_loss_curve.py) the input gradients in FP8 move d12's validation loss
-    from 0.011 to 0.034 above bf16's, and at d48 the three together end 0.071 above bf16 against 0.034 with fc's
-    forward alone, the gap growing over the run, for a step 4% faster; fcproj's forward added to fc's is no faster
-    at d48 and ends 0.051 above bf16. qkv's forward stays bf16: in FP8 the attention scores' error moved
-    qkv's and wte's gradients past FP8_MODEL's bound (tests/conftest.py; cosine 0.975 against bf16 at C=1024, on
-    an H100 and in a CPU simulation). The attention projection (C to C)
-    stays bf16: its GEMM is small next to its casts. fcproj's input gradient stays bf16: it carries the GELU
-    backward, and cuBLASLt runs FP8 with the dGELU epilogue as a GEMM plus a separate epilogue kernel that took
-    1.3 ms per call at d12 (0.56 ms at d48) on an H100 (benchmarks/profile_step.py), far more than FP8 saves.
-    Weight gradients and everything else stay bf16, so the
-    optimizer, the checkpoints and the bf16 copies of every activation are unchanged.
-
-    Formats: activations and weights e4m3, gradients e5m2, one scale per tensor (ops.fp8_cast). Weights are cast for
-    each use with their exact amax (current scaling: they are small), taken for all layers in one launch per weight
-    family at the start of each forward (the weights do not change until the optimizer's step). Activations and
-    gradients are big, so they are cast in one pass with a scale from the largest amax of their last HISTORY casts
-    (delayed scaling, the history advanced once per forward), and the cast records their amax for the next; the
-    first cast of each uses its exact amax. Values beyond the history's amax saturate at the format's max. Forward
-    GEMMs use Hopper's fast accumulation, gradient GEMMs the precise one. Every cast and GEMM is deterministic. A
-    forward without backward (evaluation, sampling) leaves the gradients' histories as they were. The Trainer saves
-    this state (state_dict) in its checkpoints, so a resumed FP8 run scales as the uninterrupted one."""
-
-    HISTORY = 16
-    # the delayed-scaling slots of each layer (slot(layer, which)); 2 is not used (it was fcproj's output
-    # gradient once); checkpoints from before QKV_DOUT had 4 per layer
-    FC_IN, FCPROJ_IN, FC_DOUT, QKV_DOUT = 0, 1, 3, 4
-    PER_LAYER = 5
-    # n_embd from which fcproj's forward, and the input gradients of fc and qkv, run in FP8 too; None: never (the
-    # default, see the class docstring). Class attributes: dev/experiments/fp8_loss_curve.py and test_fp8 set them.
-    FCPROJ_FWD_FROM: Optional[int] = None
-    DINP_FROM: Optional[int] = None
-
-    def __init__(self, config: "GPTConfig", device: torch.device):
-        slots = self.PER_LAYER * config.n_layer
-        f = dict(dtype=torch.float32, device=device)
-        self.amax, self.amax_ref = torch.zeros(slots, **f), torch.zeros(slots, **f)
-        self.history = torch.zeros(slots, self.HISTORY, **f)
-        self.x_scale_inv, self.w_scale_inv = torch.zeros(1, **f), torch.zeros(1, **f)
-        self.w_amax = {name: torch.zeros(config.n_layer, **f) for name in ("qkvw", "fcw", "fcprojw")}
-        self.seen = [False] * slots  # which slots were cast before
-        self.forwards = 0
-        self.fcproj_fwd = self.FCPROJ_FWD_FROM is not None and config.n_embd >= self.FCPROJ_FWD_FROM
-        self.dinp = self.DINP_FROM is not None and config.n_embd >= self.DINP_FROM
-
-    def slot(self, layer: int, which: int) -> int:
-        return self.PER_LAYER * layer + which
-
-    def state_dict(self) -> dict:
-        return {"amax": self.amax.cpu(), "amax_ref": self.amax_ref.cpu(), "history": self.history.cpu(),
-                "seen": list(self.seen), "forwards": self.forwards}
-
-    def load_state_dict(self, state: dict) -> None:
-        layers = len(self.seen) // self.PER_LAYER
-        if len(state["seen"]) == 4 * layers and tuple(state["history"].shape) == (4 * layers, self.HISTORY):
-            state = self._from_four_slots(state, layers)  # saved before qkv's input gradient had a slot
-        if len(state["seen"]) != len(self.seen) or tuple(state["history"].shape) != tuple(self.history.shape):
-            raise ValueError(f"FP8 state for {len(state['seen'])} slots / history {tuple(state['history'].shape)}, "
-                             f"this model has {len(self.seen)} / {tuple(self.history.shape)}")
-        for name in ("amax", "amax_ref", "history"):
-            getattr(self, name).copy_(state[name])
-        self.seen = [bool(v) for v in state["seen"]]
-        self.forwards = int(state["forwards"])
-
-    def _from_four_slots(self, state: dict, layers: int) -> dict:
-        """A state of 4 slots per layer (the first four of today's, in the same order) as 5 per layer."""
-        out = {"forwards": state["forwards"]}
-        for name in ("amax", "amax_ref", "history", "seen"):
-            old = torch.as_tensor(state[name])
-            new = torch.zeros((layers, self.PER_LAYER) + tuple(old.shape[1:]), dtype=old.dtype)
-            new[:, :4] = old.reshape((layers, 4) + tuple(old.shape[1:]))
-            out[name] = new.reshape((-1,) + tuple(old.shape[1:]))
-        out["seen"] = out["seen"].tolist()
-        return out
-
-    def next_step(self, params: dict) -> None:
-        """Start of every forward: fold the last forward's (and backward's) amaxes into the history, and take the
-        FP8 weights' amax per layer."""
-        if self.forwards:
-            ops.fp8_update_scales(self.amax_ref, self.history, self.amax, (self.forwards - 1) % self.HISTORY)
-        self.forwards += 1
-        ops.fp8_amax_rows(params["fcw"], out=self.w_amax["fcw"])
-        if self.dinp:  # the weights only the wider policies cast
-            ops.fp8_amax_rows(params["qkvw"], out=self.w_amax["qkvw"])
-        if self.fcproj_fwd:
-            ops.fp8_amax_rows(params["fcprojw"], out=self.w_amax["fcprojw"])
-
-    def _cast(self, a, x: torch.Tensor, slot: int, dtype: torch.dtype, dbias=None):
-        amax = self.amax[slot:slot + 1]
-        q = a["fp8_x"][0][:x.numel()].view(dtype).view(x.shape)
-        if not self.seen[slot]:  # first cast: the exact amax, which also starts the history
-            ops.fp8_amax(x, out=amax)
-            self.seen[slot] = True
-            return ops.fp8_cast(x, amax, dtype, out=q, scale_inv=self.x_scale_inv, dbias=dbias)
-        return ops.fp8_cast(x, self.amax_ref[slot:slot + 1], dtype, out=q, scale_inv=self.x_scale_inv,
-                            amax_out=amax, dbias=dbias)
-
-    def _weight(self, a, w: torch.Tensor, amax: torch.Tensor, transpose: bool):
-        shape = (w.shape[1], w.shape[0]) if transpose else tuple(w.shape)
-        q = a["fp8_w"][0][:w.numel()].view(ops.FP8_E4M3).view(shape)
-        return ops.fp8_cast(w, amax, ops.FP8_E4M3, out=q, scale_inv=self.w_scale_inv, transpose=transpose)
-
-    def linear(self, a, x, w, w_amax, bias, out, slot: int, pre_gelu=None) -> None:
-        """out = x @ w.T + bias (then GELU, keeping pre_gelu, when pre_gelu is given), in FP8; w_amax: the weight's
-        one-element slot of w_amax."""
-        x8, xs = self._cast(a, x, slot, ops.FP8_E4M3)
-        w8, ws = self._weight(a, w, w_amax, transpose=False)
-        ops.matmul_fp8(x8, w8, xs, ws, bias, out=out, gelu=pre_gelu is not None, pre_gelu=pre_gelu,
-                       fast_accum=True)
-
-    def linear_dinp(self, a, dout, w, w_amax, dinp, slot: int, dbias=None) -> None:
-        """dinp = dout @ w in FP8 (dout e5m2); dbias, when given, += dout's column sums (in the cast's pass)."""
-        d8, ds = self._cast(a, dout, slot, ops.FP8_E5M2, dbias)
-        wt8, ws = self._weight(a, w, w_amax, transpose=True)
-        ops.matmul_fp8(d8, wt8, ds, ws, out=dinp)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -1,0 +1,246 @@
+"""FP8 (opt-in matmuls on H100-class GPUs; the CPU runs the same math in torch for tests): amax, the scaled casts
+to e4m3/e5m2 (optionally transposed, or summing a bias gradient in the same pass), the FP8 GEMM, and delayed
+scaling's history update."""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+from .. import reference
+from .._validate import check_int
+from .common import (check_bool, check_float, check_fp32, check_layout, check_multiple_of, check_same_device,
+                     check_same_dtype, check_shape, check_tensor, check_writes_disjoint, cuda_available, extension,
+                     output, ptr, stream_handle)
+
+FP8_E4M3 = torch.float8_e4m3fn  # activations and weights
+FP8_E5M2 = torch.float8_e5m2    # gradients
+FP8_MAX = {FP8_E4M3: 448.0, FP8_E5M2: 57344.0}
+
+
+@functools.lru_cache(maxsize=None)  # asked on every matmul_fp8 call; a device's answer does not change
+def fp8_supported(device=None) -> bool:
+    """Whether FP8 matmuls can run: a CUDA build and a GPU of compute capability 8.9 or more (Ada, Hopper)."""
+    if not cuda_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _check_scalar_fp32(t, name: str, device: torch.device) -> torch.Tensor:
+    """One fp32 element on `device` (a scale or an amax; any 4-byte aligned slot of a bigger tensor will do)."""
+    check_tensor(t, name)
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be torch.float32, got {t.dtype}")
+    if t.numel() != 1:
+        raise ValueError(f"{name} must hold one element, got shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+    return t
+
+
+def _scalar_output(t: Optional[torch.Tensor], name: str, device: torch.device) -> torch.Tensor:
+    """A one-element fp32 output (a scale or an amax): t checked as _check_scalar_fp32 does, or a new one."""
+    if t is None:
+        return torch.empty(1, dtype=torch.float32, device=device)
+    return _check_scalar_fp32(t, name, device)
+
+
+def _check_fp8(t, name: str) -> torch.Tensor:
+    check_tensor(t, name)
+    if t.dtype not in FP8_MAX:
+        raise TypeError(f"{name} must be torch.float8_e4m3fn or torch.float8_e5m2, got {t.dtype}")
+    check_layout(t, name)
+    return t
+
+
+def fp8_amax(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """max |x| as a one-element fp32 tensor (written into out when given)."""
+    check_float(x, "x")
+    device = x.device
+    out = _scalar_output(out, "out", device)
+    check_same_device(x=x, out=out)
+    check_writes_disjoint(dict(out=out), dict(x=x))
+    if device.type == "cuda":
+        extension().fp8_amax(out.data_ptr(), x.data_ptr(), x.numel(), stream_handle(device))
+    else:
+        out.copy_(reference.fp8_amax(x).reshape(1))
+    return out
+
+
+def fp8_amax_rows(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """max |x[r]| for each r < x.shape[0] as an fp32 tensor (x.shape[0],): e.g. one amax per layer of a stacked
+    weight, in one launch."""
+    check_float(x, "x")
+    if x.dim() < 2 or not 0 < x.shape[0] < 65536:
+        raise ValueError(f"x must have at least 2 dimensions and 1 to 65535 rows, got shape {tuple(x.shape)}")
+    device = x.device
+    R, n = x.shape[0], x[0].numel()
+    out = output(out, "out", (R,), torch.float32, device)
+    check_writes_disjoint(dict(out=out), dict(x=x))
+    if device.type == "cuda":
+        check_multiple_of(n, 8, "the row size x[0].numel()")
+        extension().fp8_amax_rows(out.data_ptr(), x.data_ptr(), R, n, stream_handle(device))
+    else:
+        out.copy_(x.reshape(R, -1).float().abs().amax(dim=1) if n else torch.zeros(R))
+    return out
+
+
+def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E4M3, *,
+             out: Optional[torch.Tensor] = None, scale_inv: Optional[torch.Tensor] = None,
+             amax_out: Optional[torch.Tensor] = None, transpose: bool = False,
+             dbias: Optional[torch.Tensor] = None) -> tuple:
+    """Scale x (bf16; 2-D when transpose) into FP8 for matmul_fp8: q = saturate(x * s) with s = fp8_max /
+    amax_ref (s = 1 when amax_ref is 0), the largest |x| the scale is made for (fp8_amax(x) for an exact fit;
+    larger values saturate at +-fp8_max). Returns (q, scale_inv), scale_inv = 1/s (one fp32 element) for
+    matmul_fp8. amax_out, when given, is raised to max |x| (so the next cast can scale by it; it must start >= 0,
+    as the maxima are combined on the bits of non-negative floats). transpose=True
+    writes q as x.T (rows and columns swapped). dtype: FP8_E4M3 (activations, weights) or FP8_E5M2 (gradients).
+    dbias (x.shape[-1],), when given: dbias += x summed over all its other dimensions, in the same pass over x
+    (a layer's output gradient is cast for the FP8 input-gradient matmul and also gives its bias gradient; on a
+    GPU the sum is matmul_backward's, bit for bit). Not with transpose."""
+    check_float(x, "x")
+    if not isinstance(dtype, torch.dtype) or dtype not in FP8_MAX:
+        raise TypeError(f"dtype must be torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}")
+    check_bool(transpose, "transpose")
+    device = x.device
+    cuda = device.type == "cuda"
+    _check_scalar_fp32(amax_ref, "amax_ref", device)
+    if amax_out is not None:
+        _check_scalar_fp32(amax_out, "amax_out", device)
+    if transpose and x.dim() != 2:
+        raise ValueError(f"transpose=True takes a 2-D x, got shape {tuple(x.shape)}")
+    if dbias is not None:
+        if transpose:
+            raise ValueError("dbias is not computed with transpose=True; cast without transposing")
+        if x.dim() == 0:
+            raise ValueError("dbias needs x with at least one dimension (its last is the bias's)")
+        check_float(dbias, "dbias")
+        check_shape(dbias, "dbias", (x.shape[-1],))
+        check_same_dtype(x=x, dbias=dbias)
+    if cuda and dbias is not None:
+        check_multiple_of(x.shape[-1], 8, "x.shape[-1] (with dbias)")
+    elif cuda and not transpose:
+        check_multiple_of(x.numel(), 16, "x.numel()")
+    shape = (x.shape[1], x.shape[0]) if transpose else tuple(x.shape)
+    out = output(out, "out", shape, dtype, device)
+    scale_inv = _scalar_output(scale_inv, "scale_inv", device)
+    check_same_device(x=x, amax_ref=amax_ref, out=out, scale_inv=scale_inv, amax_out=amax_out, dbias=dbias)
+    check_writes_disjoint(dict(out=out, scale_inv=scale_inv, amax_out=amax_out, dbias=dbias),
+                          dict(x=x, amax_ref=amax_ref))
+    if cuda:
+        ext, stream, e5m2 = extension(), stream_handle(device), dtype == FP8_E5M2
+        if transpose and not x.numel():  # nothing to cast, but scale_inv is still an output
+            scale_inv.copy_(reference.fp8_cast(x, amax_ref, dtype, FP8_MAX[dtype])[1].reshape(1))
+        elif dbias is not None and x.numel():  # (with nothing to sum, dbias stays as it is)
+            M = x.shape[-1]
+            N = x.numel() // M if M else 0
+            floats = ext.bias_grad_scratch_floats(N, M)
+            scratch = torch.empty(floats, dtype=torch.float32, device=device)
+            ext.fp8_cast_dbias(out.data_ptr(), dbias.data_ptr(), x.data_ptr(), N, M, e5m2, amax_ref.data_ptr(),
+                               scale_inv.data_ptr(), ptr(amax_out), scratch.data_ptr(), floats, stream)
+        elif transpose:
+            ext.fp8_cast_transpose(out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], e5m2, amax_ref.data_ptr(),
+                                   scale_inv.data_ptr(), ptr(amax_out), stream)
+        else:
+            ext.fp8_cast(out.data_ptr(), x.data_ptr(), x.numel(), e5m2, amax_ref.data_ptr(), scale_inv.data_ptr(),
+                         ptr(amax_out), stream)
+    else:
+        q, inv = reference.fp8_cast(x.t() if transpose else x, amax_ref, dtype, FP8_MAX[dtype])
+        out.copy_(q)
+        scale_inv.copy_(inv.reshape(1))
+        if amax_out is not None:
+            torch.maximum(amax_out, reference.fp8_amax(x).reshape(1), out=amax_out)
+        if dbias is not None:
+            dbias.add_(x.float().reshape(-1, x.shape[-1]).sum(0))
+    return out, scale_inv
+
+
+def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_scale_inv: torch.Tensor,
+               bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None, gelu: bool = False,
+               pre_gelu: Optional[torch.Tensor] = None, dgelu_of: Optional[torch.Tensor] = None,
+               fast_accum: bool = False) -> torch.Tensor:
+    """out (N, M) = (x (N, K) @ w (M, K).T) * x_scale_inv * w_scale_inv [+ bias (M)] in bf16, from FP8 x and w
+    (fp8_cast's outputs; at most one of them e5m2), fp32 accumulation (fast_accum: Hopper's faster, coarser
+    one). gelu=True: out = gelu(.) and pre_gelu (required, (N, M) bf16) receives the value before it.
+    dgelu_of=pre (N, M): out = (.) * gelu'(pre), the backward of a GELU (no bias); on an H100 cuBLASLt runs it as
+    the GEMM plus a separate, slow epilogue kernel (see llmc.fp8). K and M multiples of 16."""
+    _check_fp8(x, "x")
+    _check_fp8(w, "w")
+    check_bool(gelu, "gelu")
+    check_bool(fast_accum, "fast_accum")
+    if x.dtype == FP8_E5M2 and w.dtype == FP8_E5M2:
+        raise TypeError("x and w are both float8_e5m2; FP8 matmuls take at most one e5m2 operand")
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"x (N, K) and w (M, K) must be 2-D with the same K, got {tuple(x.shape)} and "
+                         f"{tuple(w.shape)}")
+    if gelu and dgelu_of is not None:
+        raise ValueError("gelu=True and dgelu_of are exclusive (a forward GELU or a backward one)")
+    if gelu != (pre_gelu is not None):
+        raise ValueError("gelu=True needs pre_gelu (and pre_gelu needs gelu=True)")
+    if dgelu_of is not None and bias is not None:
+        raise ValueError("dgelu_of takes no bias")
+    device = check_same_device(x=x, w=w, bias=bias, out=out, pre_gelu=pre_gelu, dgelu_of=dgelu_of)
+    cuda = device.type == "cuda"
+    N, K = x.shape
+    M = w.shape[0]
+    check_multiple_of(K, 16, "K (x.shape[1])")
+    check_multiple_of(M, 16, "M (w.shape[0])")
+    _check_scalar_fp32(x_scale_inv, "x_scale_inv", device)
+    _check_scalar_fp32(w_scale_inv, "w_scale_inv", device)
+    for t, name in ((bias, "bias"), (pre_gelu, "pre_gelu"), (dgelu_of, "dgelu_of")):
+        if t is not None:
+            check_float(t, name)
+    if bias is not None:
+        check_shape(bias, "bias", (M,))
+    for t, name in ((pre_gelu, "pre_gelu"), (dgelu_of, "dgelu_of")):
+        if t is not None:
+            check_shape(t, name, (N, M))
+    dtype = torch.bfloat16 if cuda else (bias.dtype if bias is not None else torch.float32)
+    out = output(out, "out", (N, M), out.dtype if out is not None and not cuda else dtype, device)
+    check_writes_disjoint(dict(out=out, pre_gelu=pre_gelu), dict(x=x, w=w, bias=bias, dgelu_of=dgelu_of,
+                                                                 x_scale_inv=x_scale_inv, w_scale_inv=w_scale_inv))
+    if cuda:
+        if not fp8_supported(device):
+            raise RuntimeError(f"matmul_fp8 needs a GPU of compute capability 8.9 or more (an H100); "
+                               f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
+        epilogue = 1 if gelu else 2 if dgelu_of is not None else 0
+        extension().matmul_fp8(out.data_ptr(), ptr(pre_gelu if gelu else dgelu_of), x.data_ptr(), w.data_ptr(),
+                               x.dtype == FP8_E5M2, w.dtype == FP8_E5M2, x_scale_inv.data_ptr(),
+                               w_scale_inv.data_ptr(), ptr(bias), N, K, M, epilogue, fast_accum,
+                               stream_handle(device))
+    else:
+        pre = reference.matmul_fp8(x, w, x_scale_inv, w_scale_inv, bias)
+        if gelu:
+            pre_gelu.copy_(pre)
+            out.copy_(reference.gelu_forward(pre))
+        elif dgelu_of is not None:
+            out.copy_(reference.gelu_backward(pre, dgelu_of))
+        else:
+            out.copy_(pre)
+    return out
+
+
+def fp8_update_scales(amax_ref: torch.Tensor, history: torch.Tensor, amax: torch.Tensor, pos: int) -> None:
+    """Delayed scaling's bookkeeping for S tensors: history (S, H) column pos = amax (S) where amax is > 0 and
+    finite (a tensor not cast since the last update keeps its history), then amax = 0 and amax_ref (S) = each row's
+    max over the history: the amax_ref the next fp8_cast of each tensor scales by."""
+    for t, name in ((amax_ref, "amax_ref"), (history, "history"), (amax, "amax")):
+        check_fp32(t, name)
+    device = check_same_device(amax_ref=amax_ref, history=history, amax=amax)
+    if history.dim() != 2 or history.shape[0] < 1 or history.shape[1] < 1:
+        raise ValueError(f"history must be (S, H) with S, H >= 1, got {tuple(history.shape)}")
+    S, H = history.shape
+    check_shape(amax_ref, "amax_ref", (S,))
+    check_shape(amax, "amax", (S,))
+    pos = check_int(pos, "pos", 0)
+    if pos >= H:
+        raise ValueError(f"pos = {pos} must be < the history length {H}")
+    if device.type == "cuda":
+        extension().fp8_update_scales(amax_ref.data_ptr(), history.data_ptr(), amax.data_ptr(), S, H, pos,
+                                      stream_handle(device))
+    else:
+        recorded = (amax > 0) & torch.isfinite(amax)
+        history[:, pos] = torch.where(recorded, amax, history[:, pos])
+        amax.zero_()
+        torch.amax(history, dim=1, out=amax_ref)
