@@ -118,11 +118,6 @@ PYBIND11_MODULE(_llmc, m) {
   }, "per slot: history[pos] = amax, amax = 0, amax_ref = max of history");
   m.def("matmul_tuning_log", &matmul_tuning_log,
         "one line per cuBLASLt plan autotuning looked at on the current device: shape and the algorithm kept");
-  m.def("matmul_probe", [](int which, int rank, uintptr_t d, uintptr_t x, uintptr_t w, uintptr_t bias,
-                           uintptr_t aux, int64_t N, int64_t K, int64_t M, int reps, uintptr_t s) {
-    return matmul_probe(which, rank, ptr<floatX>(d), ptr<const floatX>(x), ptr<const floatX>(w), ptr<floatX>(bias),
-                        ptr<floatX>(aux), N, K, M, reps, as_stream(s));
-  }, "benchmarks: (algorithms offered, ms, config) of the rank-th heuristic algorithm for one matmul GEMM");
 
   // ---- attention (attention_cudnn.cpp, attention.cu) ----
   m.attr("ATTENTION_MAX_HEAD_SIZE") = kAttentionMaxHeadSize;

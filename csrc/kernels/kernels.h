@@ -5,7 +5,6 @@
 #pragma once
 #include <cstdint>
 #include <string>
-#include <tuple>
 #include <vector>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -76,15 +75,6 @@ void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t 
 void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream);
 // One line per GEMM plan autotuning looked at on the current device so far: its shape and the algorithm kept.
 std::vector<std::string> matmul_tuning_log();
-// Benchmarks only (dev/experiments/gemm_algos.py): run one of the GEMMs above with the `rank`-th algorithm the
-// heuristic offers (0: its first choice, what matmul_* use with LLMC_GEMM_AUTOTUNE=0). which: 0 forward (+bias
-// when not null), 1 forward GELU_AUX_BIAS, 2 dinp, 3 dinp with DGELU, 4 dweight (+=). Forward: x (N,K) inp,
-// w (M,K), d (N,M); dinp: x (N,M) dout, w (M,K), d (N,K); dweight: x (N,K) inp, w (N,M) dout, d (M,K). reps > 0:
-// 3 warm-up runs, then the mean ms of `reps` (events on stream); reps <= 0: one run, no timing. Returns (how many
-// algorithms the heuristic offers, ms, the algorithm's configuration) with ms = 0 and "" when rank >= offered.
-std::tuple<int, double, std::string> matmul_probe(int which, int rank, floatX* d, const floatX* x, const floatX* w,
-                                                  floatX* bias, floatX* aux, int64_t N, int64_t K, int64_t M,
-                                                  int reps, cudaStream_t stream);
 
 // ---- attention (attention_cudnn.cpp, attention.cu) ----
 // Causal self-attention, scale 1/sqrt(HS). qkv and dqkv (B, T, 3, NH, HS); out and dout (B, T, NH, HS);
