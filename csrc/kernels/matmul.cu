@@ -5,7 +5,7 @@
 // epilogue when pre_gelu is given (dinp must then be another buffer: cuBLASLt's DGELU epilogue reads its aux input
 // while it writes D, and some of its kernels, e.g. at N = 7, K = 3072, M = 768 on an H200, clobbered pre_gelu when
 // the two were one; llmc.ops runs an in-place call through a temporary); dweight and dbias are accumulated (+=).
-// bf16 operands, fp32 accumulation. dbias is reduced by the kernels below in an order fixed by (N, M) alone, and
+// bf16 operands, fp32 accumulation. dbias is reduced by column_sums.cu in an order fixed by (N, M) alone, and
 // split-K "in place" reductions are excluded, so a backward gives the same bits every run. (cuBLASLt's BGRADB
 // epilogue was measured as the alternative: on an H100 it runs a separate reduction kernel, slower than these.)
 //
@@ -49,6 +49,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "column_sums.cuh"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -62,34 +63,6 @@ inline void llmc_cublas_check(cublasStatus_t status, const char* expr, const cha
   }
 }
 #define CUBLAS_CHECK(expr) llmc_cublas_check((expr), #expr, __FILE__, __LINE__)
-
-// ---------------------------------------------------------------------------------------------------------
-// kernels: the bias gradient, dbias[c] += sum over rows of dout[r, c]
-// ---------------------------------------------------------------------------------------------------------
-// Block (bx, by) of the decomposition in common.cuh (bias_grad_row_blocks): sums in fp32, then
-// bias_grad_store_partials.
-__global__ void bias_grad_partial_kernel(float* partials, const floatX* dout, int64_t N, int M) {
-  const int col = (blockIdx.x * WARP_SIZE + threadIdx.x) * x128::size;
-  float acc[x128::size] = {};
-  if (col < M) {
-    const int64_t step = (int64_t)gridDim.y * kBiasBlockRows;
-    for (int64_t row = (int64_t)blockIdx.y * kBiasBlockRows + threadIdx.y; row < N; row += step) {
-      x128 g = load128(dout + row * M + col);  // cached: the two GEMMs read dout next
-#pragma unroll
-      for (int k = 0; k < x128::size; k++) acc[k] += (float)g[k];
-    }
-  }
-  bias_grad_store_partials(partials, acc, M);
-}
-
-// dbias[c] += partials[0][c] + partials[1][c] + ... in row order.
-__global__ void bias_grad_accumulate_kernel(floatX* dbias, const float* partials, int rows, int M) {
-  const int col = blockIdx.x * blockDim.x + threadIdx.x;
-  if (col >= M) return;
-  float s = 0.0f;
-  for (int r = 0; r < rows; r++) s += partials[(int64_t)r * M + col];
-  dbias[col] = (floatX)((float)dbias[col] + s);
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // cuBLASLt state: per device a handle, a workspace and the plan cache
@@ -466,26 +439,6 @@ void require_gemm_dims(int64_t N, int64_t K, int64_t M, const char* who) {
 // ---------------------------------------------------------------------------------------------------------
 // launchers
 // ---------------------------------------------------------------------------------------------------------
-void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
-                          cudaStream_t stream) {  // the two-kernel path
-  const int row_blocks = bias_grad_row_blocks(N, M);
-  // matmul_backward passes cuBLASLt's workspace; layernorm_backward its scratch (sized for this pass too)
-  LLMC_REQUIRE(row_blocks * M * (int64_t)sizeof(float) <= (int64_t)kWorkspaceBytes,
-               "bias_grad_accumulate: the partials do not fit the scratch");
-  bias_grad_partial_kernel<<<dim3(bias_grad_col_blocks(M), (unsigned)row_blocks), dim3(WARP_SIZE, kBiasBlockRows),
-                             0, stream>>>(scratch, dout, N, (int)M);
-  CUDA_CHECK(cudaGetLastError());
-  bias_grad_reduce(dbias, scratch, row_blocks, M, stream);
-}
-
-int64_t bias_grad_scratch_floats(int64_t N, int64_t M) { return (int64_t)bias_grad_row_blocks(N, M) * M; }
-
-void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream) {
-  const int block = 256;
-  bias_grad_accumulate_kernel<<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, partials, rows, (int)M);
-  CUDA_CHECK(cudaGetLastError());
-}
-
 void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floatX* weight, const floatX* bias,
                     int64_t N, int64_t K, int64_t M, bool gelu, cudaStream_t stream) {
   require_gemm_dims(N, K, M, "matmul_forward");
@@ -515,7 +468,10 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
   if (N == 0) return;
   std::lock_guard<std::mutex> lock(state_mutex);
   DeviceState& s = device_state();
-  if (dbias) bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), stream);
+  if (dbias) {
+    bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), kWorkspaceBytes / sizeof(float),
+                         stream);
+  }
   run_gemm(s, dweight_gemm(dweight, dout, inp, N, K, M), stream);
   if (dinp == nullptr) return;  // the caller computes dinp itself (matmul_fp8)
   Gemm g{K, N, M, /*trans_a=*/false, /*trans_b=*/false, weight, dout, dinp, /*accumulate=*/false,
