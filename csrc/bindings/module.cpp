@@ -86,6 +86,12 @@ PYBIND11_MODULE(_llmc, m) {
                ptr<const float>(x_scale_inv), ptr<const float>(w_scale_inv), ptr<const floatX>(bias), N, K, M,
                epilogue, fast_accum, as_stream(s));
   }, "out (N,M) = x (N,K) @ w (M,K)^T (FP8) * scales [+ bias], epilogue 0 none, 1 GELU (aux = pre), 2 dGELU");
+  m.def("matmul_tuning_log", &matmul_tuning_log,
+        "one line per cuBLASLt plan autotuning looked at on the current device: shape and the algorithm kept");
+
+  // ---- column_sums.cu ----
+  m.def("bias_grad_scratch_floats", &bias_grad_scratch_floats,
+        "floats of scratch fp8_cast_dbias needs for x (N, M)");
 
   // ---- fp8.cu ----
   m.def("fp8_amax", [](uintptr_t amax, uintptr_t x, int64_t n, uintptr_t s) {
@@ -105,8 +111,6 @@ PYBIND11_MODULE(_llmc, m) {
     fp8_cast_dbias(ptr<void>(out), ptr<floatX>(dbias), ptr<const floatX>(x), N, M, e5m2, ptr<const float>(amax_ref),
                    ptr<float>(scale_inv), ptr<float>(amax_out), ptr<float>(scratch), scratch_floats, as_stream(s));
   }, "fp8_cast of x (N, M) that also adds x's column sums to dbias (M), as matmul_backward's dbias");
-  m.def("bias_grad_scratch_floats", &bias_grad_scratch_floats,
-        "floats of scratch fp8_cast_dbias needs for x (N, M)");
   m.def("fp8_cast_transpose", [](uintptr_t out, uintptr_t x, int rows, int cols, bool e5m2, uintptr_t amax_ref,
                                  uintptr_t scale_inv, uintptr_t amax_out, uintptr_t s) {
     fp8_cast_transpose(ptr<void>(out), ptr<const floatX>(x), rows, cols, e5m2, ptr<const float>(amax_ref),
@@ -116,13 +120,6 @@ PYBIND11_MODULE(_llmc, m) {
                                 uintptr_t s) {
     fp8_update_scales(ptr<float>(amax_ref), ptr<float>(history), ptr<float>(amax), slots, len, pos, as_stream(s));
   }, "per slot: history[pos] = amax, amax = 0, amax_ref = max of history");
-  m.def("matmul_tuning_log", &matmul_tuning_log,
-        "one line per cuBLASLt plan autotuning looked at on the current device: shape and the algorithm kept");
-  m.def("matmul_probe", [](int which, int rank, uintptr_t d, uintptr_t x, uintptr_t w, uintptr_t bias,
-                           uintptr_t aux, int64_t N, int64_t K, int64_t M, int reps, uintptr_t s) {
-    return matmul_probe(which, rank, ptr<floatX>(d), ptr<const floatX>(x), ptr<const floatX>(w), ptr<floatX>(bias),
-                        ptr<floatX>(aux), N, K, M, reps, as_stream(s));
-  }, "benchmarks: (algorithms offered, ms, config) of the rank-th heuristic algorithm for one matmul GEMM");
 
   // ---- attention (attention_cudnn.cpp, attention.cu) ----
   m.attr("ATTENTION_MAX_HEAD_SIZE") = kAttentionMaxHeadSize;

@@ -65,22 +65,6 @@ void ensure_dynamic_smem(Kernel kernel, size_t bytes) {
   have = bytes;
 }
 
-// The bias gradient dbias[c] += sum over rows r < N of dout[r, c] (matmul.cu; fp8.cu's cast also computes it),
-// deterministic in two kernels: blocks of 32 x kBiasBlockRows threads, block (bx, by) summing columns
-// [bx * 256, bx * 256 + 256) (8 per thread, one 16-byte load per row) over rows by * 8 + threadIdx.y, then
-// + gridDim.y * 8, ...; it writes its column sums to row `by` of partials (gridDim.y x M), and bias_grad_reduce
-// (matmul.cu) adds those rows to dbias in order. The order of every addition depends only on N and M.
-constexpr int kBiasBlockRows = 8;               // blockDim.y: rows in flight per block
-constexpr int kBiasBlockCols = 32 * 8;          // a warp reads 256 contiguous columns of one row
-constexpr int kBiasMinRowsPerThread = 8;
-constexpr int kBiasTargetBlocks = 1024;         // ~8 resident blocks on each of an H100's 132 SMs
-inline int bias_grad_col_blocks(int64_t M) { return (int)ceil_div<int64_t>(M, kBiasBlockCols); }
-inline int bias_grad_row_blocks(int64_t N, int64_t M) {  // >= 1, also for N = 0
-  const int64_t rows = ceil_div<int64_t>(N, (int64_t)kBiasBlockRows * kBiasMinRowsPerThread);
-  const int64_t most = std::max(1, kBiasTargetBlocks / bias_grad_col_blocks(M));
-  return (int)std::max<int64_t>(1, std::min(rows, most));
-}
-
 #ifdef __CUDACC__
 
 constexpr int WARP_SIZE = 32;
@@ -230,24 +214,6 @@ __device__ inline float block_reduce_sum(float v, float* shared) {
   __syncthreads();
   v = lane < nwarps ? shared[lane] : 0.0f;
   return warp_reduce_sum(v);
-}
-
-// The end of a bias-gradient partial block (see bias_grad_row_blocks): acc holds this thread's sums of its 8
-// columns; the block's 8 row lanes are added in order and written to row blockIdx.y of partials (M columns).
-__device__ inline void bias_grad_store_partials(float* partials, const float (&acc)[8], int M) {
-  static_assert(kBiasBlockRows * WARP_SIZE == kBiasBlockCols, "one thread per block column in the reduction");
-  __shared__ float lane_sums[kBiasBlockRows][8][WARP_SIZE];
-#pragma unroll
-  for (int k = 0; k < 8; k++) lane_sums[threadIdx.y][k][threadIdx.x] = acc[k];
-  __syncthreads();
-  const int t = threadIdx.y * WARP_SIZE + threadIdx.x;  // this thread's column within the block
-  const int col = blockIdx.x * kBiasBlockCols + t;
-  if (col < M) {
-    float s = 0.0f;
-#pragma unroll
-    for (int y = 0; y < kBiasBlockRows; y++) s += lane_sums[y][t % 8][t / 8];
-    partials[(int64_t)blockIdx.y * M + col] = s;
-  }
 }
 
 #endif  // __CUDACC__

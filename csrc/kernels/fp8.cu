@@ -12,6 +12,7 @@
 // the same bits.
 #include <cuda_fp8.h>
 
+#include "column_sums.cuh"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -100,7 +101,7 @@ __global__ void cast_kernel(uint8_t* out, const floatX* x, int64_t n16, const fl
 }
 
 // cast_kernel's output for x (N, M), plus the bias gradient's partial sums of x's columns: the blocks and the
-// order of additions of bias_grad_partial_kernel (common.cuh), so dbias comes out as matmul_backward's.
+// order of additions of bias_grad_partial_kernel (column_sums.cu), so dbias comes out as matmul_backward's.
 template <bool kE5M2>
 __global__ void cast_dbias_kernel(uint8_t* out, float* partials, const floatX* x, int64_t N, int M,
                                   const float* amax_ref, float* scale_inv, float* amax_out) {

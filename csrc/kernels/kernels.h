@@ -5,7 +5,6 @@
 #pragma once
 #include <cstdint>
 #include <string>
-#include <tuple>
 #include <vector>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -67,24 +66,13 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
 void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e5m2, bool w_e5m2,
                 const float* x_scale_inv, const float* w_scale_inv, const floatX* bias, int64_t N, int64_t K,
                 int64_t M, int epilogue, bool fast_accum, cudaStream_t stream);
-// The bias gradient's two-kernel decomposition (common.cuh), for kernels that compute it on the way (fp8_cast_dbias):
-// the floats of scratch its partial sums take for N rows of M columns, and dbias (M) += the `rows` rows of
-// partials (rows x M), added in order.
-int64_t bias_grad_scratch_floats(int64_t N, int64_t M);
-// dbias (M) += column sums of dout (N, M), deterministically, through `scratch` (bias_grad_scratch_floats(N, M)).
-void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch, cudaStream_t stream);
-void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream);
 // One line per GEMM plan autotuning looked at on the current device so far: its shape and the algorithm kept.
 std::vector<std::string> matmul_tuning_log();
-// Benchmarks only (dev/experiments/gemm_algos.py): run one of the GEMMs above with the `rank`-th algorithm the
-// heuristic offers (0: its first choice, what matmul_* use with LLMC_GEMM_AUTOTUNE=0). which: 0 forward (+bias
-// when not null), 1 forward GELU_AUX_BIAS, 2 dinp, 3 dinp with DGELU, 4 dweight (+=). Forward: x (N,K) inp,
-// w (M,K), d (N,M); dinp: x (N,M) dout, w (M,K), d (N,K); dweight: x (N,K) inp, w (N,M) dout, d (M,K). reps > 0:
-// 3 warm-up runs, then the mean ms of `reps` (events on stream); reps <= 0: one run, no timing. Returns (how many
-// algorithms the heuristic offers, ms, the algorithm's configuration) with ms = 0 and "" when rank >= offered.
-std::tuple<int, double, std::string> matmul_probe(int which, int rank, floatX* d, const floatX* x, const floatX* w,
-                                                  floatX* bias, floatX* aux, int64_t N, int64_t K, int64_t M,
-                                                  int reps, cudaStream_t stream);
+
+// ---- column_sums.cu ----
+// Floats of scratch the bias gradient's partial sums take for the column sums of N rows of M columns
+// (fp8_cast_dbias; matmul_backward and layernorm_backward use their own scratch).
+int64_t bias_grad_scratch_floats(int64_t N, int64_t M);
 
 // ---- attention (attention_cudnn.cpp, attention.cu) ----
 // Causal self-attention, scale 1/sqrt(HS). qkv and dqkv (B, T, 3, NH, HS); out and dout (B, T, NH, HS);

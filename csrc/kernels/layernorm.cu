@@ -6,8 +6,8 @@
 // evict-first in L2): 3% faster than plain stores on an H100 at both GPT-2 shapes (dev/cuda/layernorm_forward.cu).
 // Backward reads dout, inp, weight, mean, rstd; writes dinp (overwritten, or += with `accumulate`, for the
 // residual stream) and accumulates dweight and dbias (+=) deterministically: every block sums its rows
-// into fp32 partials in a fixed order, and a second kernel adds the partials, in block order, into the
-// parameter gradients. No float atomics.
+// into fp32 partials in a fixed order, and a second kernel (param_grad_reduce, column_sums.cu) adds the partials,
+// in a fixed order too, into the parameter gradients. No float atomics.
 //
 // Rows of up to kMaxRegPacks * 32 packs (C <= 2048: every GPT-2 width) live in registers: all of a row's loads
 // are in flight at once and the variance is the exact two-pass one over the registers. The forward gives each
@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "column_sums.cuh"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -48,23 +49,19 @@ __host__ __device__ constexpr int reg_backward_blocks_per_sm(int team) {
 // Rows each team has in flight (cp.async into shared memory) ahead of the one it works: two, 1-4% faster than one
 // at 768, 1024 and 1280 in the same probe and even at 1600 (three was slower everywhere).
 constexpr int kBackwardAhead = 2;
-// Whether an accumulating launch (the residual stream's gradient, dinp +=) copies dinp's old values into shared
-// memory with each row instead of loading them after the row sums: 3-11% faster on an H200 at every GPT-2 width.
-constexpr bool kBackwardOld = true;
-// What the register backward kernel does with dinp, fixed at compile time: overwrite it, or add to its old values
-// loaded after the row sums or staged in shared memory with the row (kBackwardOld). A runtime switch cost the
-// overwriting launch a predicated-off load of the old values that still waited behind the row's cp.async traffic
-// (12% of the stall samples at 8192 x 1600 in Nsight Compute).
-enum class Dinp { kWrite, kAddLoaded, kAddStaged };
+// What the register backward kernel does with dinp is fixed at compile time (kAccumulate): overwrite it, or add to
+// its old values (the residual stream's gradient, dinp +=), which are copied into shared memory with each row: 3-11%
+// faster on an H200 at every GPT-2 width than loading them after the row sums. A runtime switch cost the overwriting
+// launch a predicated-off load of the old values that still waited behind the row's cp.async traffic (12% of the
+// stall samples at 8192 x 1600 in Nsight Compute).
 // The partials' L2 hint: both backward kernels store their blocks' fp32 dweight / dbias partials with the L2 hint
-// evict_last. The reduction reads them right after, and the next launch usually overwrites them in place (torch's
-// caching allocator hands the same scratch back). With plain stores the streamed rows push them out of L2 (an L2 hit
-// rate of 20% for the reduction in Nsight Compute); with the hint the whole op is 0.6-3% faster at every GPT-2
-// width on an H200, overwriting or accumulating.
-// How the register backward kernel gets its rows' mean and rstd (see the kernel): each row's kAhead rows ahead, or
-// (chunk) 32 rows' at a time, one per lane, shuffled to the lanes row by row. The chunk is taken when overwriting
-// dinp (1-8% faster on an H200), not when accumulating (the residual stream's gradient), where it is 2-4% slower.
-__host__ __device__ constexpr bool backward_chunk_stats(Dinp mode) { return mode == Dinp::kWrite; }
+// evict_last. The reduction (param_grad_reduce, column_sums.cu) reads them right after, and the next launch usually
+// overwrites them in place (torch's caching allocator hands the same scratch back). With plain stores the streamed
+// rows push them out of L2 (an L2 hit rate of 20% for the reduction in Nsight Compute); with the hint the whole op is
+// 0.6-3% faster at every GPT-2 width on an H200, overwriting or accumulating.
+// How the register backward kernel gets its rows' mean and rstd (see the kernel): one row ahead, or (chunk) 32 rows'
+// at a time, one per lane, shuffled to the lanes row by row. The chunk is taken when overwriting dinp (1-8% faster
+// on an H200), not when accumulating, where it is 2-4% slower.
 
 // Per-element math shared by both paths, in one place so that they round identically.
 __device__ inline x128 add_packs(const x128& a, const x128& b) {
@@ -234,7 +231,7 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // row's work is spread over as many lanes as it has packs, and each lane sums its pack's dweight / dbias columns
 // in registers over the team's rows, in row order. The team's warps add their row sums through shared memory
 // (warp 0's first).
-// While a row is worked, the team's next kAhead rows (dout and inp; with Dinp::kAddStaged dinp's old values too)
+// While a row is worked, the team's next kAhead rows (dout and inp; with kAccumulate dinp's old values too)
 // are on their way into shared memory by cp.async (kAhead + 1 buffers per team, in turn): each lane copies, and
 // later reads, only its own pack, so its own cp.async.wait_group is all the synchronisation needed, and no
 // register holds a row ahead.
@@ -248,20 +245,19 @@ __global__ void __launch_bounds__(kRegWarps * WARP_SIZE)
 // bf16), and the partials are [dweight | dbias | dinp's column sums]: the bias gradient of the linear layer whose
 // output gradient dinp is (the residual stream's), without another pass over dinp.
 // Shared memory (dynamic): reg_backward_smem_bytes.
-// kTeams (teams per block) and kMinBlocks (blocks per SM, for __launch_bounds__) are the library's choice
-// unless the probe asks for others.
-template <int kTeam, int kAhead, Dinp kMode, bool kColSum = false, int kTeams = reg_backward_teams(kTeam),
-          int kMinBlocks = reg_backward_blocks_per_sm(kTeam), bool kChunkStats = backward_chunk_stats(kMode)>
-__global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
+template <int kTeam, bool kAccumulate, bool kColSum>
+__global__ void __launch_bounds__(kTeam * reg_backward_teams(kTeam) * WARP_SIZE, reg_backward_blocks_per_sm(kTeam))
     layernorm_backward_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout,
                                    const floatX* inp, const floatX* __restrict__ weight,
                                    const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C) {
-  constexpr bool kOld = kMode == Dinp::kAddStaged;
+  constexpr int kTeams = reg_backward_teams(kTeam);
+  constexpr int kAhead = kBackwardAhead;
+  constexpr bool kChunkStats = !kAccumulate;  // the rows' mean and rstd 32 rows at a time (see the top of the file)
   // the partials' reduction (launched as a programmatic dependent) may be scheduled now; it waits for this grid
   pdl_launch_dependents();
   extern __shared__ int4 smem[];
   constexpr int kLanes = kTeam * WARP_SIZE;
-  constexpr int kPlanes = kOld ? 3 : 2;  // rows per buffer: dout, inp (and dinp's old values with kOld)
+  constexpr int kPlanes = kAccumulate ? 3 : 2;  // rows per buffer: dout, inp (and dinp's old values, accumulating)
   constexpr int kParts = kColSum ? 3 : 2;
   constexpr int kHalf = f128::size;
   __shared__ float2 exchange[kTeams][2][kTeam];  // a team's per-warp row sums, double-buffered by row
@@ -278,7 +274,7 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
       const int64_t o = (int64_t)r * C + j * x128::size;
       cp_async16(rows + kPlanes * buf * C8 + j, dout + o);
       cp_async16(rows + (kPlanes * buf + 1) * C8 + j, inp + o);
-      if constexpr (kOld) cp_async16(rows + (kPlanes * buf + 2) * C8 + j, dinp + o);
+      if constexpr (kAccumulate) cp_async16(rows + (kPlanes * buf + 2) * C8 + j, dinp + o);
     }
     cp_async_commit();
   };
@@ -328,7 +324,7 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
     const int4 zero = make_int4(0, 0, 0, 0);
     const x128 g = x128::from_int4(active ? rows[kPlanes * cur * C8 + j].as_int4() : zero);
     const x128 x = x128::from_int4(active ? rows[(kPlanes * cur + 1) * C8 + j].as_int4() : zero);
-    x128 old = x128::from_int4(kOld && active ? rows[(kPlanes * cur + 2) * C8 + j].as_int4() : zero);
+    const x128 old = x128::from_int4(kAccumulate && active ? rows[(kPlanes * cur + 2) * C8 + j].as_int4() : zero);
     fetch_row(row + kAhead * stride, cur == 0 ? kAhead : cur - 1);
     buf = cur == kAhead ? 0 : cur + 1;
     if (!kChunkStats && row + stride < N) {
@@ -357,11 +353,7 @@ __global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
       parity ^= 1;
     }
     const float b = -s * (sum_dn / C), c = -s * (sum_dn_xhat / C);
-    if constexpr (kMode == Dinp::kAddLoaded) {
-      // read here rather than with dout and inp: the registers the row sums no longer need (as whole words, see g)
-      old = x128::from_int4(active ? load128(dinp + off).as_int4() : zero);
-    }
-    const x128 d = dinp_pack(xhat, dn, s, b, c, old, kMode != Dinp::kWrite);
+    const x128 d = dinp_pack(xhat, dn, s, b, c, old, kAccumulate);
     if (active) store128(dinp + off, d);
     if constexpr (kColSum) {
       float df[x128::size];
@@ -555,97 +547,6 @@ __global__ void layernorm_backward_smem_kernel(floatX* dinp, float* __restrict__
   for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) store_float_keep(mine + i, acc[i], keep);
 }
 
-// The partials' reduction: partials[g * width + col] summed over g < num_partials into dweight (col < C), dbias
-// (col < 2C) and colsum (col < 3C, when given), width = 2C or 3C. Block (kReduceQuads, kReduceRows): x picks 4
-// consecutive columns (one float4; width and so every row of partials is a multiple of 8 floats, and the scratch a
-// torch allocation, so the loads are aligned), y strides over the partials with kReduceDepth loads in flight per
-// thread. Each thread adds its partials in g order, the warp's 8 rows are added by a fixed butterfly of shuffles,
-// the block's warps in warp order: the same order every time, so the result is deterministic.
-// One round of loads covers up to kReduceRows * kReduceDepth = 512 partials. What the reduction costs is mostly
-// waiting on memory (the partials' L2 hint, above, is what shortens it); 32 or 8 columns per block are no faster.
-constexpr int kReduceQuads = 4;
-constexpr int kReduceRows = 64;
-constexpr int kReduceDepth = 8;
-constexpr int kReduceCols = 4 * kReduceQuads;  // columns per block
-// (template arguments so that dev/cuda/layernorm_backward.cu can time other geometries; kPrefetch: see below)
-template <int kQuads = kReduceQuads, int kRows = kReduceRows, int kDepth = kReduceDepth, bool kPrefetch = true>
-__global__ void __launch_bounds__(kQuads * kRows)
-    layernorm_param_grad_reduce_kernel(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
-                                       const float* __restrict__ partials, int num_partials, int C,
-                                       floatX* __restrict__ colsum = nullptr) {
-  constexpr int kWarps = kQuads * kRows / WARP_SIZE;
-  __shared__ float4 warp_sums[kWarps][kQuads];
-  const int width = (colsum != nullptr ? 3 : 2) * C;
-  const int col = (blockIdx.x * kQuads + threadIdx.x) * 4;
-  // The gradients' old values, read before waiting: the kernel writing the partials does not touch them (kernels
-  // before it on the stream have completed), so this read need not follow the partials' (0.3-0.4 us off the op at
-  // 8192 x 1600 on an H200).
-  floatX* dst = nullptr;
-  float total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  if (threadIdx.y == 0 && col < width) {
-    dst = col < C ? dweight + col : col < 2 * C ? dbias + (col - C) : colsum + (col - 2 * C);
-    if constexpr (kPrefetch) {
-#pragma unroll
-      for (int k = 0; k < 4; k++) total[k] = (float)dst[k];
-    }
-  }
-  pdl_wait();  // launched as a programmatic dependent of the kernel that writes the partials
-  const int lane = (threadIdx.y * kQuads + threadIdx.x) % WARP_SIZE;
-  const int warp = (threadIdx.y * kQuads + threadIdx.x) / WARP_SIZE;
-  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  if (col < width) {  // a quad is all inside the width or all outside (width % 8 == 0)
-    for (int g0 = threadIdx.y; g0 < num_partials; g0 += kRows * kDepth) {
-      float4 p[kDepth];
-#pragma unroll
-      for (int k = 0; k < kDepth; k++) {
-        const int g = g0 + k * kRows;
-        p[k] = g < num_partials ? *reinterpret_cast<const float4*>(partials + (int64_t)g * width + col)
-                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      }
-#pragma unroll
-      for (int k = 0; k < kDepth; k++) {
-        v.x += p[k].x;
-        v.y += p[k].y;
-        v.z += p[k].z;
-        v.w += p[k].w;
-      }
-    }
-  }
-  // lanes l, l ^ 4, l ^ 8, ... hold the same columns (threadIdx.x = lane % kQuads)
-#pragma unroll
-  for (int off = kQuads; off < WARP_SIZE; off <<= 1) {
-    v.x += __shfl_xor_sync(0xffffffffu, v.x, off);
-    v.y += __shfl_xor_sync(0xffffffffu, v.y, off);
-    v.z += __shfl_xor_sync(0xffffffffu, v.z, off);
-    v.w += __shfl_xor_sync(0xffffffffu, v.w, off);
-  }
-  if (lane < kQuads) warp_sums[warp][lane] = v;
-  __syncthreads();
-  if (dst != nullptr) {
-    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int w = 0; w < kWarps; w++) {
-      const float4 t = warp_sums[w][threadIdx.x];
-      sum[0] += t.x;
-      sum[1] += t.y;
-      sum[2] += t.z;
-      sum[3] += t.w;
-    }
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      if constexpr (!kPrefetch) total[k] = (float)dst[k];
-      dst[k] = (floatX)(total[k] + sum[k]);
-    }
-  }
-}
-
-// The reduction of num_partials partials of width (colsum ? 3 : 2) * C, as a programmatic dependent of the kernel
-// before it on the stream (which writes the partials).
-void launch_param_grad_reduce(floatX* dweight, floatX* dbias, const float* partials, int num_partials, int C,
-                              floatX* colsum, cudaStream_t stream) {
-  launch_dependent(layernorm_param_grad_reduce_kernel<>, dim3(ceil_div((colsum != nullptr ? 3 : 2) * C, kReduceCols)),
-                   dim3(kReduceQuads, kReduceRows), 0, stream, dweight, dbias, partials, num_partials, C, colsum);
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // launch configuration
 // ---------------------------------------------------------------------------------------------------------
@@ -684,18 +585,18 @@ void dispatch_packs(int packs, Fn&& fn) {
 
 // fn(kernel, team) with the register backward kernel for rows of C channels (C <= 32 * kMaxRegPacks * 8) and its
 // warps per row (the team: ceil(C / 256)).
-template <Dinp kMode, bool kColSum = false, class Fn>
+template <bool kAccumulate, bool kColSum, class Fn>
 void dispatch_backward(int C, Fn&& fn) {
   dispatch_packs(reg_packs(C), [&](auto t) {  // packs per warp = warps per row
-    fn(layernorm_backward_regs_kernel<decltype(t)::value, kBackwardAhead, kMode, kColSum>, (int)decltype(t)::value);
+    fn(layernorm_backward_regs_kernel<decltype(t)::value, kAccumulate, kColSum>, (int)decltype(t)::value);
   });
 }
 
-// Dynamic shared memory of the register backward kernel: per team (`teams` per block), ahead + 1 row buffers of
-// dout and inp (and with `old` dinp's old values; C bf16 each), which after the rows hold the team's sums (2C
-// floats, 3C with colsum).
-size_t reg_backward_smem_bytes(int C, int teams, int ahead, bool old, bool colsum) {
-  const size_t rows = (size_t)(ahead + 1) * (old ? 3 : 2) * C * sizeof(floatX);
+// Dynamic shared memory of the register backward kernel: per team (`teams` per block), kBackwardAhead + 1 row
+// buffers of dout and inp (and with `accumulate` dinp's old values; C bf16 each), which after the rows hold the
+// team's sums (2C floats, 3C with colsum).
+size_t reg_backward_smem_bytes(int C, int teams, bool accumulate, bool colsum) {
+  const size_t rows = (size_t)(kBackwardAhead + 1) * (accumulate ? 3 : 2) * C * sizeof(floatX);
   const size_t sums = (size_t)(colsum ? 3 : 2) * C * sizeof(float);
   return (size_t)teams * std::max(rows, sums);
 }
@@ -751,12 +652,12 @@ void launch_forward(floatX* out, float* mean, float* rstd, floatX* residual, con
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <Dinp kMode, bool kColSum = false>
+template <bool kAccumulate, bool kColSum>
 LaunchConfig reg_backward_config(int N, int C) {
   LaunchConfig cfg{};
-  dispatch_backward<kMode, kColSum>(C, [&](auto kernel, int team) {
+  dispatch_backward<kAccumulate, kColSum>(C, [&](auto kernel, int team) {
     const int teams = reg_backward_teams(team);
-    const size_t smem = reg_backward_smem_bytes(C, teams, kBackwardAhead, kMode == Dinp::kAddStaged, kColSum);
+    const size_t smem = reg_backward_smem_bytes(C, teams, kAccumulate, kColSum);
     // The opt-in above 48 KB counts the kernel's static shared memory (the row-sum exchange) too. So the limit is
     // raised to whatever this launch asks.
     ensure_dynamic_smem(kernel, smem);
@@ -765,18 +666,16 @@ LaunchConfig reg_backward_config(int N, int C) {
   return cfg;
 }
 
-// The grid, and so the number of partials (layernorm_backward_scratch_floats), depends on N, C, `old` and
-// `colsum` only (old: an accumulating launch of the register kernel with kBackwardOld; colsum: the register kernel
-// that also sums dinp's columns).
-LaunchConfig backward_config(int N, int C, bool old, bool colsum = false) {
+// The grid, and so the number of partials (layernorm_backward_scratch_floats), depends on N and C only, and for the
+// register kernel on `accumulate` and `colsum` (the kernel that also sums dinp's columns).
+LaunchConfig backward_config(int N, int C, bool accumulate, bool colsum = false) {
   if (reg_packs(C) == 0) {
     return plan_smem_launch(layernorm_backward_smem_kernel, backward_smem_bytes, N, C, "layernorm_backward");
   }
-  // (Dinp::kAddLoaded, used only if kBackwardOld is off, shares kWrite's shared memory and so its grid)
   if (colsum) {
-    return old ? reg_backward_config<Dinp::kAddStaged, true>(N, C) : reg_backward_config<Dinp::kWrite, true>(N, C);
+    return accumulate ? reg_backward_config<true, true>(N, C) : reg_backward_config<false, true>(N, C);
   }
-  return old ? reg_backward_config<Dinp::kAddStaged>(N, C) : reg_backward_config<Dinp::kWrite>(N, C);
+  return accumulate ? reg_backward_config<true, false>(N, C) : reg_backward_config<false, false>(N, C);
 }
 
 }  // namespace
@@ -801,9 +700,9 @@ int64_t layernorm_backward_scratch_floats(int N, int C) {
   LLMC_REQUIRE(C % x128::size == 0 && C > 0, "layernorm_backward: C must be a positive multiple of 8");
   if (N == 0) return 0;
   int64_t floats = bias_grad_scratch_floats(N, C);  // colsum's separate pass, where it is not fused
-  for (const bool old : {false, kBackwardOld}) {
-    floats = std::max(floats, (int64_t)backward_config(N, C, old).blocks * 2 * C);
-    if (reg_packs(C) > 0) floats = std::max(floats, (int64_t)backward_config(N, C, old, true).blocks * 3 * C);
+  for (const bool accumulate : {false, true}) {
+    floats = std::max(floats, (int64_t)backward_config(N, C, accumulate).blocks * 2 * C);
+    if (reg_packs(C) > 0) floats = std::max(floats, (int64_t)backward_config(N, C, accumulate, true).blocks * 3 * C);
   }
   return floats;
 }
@@ -814,13 +713,12 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
   LLMC_REQUIRE(C % x128::size == 0 && C > 0, "layernorm_backward: C must be a positive multiple of 8");
   if (N == 0) return;
   const int packs = reg_packs(C);
-  const bool old = kBackwardOld && accumulate && packs > 0;
   // The register kernel sums dinp's columns itself only where its two extra planes of sums cost no resident blocks
   // (at C = 1280 they would halve them); elsewhere a separate pass (bias_grad_accumulate) does.
-  LaunchConfig cfg = backward_config(N, C, old);
+  LaunchConfig cfg = backward_config(N, C, accumulate);
   bool fused = false;
   if (colsum != nullptr && packs > 0) {
-    const LaunchConfig with_sums = backward_config(N, C, old, true);
+    const LaunchConfig with_sums = backward_config(N, C, accumulate, true);
     fused = with_sums.blocks >= cfg.blocks;
     if (fused) cfg = with_sums;
   }
@@ -830,12 +728,10 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
   };
   auto launch_regs = [&](auto colsum_tag) {
     constexpr bool kColSum = decltype(colsum_tag)::value;
-    if (!accumulate) {
-      dispatch_backward<Dinp::kWrite, kColSum>(C, launch);
-    } else if constexpr (kBackwardOld) {
-      dispatch_backward<Dinp::kAddStaged, kColSum>(C, launch);
+    if (accumulate) {
+      dispatch_backward<true, kColSum>(C, launch);
     } else {
-      dispatch_backward<Dinp::kAddLoaded, kColSum>(C, launch);
+      dispatch_backward<false, kColSum>(C, launch);
     }
   };
   if (fused) {
@@ -849,7 +745,10 @@ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scr
   CUDA_CHECK(cudaGetLastError());
   // A programmatic dependent launch on sm_90: scheduled while the row kernel runs, so that the launch gap between
   // the two is hidden (1-3% of the op).
-  launch_param_grad_reduce(dweight, dbias, scratch, cfg.blocks, C, fused ? colsum : nullptr, stream);
-  // Not fused: the column sums of the dinp just written, in a pass of their own (the scratch is free again).
-  if (colsum != nullptr && !fused) bias_grad_accumulate(colsum, dinp, N, C, scratch, stream);
+  param_grad_reduce(dweight, dbias, scratch, cfg.blocks, C, fused ? colsum : nullptr, stream);
+  // Not fused: the column sums of the dinp just written, in a pass of their own (the scratch is free again; its
+  // size, layernorm_backward_scratch_floats, covers this pass).
+  if (colsum != nullptr && !fused) {
+    bias_grad_accumulate(colsum, dinp, N, C, scratch, bias_grad_scratch_floats(N, C), stream);
+  }
 }

@@ -5,7 +5,7 @@
 // epilogue when pre_gelu is given (dinp must then be another buffer: cuBLASLt's DGELU epilogue reads its aux input
 // while it writes D, and some of its kernels, e.g. at N = 7, K = 3072, M = 768 on an H200, clobbered pre_gelu when
 // the two were one; llmc.ops runs an in-place call through a temporary); dweight and dbias are accumulated (+=).
-// bf16 operands, fp32 accumulation. dbias is reduced by the kernels below in an order fixed by (N, M) alone, and
+// bf16 operands, fp32 accumulation. dbias is reduced by column_sums.cu in an order fixed by (N, M) alone, and
 // split-K "in place" reductions are excluded, so a backward gives the same bits every run. (cuBLASLt's BGRADB
 // epilogue was measured as the alternative: on an H100 it runs a separate reduction kernel, slower than these.)
 //
@@ -24,11 +24,11 @@
 // the caller's stream, so calls on one device from different streams must not run concurrently.
 //
 // Algorithm choice. cublasLtMatmulAlgoGetHeuristic ranks its algorithms by a model; on an H100 its first choice
-// was up to 20% slower than another it offers for several of GPT-2's GEMMs (dev/experiments/gemm_algos.py).
+// is up to 20% slower than another it offers for several of GPT-2's GEMMs.
 // So the first call of a plan that overwrites its output (forward, dinp) times every offered algorithm on the
 // call's own inputs (3 runs each) and keeps the fastest whose output has exactly the bits of the heuristic's first
-// choice (compared by a hash of every output element). The probe found every algorithm offered for those GEMMs
-// bit-identical, as expected of kernels that split only the output, not k. Accumulating GEMMs (dweight +=, where
+// choice (compared by a hash of every output element). Every algorithm offered for those GEMMs gives the same bits
+// on an H100, as expected of kernels that split only the output, not k. Accumulating GEMMs (dweight +=, where
 // cuBLASLt may split k, and algorithms that do round differently) are tuned in a scratch output, run twice per
 // algorithm: from zeros (the output is the rounded product alone, at full resolution: a different order of the k
 // sums shows) and from a fixed pattern of values up to 2 in magnitude (how the old values are added shows); an
@@ -49,6 +49,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "column_sums.cuh"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -62,34 +63,6 @@ inline void llmc_cublas_check(cublasStatus_t status, const char* expr, const cha
   }
 }
 #define CUBLAS_CHECK(expr) llmc_cublas_check((expr), #expr, __FILE__, __LINE__)
-
-// ---------------------------------------------------------------------------------------------------------
-// kernels: the bias gradient, dbias[c] += sum over rows of dout[r, c]
-// ---------------------------------------------------------------------------------------------------------
-// Block (bx, by) of the decomposition in common.cuh (bias_grad_row_blocks): sums in fp32, then
-// bias_grad_store_partials.
-__global__ void bias_grad_partial_kernel(float* partials, const floatX* dout, int64_t N, int M) {
-  const int col = (blockIdx.x * WARP_SIZE + threadIdx.x) * x128::size;
-  float acc[x128::size] = {};
-  if (col < M) {
-    const int64_t step = (int64_t)gridDim.y * kBiasBlockRows;
-    for (int64_t row = (int64_t)blockIdx.y * kBiasBlockRows + threadIdx.y; row < N; row += step) {
-      x128 g = load128(dout + row * M + col);  // cached: the two GEMMs read dout next
-#pragma unroll
-      for (int k = 0; k < x128::size; k++) acc[k] += (float)g[k];
-    }
-  }
-  bias_grad_store_partials(partials, acc, M);
-}
-
-// dbias[c] += partials[0][c] + partials[1][c] + ... in row order.
-__global__ void bias_grad_accumulate_kernel(floatX* dbias, const float* partials, int rows, int M) {
-  const int col = blockIdx.x * blockDim.x + threadIdx.x;
-  if (col >= M) return;
-  float s = 0.0f;
-  for (int r = 0; r < rows; r++) s += partials[(int64_t)r * M + col];
-  dbias[col] = (floatX)((float)dbias[col] + s);
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // cuBLASLt state: per device a handle, a workspace and the plan cache
@@ -215,7 +188,7 @@ bool epilogue_has_aux(cublasLtEpilogue_t e) {
 // The plan with the heuristic's `rank`-th algorithm (0: its first choice), or nullptr when it offers fewer. With
 // `offered`, also how many it offers when asked for up to `ask` (rank < ask).
 std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const Gemm& g, int rank = 0, int ask = 1,
-                                int* offered = nullptr, cublasLtMatmulHeuristicResult_t* chosen = nullptr) {
+                                int* offered = nullptr) {
   auto owned = std::make_unique<Plan>();
   Plan& plan = *owned;
   cublasLtMatmulDesc_t op;
@@ -262,7 +235,6 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const Gemm& g, int rank
   if (offered) *offered = found;
   if (found <= rank) return nullptr;
   plan.algo = results[rank].algo;
-  if (chosen) *chosen = results[rank];
   return owned;
 }
 
@@ -467,26 +439,6 @@ void require_gemm_dims(int64_t N, int64_t K, int64_t M, const char* who) {
 // ---------------------------------------------------------------------------------------------------------
 // launchers
 // ---------------------------------------------------------------------------------------------------------
-void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
-                          cudaStream_t stream) {  // the two-kernel path
-  const int row_blocks = bias_grad_row_blocks(N, M);
-  // matmul_backward passes cuBLASLt's workspace; layernorm_backward its scratch (sized for this pass too)
-  LLMC_REQUIRE(row_blocks * M * (int64_t)sizeof(float) <= (int64_t)kWorkspaceBytes,
-               "bias_grad_accumulate: the partials do not fit the scratch");
-  bias_grad_partial_kernel<<<dim3(bias_grad_col_blocks(M), (unsigned)row_blocks), dim3(WARP_SIZE, kBiasBlockRows),
-                             0, stream>>>(scratch, dout, N, (int)M);
-  CUDA_CHECK(cudaGetLastError());
-  bias_grad_reduce(dbias, scratch, row_blocks, M, stream);
-}
-
-int64_t bias_grad_scratch_floats(int64_t N, int64_t M) { return (int64_t)bias_grad_row_blocks(N, M) * M; }
-
-void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream) {
-  const int block = 256;
-  bias_grad_accumulate_kernel<<<(int)ceil_div<int64_t>(M, block), block, 0, stream>>>(dbias, partials, rows, (int)M);
-  CUDA_CHECK(cudaGetLastError());
-}
-
 void matmul_forward(floatX* out, floatX* pre_gelu, const floatX* inp, const floatX* weight, const floatX* bias,
                     int64_t N, int64_t K, int64_t M, bool gelu, cudaStream_t stream) {
   require_gemm_dims(N, K, M, "matmul_forward");
@@ -516,7 +468,10 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
   if (N == 0) return;
   std::lock_guard<std::mutex> lock(state_mutex);
   DeviceState& s = device_state();
-  if (dbias) bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), stream);
+  if (dbias) {
+    bias_grad_accumulate(dbias, dout, N, M, static_cast<float*>(s.workspace), kWorkspaceBytes / sizeof(float),
+                         stream);
+  }
   run_gemm(s, dweight_gemm(dweight, dout, inp, N, K, M), stream);
   if (dinp == nullptr) return;  // the caller computes dinp itself (matmul_fp8)
   Gemm g{K, N, M, /*trans_a=*/false, /*trans_b=*/false, weight, dout, dinp, /*accumulate=*/false,
@@ -580,64 +535,4 @@ void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e
 std::vector<std::string> matmul_tuning_log() {
   std::lock_guard<std::mutex> lock(state_mutex);
   return device_state().tuning_log;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// benchmarks only: the other algorithms cuBLASLt's heuristic offers for one of the GEMMs above
-// ---------------------------------------------------------------------------------------------------------
-namespace {
-
-std::string describe_algo(const cublasLtMatmulHeuristicResult_t& r) {
-  auto attr = [&](cublasLtMatmulAlgoConfigAttributes_t a) {
-    uint64_t v = 0;  // every attribute read here is an unsigned integer of at most 64 bits (little-endian)
-    size_t size = 0;
-    cublasLtMatmulAlgoConfigGetAttribute(&r.algo, a, nullptr, 0, &size);  // asks for the attribute's size
-    if (size == 0 || size > sizeof(v) ||
-        cublasLtMatmulAlgoConfigGetAttribute(&r.algo, a, &v, size, &size) != CUBLAS_STATUS_SUCCESS)
-      return std::string("?");
-    return std::to_string(v);
-  };
-  return "algo=" + attr(CUBLASLT_ALGO_CONFIG_ID) + " tile=" + attr(CUBLASLT_ALGO_CONFIG_TILE_ID) +
-         " stages=" + attr(CUBLASLT_ALGO_CONFIG_STAGES_ID) + " splitk=" + attr(CUBLASLT_ALGO_CONFIG_SPLITK_NUM) +
-         " reduction=" + attr(CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME) +
-         " swizzle=" + attr(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING) +
-         " cluster=" + attr(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID) + " waves=" + std::to_string(r.wavesCount);
-}
-
-}  // namespace
-
-std::tuple<int, double, std::string> matmul_probe(int which, int rank, floatX* d, const floatX* x, const floatX* w,
-                                                  floatX* bias, floatX* aux, int64_t N, int64_t K, int64_t M,
-                                                  int reps, cudaStream_t stream) {
-  require_gemm_dims(N, K, M, "matmul_probe");
-  LLMC_REQUIRE(which >= 0 && which <= 4, "matmul_probe: which must be 0..4");
-  LLMC_REQUIRE(rank >= 0, "matmul_probe: rank must be >= 0");
-  LLMC_REQUIRE((which != 1 || (bias && aux)) && (which != 3 || aux),
-               "matmul_probe: which=1 needs bias and aux, which=3 needs aux");
-  const cublasLtEpilogue_t epilogues[4] = {bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT,
-                                           CUBLASLT_EPILOGUE_GELU_AUX_BIAS, CUBLASLT_EPILOGUE_DEFAULT,
-                                           CUBLASLT_EPILOGUE_DGELU};
-  const Gemm g = which <= 1   ? Gemm{M, N, K, true, false, w, x, d, false, epilogues[which], bias, aux}
-                 : which <= 3 ? Gemm{K, N, M, false, false, w, x, d, false, epilogues[which], nullptr, aux}
-                              : dweight_gemm(d, w, x, N, K, M);
-  std::lock_guard<std::mutex> lock(state_mutex);
-  DeviceState& s = device_state();
-  constexpr int kAsk = 32;
-  int offered = 0;
-  cublasLtMatmulHeuristicResult_t chosen{};
-  std::unique_ptr<Plan> plan = make_plan(s.handle, g, rank, std::max(kAsk, rank + 1), &offered, &chosen);
-  if (!plan) return {offered, 0.0, ""};
-  if (reps <= 0) {
-    enqueue_gemm(s, g, *plan, stream);
-    return {offered, 0.0, describe_algo(chosen)};
-  }
-  for (int i = 0; i < 3; i++) enqueue_gemm(s, g, *plan, stream);
-  EventPair events;
-  CUDA_CHECK(cudaEventRecord(events.start, stream));
-  for (int i = 0; i < reps; i++) enqueue_gemm(s, g, *plan, stream);
-  CUDA_CHECK(cudaEventRecord(events.stop, stream));
-  CUDA_CHECK(cudaEventSynchronize(events.stop));
-  float ms = 0.0f;
-  CUDA_CHECK(cudaEventElapsedTime(&ms, events.start, events.stop));
-  return {offered, (double)ms / reps, describe_algo(chosen)};
 }

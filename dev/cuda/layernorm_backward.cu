@@ -1,31 +1,27 @@
 // LayerNorm-backward kernel variants against the library's launcher (bit-identical outputs, graph-timed). Run: dev/cuda/run.sh dev/cuda/layernorm_backward.cu
-// Standalone microbenchmark of LayerNorm-backward kernel variants against the library's own kernel.
-// It compiles csrc/kernels/layernorm.cu into this translation unit, so the baseline is exactly what llmc runs
-// (launcher layernorm_backward: the register kernel + the partials' reduction), and the variants are the library's
-// register kernel (layernorm_backward_regs_kernel) launched with other teams per block, blocks per SM or rows in
-// flight, then the library's reduction kernel.
+// Standalone microbenchmark of LayerNorm-backward kernel variants against the library's own kernels. It compiles
+// csrc/kernels/layernorm.cu and column_sums.cu into this translation unit, so the baseline is exactly what llmc runs
+// (launcher layernorm_backward: the register kernel + the partials' reduction), and the variants reuse the library's
+// per-element helpers. The library compiles only the variant it launches; the knobs live here: variant_regs_kernel
+// is the library's register kernel with the teams per block, blocks per SM, rows in flight, how dinp's old values
+// arrive and how the rows' statistics arrive as template arguments, and variant_reduce_kernel is the library's
+// reduction of the partials with its block geometry and the early read of the gradients' old values as template
+// arguments.
 //
 // Variants: "t<teams per block>b<blocks per SM>a<rows ahead>", with "o" when dinp's old values come with the row
-// (accumulating only) and "c" when the rows' mean and rstd come 32 rows at a time (kChunkStats: the library's choice
-// when it overwrites dinp, from session 15; variants without "c" load them row by row). Each exists only for the
-// team width ceil(C / 256) it names in probe() and skips itself at other widths. The variants launch the reduction
-// plainly (but those of add_reduction_variants); the library (from session 14) launches it as a programmatic
-// dependent of the row kernel, so "library" against its own grid's variant shows what that gains.
-// History: sessions 6-9 probed variants of the kernel of those sessions here (teams of 1, 2 or 4 warps with several
-// packs per lane and the dweight/dbias sums in shared memory: early/split residual loads, prefetch into registers
-// or by cp.async, PDL for the reduction, 1-4 rows ahead); their code is in git history before session 14 and
-// their results in results/layernorm_backward_variants_*.log. Session 14 replaced that kernel by one pack per
-// lane (results/layernorm_backward_variants_h200_s14.log). Session 16 probed the partials' reduction (variants
-// P, R, N, E, Q8, Q2, W below; results/layernorm_backward_variants_h200_s16.log).
-// Every variant with another grid groups the dweight/dbias partials differently, and the kernel of sessions 6-13
-// rounded dinp differently: those are compared against the baseline with a tolerance, and all against themselves
-// (run twice, bit for bit).
+// (accumulating only; without "o" an accumulating launch loads them after the row sums) and "c" when the rows' mean
+// and rstd come 32 rows at a time (the library's choice when it overwrites dinp; variants without "c" load them row
+// by row). Each exists only for the team width ceil(C / 256) it names in probe() and skips itself at other widths.
+// The variants launch the library's reduction plainly (but those of add_reduction_variants); the library launches it
+// as a programmatic dependent of the row kernel, so "library" against its own grid's variant shows what that gains.
+// Every variant with another grid groups the dweight/dbias partials differently: those are compared against the
+// baseline with a tolerance, and all against themselves (run twice, bit for bit).
 // Build and run: run.sh [variant names...] (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math); names pick
 // variants (the library's own launch always runs first, as the baseline). PROBE_SHAPES="NxC,..." picks shapes,
 // PROBE_ACC=0 or 1 one mode, PROBE_GRAPH=1 times the calls in a CUDA graph (as benchmarks/common.py does) instead
 // of launching them one by one.
 #include "../../csrc/kernels/layernorm.cu"
-#include "bias_grad_shim.cuh"
+#include "../../csrc/kernels/column_sums.cu"
 #include "probe_common.cuh"
 
 #include <algorithm>
@@ -64,9 +60,8 @@ void print_launch(const char* name, const void* kernel, int per_sm, int threads,
          attr.localSizeBytes, per_sm, threads, blocks);
 }
 
-// The partials' reduction of sessions 6-15 (git history of csrc/kernels/layernorm.cu before session 16), for the
-// "R" variants: block (32, 16), x one of 32 consecutive columns, y strides over the partials one load at a time; the
-// 16 y-sums then added in y order by one warp.
+// A simpler reduction of the partials, for the "R" variants: block (32, 16), x one of 32 consecutive columns, y
+// strides over the partials one load at a time; the 16 y-sums then added in y order by one warp.
 constexpr int kOldReduceRows = 16;
 __global__ void old_param_grad_reduce_kernel(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
                                              const float* __restrict__ partials, int num_partials, int C) {
@@ -88,17 +83,227 @@ __global__ void old_param_grad_reduce_kernel(floatX* __restrict__ dweight, float
   }
 }
 
+// What the register kernel does with dinp: overwrite it, or add to its old values, loaded after the row sums
+// (kAddLoaded) or staged in shared memory with the row (kAddStaged, the library's accumulating launch).
+enum class Dinp { kWrite, kAddLoaded, kAddStaged };
+
+// layernorm_backward_regs_kernel (layernorm.cu; without the fused column sums of dinp) with its knobs as template
+// arguments: kTeams teams of kTeam warps per block, __launch_bounds__' kMinBlocks blocks per SM, kAhead rows in
+// flight, dinp's mode, and kChunkStats (the rows' mean and rstd 32 rows at a time, shuffled to the lanes, instead of
+// one row ahead). The library's launch is kTeams = reg_backward_teams(kTeam), kMinBlocks =
+// reg_backward_blocks_per_sm(kTeam), kAhead = kBackwardAhead, kChunkStats when (and only when) it overwrites dinp.
+// Shared memory (dynamic): variant_smem_bytes.
+template <int kTeam, int kTeams, int kMinBlocks, int kAhead, Dinp kMode, bool kChunkStats>
+__global__ void __launch_bounds__(kTeam * kTeams * WARP_SIZE, kMinBlocks)
+    variant_regs_kernel(floatX* dinp, float* __restrict__ partials, const floatX* dout, const floatX* inp,
+                        const floatX* __restrict__ weight, const float* __restrict__ mean,
+                        const float* __restrict__ rstd, int N, int C) {
+  constexpr bool kOld = kMode == Dinp::kAddStaged;
+  pdl_launch_dependents();
+  extern __shared__ int4 smem[];
+  constexpr int kLanes = kTeam * WARP_SIZE;
+  constexpr int kPlanes = kOld ? 3 : 2;  // rows per buffer: dout, inp (and dinp's old values with kOld)
+  constexpr int kHalf = f128::size;
+  __shared__ float2 exchange[kTeams][2][kTeam];
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int team = warp / kTeam, member = warp % kTeam, j = member * WARP_SIZE + lane;
+  const int C8 = C / x128::size;
+  const bool active = j < C8;
+  x128* rows = reinterpret_cast<x128*>(smem) + team * kPlanes * (kAhead + 1) * C8;
+  auto fetch_row = [&](int r, int buf) {
+    if (r < N && active) {
+      const int64_t o = (int64_t)r * C + j * x128::size;
+      cp_async16(rows + kPlanes * buf * C8 + j, dout + o);
+      cp_async16(rows + (kPlanes * buf + 1) * C8 + j, inp + o);
+      if constexpr (kOld) cp_async16(rows + (kPlanes * buf + 2) * C8 + j, dinp + o);
+    }
+    cp_async_commit();
+  };
+  const int first = blockIdx.x * kTeams + team, stride = gridDim.x * kTeams;
+  for (int k = 0; k < kAhead; k++) fetch_row(first + k * stride, k);
+  float next_m = 0.0f, next_s = 0.0f, chunk_m = 0.0f, chunk_s = 0.0f;
+  if constexpr (kChunkStats) {
+    const int r = first + lane * stride;
+    chunk_m = r < N ? mean[r] : 0.0f;
+    chunk_s = r < N ? rstd[r] : 0.0f;
+  } else {
+    next_m = first < N ? mean[first] : 0.0f;
+    next_s = first < N ? rstd[first] : 0.0f;
+  }
+  const x128 w = active ? load128(weight + j * x128::size) : x128::zeros();
+  float dw[x128::size], db[x128::size];
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) dw[k] = db[k] = 0.0f;
+  int parity = 0, buf = 0, nth = 0;
+  for (int row = first; row < N; row += stride, nth = (nth + 1) % WARP_SIZE) {
+    const int64_t off = (int64_t)row * C + j * x128::size;
+    float m, s;
+    if constexpr (kChunkStats) {
+      if (nth == 0 && row != first) {
+        const int r = row + lane * stride;
+        chunk_m = r < N ? mean[r] : 0.0f;
+        chunk_s = r < N ? rstd[r] : 0.0f;
+      }
+      m = __shfl_sync(0xffffffffu, chunk_m, nth);
+      s = __shfl_sync(0xffffffffu, chunk_s, nth);
+    } else {
+      m = next_m;
+      s = next_s;
+    }
+    cp_async_wait<kAhead - 1>();
+    const int cur = buf;
+    const int4 zero = make_int4(0, 0, 0, 0);
+    const x128 g = x128::from_int4(active ? rows[kPlanes * cur * C8 + j].as_int4() : zero);
+    const x128 x = x128::from_int4(active ? rows[(kPlanes * cur + 1) * C8 + j].as_int4() : zero);
+    x128 old = x128::from_int4(kOld && active ? rows[(kPlanes * cur + 2) * C8 + j].as_int4() : zero);
+    fetch_row(row + kAhead * stride, cur == 0 ? kAhead : cur - 1);
+    buf = cur == kAhead ? 0 : cur + 1;
+    if (!kChunkStats && row + stride < N) {
+      next_m = mean[row + stride];
+      next_s = rstd[row + stride];
+    }
+    float xhat[x128::size], dn[x128::size], sum_dn = 0.0f, sum_dn_xhat = 0.0f;
+    pack_xhat_dn(xhat, dn, g, x, w, m, s);
+    add_row_sums(sum_dn, sum_dn_xhat, xhat, dn);
+    add_pack_param_grads(dw, db, g, xhat);
+    sum_dn = warp_reduce_sum(sum_dn);
+    sum_dn_xhat = warp_reduce_sum(sum_dn_xhat);
+    if constexpr (kTeam > 1) {
+      if (lane == 0) exchange[team][parity][member] = make_float2(sum_dn, sum_dn_xhat);
+      asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "r"(kLanes) : "memory");
+      sum_dn = 0.0f;
+      sum_dn_xhat = 0.0f;
+#pragma unroll
+      for (int v = 0; v < kTeam; v++) {
+        const float2 t = exchange[team][parity][v];
+        sum_dn += t.x;
+        sum_dn_xhat += t.y;
+      }
+      parity ^= 1;
+    }
+    const float b = -s * (sum_dn / C), c = -s * (sum_dn_xhat / C);
+    if constexpr (kMode == Dinp::kAddLoaded) {
+      // read here rather than with dout and inp: the registers the row sums no longer need (as whole words, see g)
+      old = x128::from_int4(active ? load128(dinp + off).as_int4() : zero);
+    }
+    const x128 d = dinp_pack(xhat, dn, s, b, c, old, kMode != Dinp::kWrite);
+    if (active) store128(dinp + off, d);
+  }
+  __syncthreads();
+  float* all = reinterpret_cast<float*>(smem);
+  auto put = [&](int part, const float* sums) {
+    float* dst = all + (team * 2 + part) * C + j * x128::size;
+    f128 lo, hi;
+#pragma unroll
+    for (int k = 0; k < kHalf; k++) {
+      lo[k] = sums[k];
+      hi[k] = sums[kHalf + k];
+    }
+    store128(dst, lo);
+    store128(dst + kHalf, hi);
+  };
+  if (active) {
+    put(0, dw);
+    put(1, db);
+  }
+  __syncthreads();
+  const uint64_t keep = l2_evict_last_policy();
+  for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
+    float v = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kTeams; t++) v += all[t * 2 * C + i];
+    store_float_keep(partials + (int64_t)blockIdx.x * 2 * C + i, v, keep);
+  }
+}
+
+// variant_regs_kernel's dynamic shared memory: per team, ahead + 1 row buffers of dout and inp (and with `old`
+// dinp's old values), which after the rows hold the team's dweight / dbias sums.
+size_t variant_smem_bytes(int C, int teams, int ahead, bool old) {
+  const size_t rows = (size_t)(ahead + 1) * (old ? 3 : 2) * C * sizeof(floatX);
+  return (size_t)teams * std::max(rows, (size_t)2 * C * sizeof(float));
+}
+
+// param_grad_reduce_kernel (column_sums.cu; without colsum) with its block geometry as template arguments: kQuads
+// quads of columns by kRows rows, kDepth loads in flight per thread; kPrefetch: the gradients' old values read
+// before pdl_wait (the library's choice) or after it. <kReduceQuads, kReduceRows, kReduceDepth, true> is the library's.
+template <int kQuads, int kRows, int kDepth, bool kPrefetch>
+__global__ void __launch_bounds__(kQuads * kRows)
+    variant_reduce_kernel(floatX* __restrict__ dweight, floatX* __restrict__ dbias,
+                          const float* __restrict__ partials, int num_partials, int C) {
+  constexpr int kWarps = kQuads * kRows / WARP_SIZE;
+  __shared__ float4 warp_sums[kWarps][kQuads];
+  const int width = 2 * C;
+  const int col = (blockIdx.x * kQuads + threadIdx.x) * 4;
+  floatX* dst = nullptr;
+  float total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (threadIdx.y == 0 && col < width) {
+    dst = col < C ? dweight + col : dbias + (col - C);
+    if constexpr (kPrefetch) {
+#pragma unroll
+      for (int k = 0; k < 4; k++) total[k] = (float)dst[k];
+    }
+  }
+  pdl_wait();
+  const int lane = (threadIdx.y * kQuads + threadIdx.x) % WARP_SIZE;
+  const int warp = (threadIdx.y * kQuads + threadIdx.x) / WARP_SIZE;
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (col < width) {
+    for (int g0 = threadIdx.y; g0 < num_partials; g0 += kRows * kDepth) {
+      float4 p[kDepth];
+#pragma unroll
+      for (int k = 0; k < kDepth; k++) {
+        const int g = g0 + k * kRows;
+        p[k] = g < num_partials ? *reinterpret_cast<const float4*>(partials + (int64_t)g * width + col)
+                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int k = 0; k < kDepth; k++) {
+        v.x += p[k].x;
+        v.y += p[k].y;
+        v.z += p[k].z;
+        v.w += p[k].w;
+      }
+    }
+  }
+#pragma unroll
+  for (int off = kQuads; off < WARP_SIZE; off <<= 1) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, off);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, off);
+    v.z += __shfl_xor_sync(0xffffffffu, v.z, off);
+    v.w += __shfl_xor_sync(0xffffffffu, v.w, off);
+  }
+  if (lane < kQuads) warp_sums[warp][lane] = v;
+  __syncthreads();
+  if (dst != nullptr) {
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int w = 0; w < kWarps; w++) {
+      const float4 t = warp_sums[w][threadIdx.x];
+      sum[0] += t.x;
+      sum[1] += t.y;
+      sum[2] += t.z;
+      sum[3] += t.w;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      if constexpr (!kPrefetch) total[k] = (float)dst[k];
+      dst[k] = (floatX)(total[k] + sum[k]);
+    }
+  }
+}
+
 // How a variant reduces its partials: the library's reduction kernel launched plainly (kPlain) or as a programmatic
-// dependent as the library does (kPdl), the reduction of sessions 6-15 as a programmatic dependent (kOldPdl), or
-// none at all (kNone: a diagnostic, what the row kernel costs by itself; dweight / dbias are then left unchanged).
+// dependent as the library does (kPdl), the simpler reduction above as a programmatic dependent (kOldPdl), none at
+// all (kNone: a diagnostic, what the row kernel costs by itself; dweight / dbias are then left unchanged), a
+// dependent that only waits (kEmpty), or variant_reduce_kernel with 32 or 8 columns per block (kPdlQ8, kPdlQ2) or
+// with the old values read after the wait (kPdlNoPre).
 enum class Red { kPlain, kPdl, kOldPdl, kNone, kEmpty, kPdlQ8, kPdlQ2, kPdlNoPre };
 
 // kEmpty's dependent: waits for the row kernel and does nothing (what the dependent launch costs by itself)
 __global__ void empty_dependent_kernel() { pdl_wait(); }
 
-// The library's register kernel for rows of C channels with kTeams teams per block, kMinBlocks blocks per SM and
-// kAhead rows in flight: none (skipped) unless kTeam = ceil(C / 256), the library's team for C.
-// kChunk: the statistics 32 rows at a time (kChunkStats), whatever the library chooses for the launch's mode.
+// variant_regs_kernel for rows of C channels with kTeams teams per block, kMinBlocks blocks per SM and kAhead rows
+// in flight: none (skipped) unless kTeam = ceil(C / 256), the library's team for C.
+// kChunk: the statistics 32 rows at a time, whatever the library chooses for the launch's mode.
 template <int kTeam, int kTeams, int kMinBlocks, int kAhead, bool kOld = false, bool kChunk = false,
           Red kRed = Red::kPlain>
 Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
@@ -107,10 +312,10 @@ Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
   if (kRed != Red::kPlain && !kOld && accumulate) return v;  // the reduction variants: the library's own kernels only
   // "o": old values staged with the row; otherwise an accumulating launch loads them after the row sums
   constexpr int T = kTeam, G = kTeams, B = kMinBlocks;
-  auto kernel = kOld       ? layernorm_backward_regs_kernel<T, kAhead, Dinp::kAddStaged, false, G, B, kChunk>
-                : accumulate ? layernorm_backward_regs_kernel<T, kAhead, Dinp::kAddLoaded, false, G, B, kChunk>
-                             : layernorm_backward_regs_kernel<T, kAhead, Dinp::kWrite, false, G, B, kChunk>;
-  const size_t smem = reg_backward_smem_bytes(C, kTeams, kAhead, kOld, false);
+  auto kernel = kOld       ? variant_regs_kernel<T, G, B, kAhead, Dinp::kAddStaged, kChunk>
+                : accumulate ? variant_regs_kernel<T, G, B, kAhead, Dinp::kAddLoaded, kChunk>
+                             : variant_regs_kernel<T, G, B, kAhead, Dinp::kWrite, kChunk>;
+  const size_t smem = variant_smem_bytes(C, kTeams, kAhead, kOld);
   ensure_dynamic_smem(kernel, smem);
   const int threads = kTeam * kTeams * WARP_SIZE;
   int per_sm = 0;
@@ -123,23 +328,23 @@ Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
     kernel<<<blocks, threads, smem, g_stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, n, c);
     CK(cudaGetLastError());
     if constexpr (kRed == Red::kPlain) {
-      layernorm_param_grad_reduce_kernel<><<<ceil_div(2 * c, kReduceCols), dim3(kReduceQuads, kReduceRows), 0,
-                                           g_stream>>>(dweight, dbias, scratch, blocks, c);
+      param_grad_reduce_kernel<<<ceil_div(2 * c, kReduceCols), dim3(kReduceQuads, kReduceRows), 0, g_stream>>>(
+          dweight, dbias, scratch, blocks, c, nullptr);
     } else if constexpr (kRed == Red::kPdl) {
-      launch_param_grad_reduce(dweight, dbias, scratch, blocks, c, nullptr, g_stream);
+      param_grad_reduce(dweight, dbias, scratch, blocks, c, nullptr, g_stream);
     } else if constexpr (kRed == Red::kOldPdl) {
       launch_dependent(old_param_grad_reduce_kernel, dim3(ceil_div(2 * c, WARP_SIZE)), dim3(WARP_SIZE, kOldReduceRows),
                        0, g_stream, dweight, dbias, (const float*)scratch, blocks, c);
     } else if constexpr (kRed == Red::kPdlQ8) {  // 32 columns per block, 32 rows
-      launch_dependent(layernorm_param_grad_reduce_kernel<8, 32, 8>, dim3(ceil_div(2 * c, 32)), dim3(8, 32), 0,
-                       g_stream, dweight, dbias, (const float*)scratch, blocks, c, (floatX*)nullptr);
+      launch_dependent(variant_reduce_kernel<8, 32, 8, true>, dim3(ceil_div(2 * c, 32)), dim3(8, 32), 0, g_stream,
+                       dweight, dbias, (const float*)scratch, blocks, c);
     } else if constexpr (kRed == Red::kPdlQ2) {  // 8 columns per block, 128 rows
-      launch_dependent(layernorm_param_grad_reduce_kernel<2, 128, 4>, dim3(ceil_div(2 * c, 8)), dim3(2, 128), 0,
-                       g_stream, dweight, dbias, (const float*)scratch, blocks, c, (floatX*)nullptr);
+      launch_dependent(variant_reduce_kernel<2, 128, 4, true>, dim3(ceil_div(2 * c, 8)), dim3(2, 128), 0, g_stream,
+                       dweight, dbias, (const float*)scratch, blocks, c);
     } else if constexpr (kRed == Red::kPdlNoPre) {  // the old values read after the wait
-      launch_dependent(layernorm_param_grad_reduce_kernel<kReduceQuads, kReduceRows, kReduceDepth, false>,
+      launch_dependent(variant_reduce_kernel<kReduceQuads, kReduceRows, kReduceDepth, false>,
                        dim3(ceil_div(2 * c, kReduceCols)), dim3(kReduceQuads, kReduceRows), 0, g_stream, dweight,
-                       dbias, (const float*)scratch, blocks, c, (floatX*)nullptr);
+                       dbias, (const float*)scratch, blocks, c);
     } else if constexpr (kRed == Red::kEmpty) {
       launch_dependent(empty_dependent_kernel, dim3(ceil_div(2 * c, kReduceCols)), dim3(kReduceQuads, kReduceRows),
                        0, g_stream);
@@ -149,8 +354,8 @@ Variant make_lib_variant(const char* name, int N, int C, bool accumulate) {
   return v;
 }
 
-// The reductions probed with one row kernel (session 16), named prefix + "P": the library's reduction as a
-// programmatic dependent (the library's launch), "R": the reduction of sessions 6-15 the same way, "N": no reduction,
+// The reductions probed with one row kernel, named prefix + "P": the library's reduction as a
+// programmatic dependent (the library's launch), "R": the simpler reduction the same way, "N": no reduction,
 // "E": a dependent that only waits (the launch's own cost), "Q8" / "Q2": the library's reduction with 32 / 8 columns
 // per block, "W": with the gradients' old values read after the wait.
 template <int kTeam, int kT, int kB, bool kOld, bool kChunk, class NameFn>
@@ -179,10 +384,10 @@ void add_lib_variants(std::vector<Variant>& vs, int N, int C, bool acc) {
   vs.push_back(make_lib_variant<kTeam, kT, kB, 3>(name("a3"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 1, true>(name("a1o"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true>(name("a2o"), N, C, acc));
-  // session 15: the statistics 32 rows at a time, shuffled to the lanes (kChunkStats); "c" and "oc"
+  // the statistics 32 rows at a time, shuffled to the lanes (kChunkStats); "c" and "oc"
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, false, true>(name("a2c"), N, C, acc));
   vs.push_back(make_lib_variant<kTeam, kT, kB, 2, true, true>(name("a2oc"), N, C, acc));
-  // session 16, the reduction of the partials with the library's own row kernel (a2c overwriting, a2o accumulating)
+  // the reduction of the partials with the library's own row kernel (a2c overwriting, a2o accumulating)
   add_reduction_variants<kTeam, kT, kB, false, true>(vs, N, C, acc, name, "a2c");
   add_reduction_variants<kTeam, kT, kB, true, false>(vs, N, C, acc, name, "a2o");
 }
@@ -215,7 +420,7 @@ void probe(int N, int C, bool accumulate, int sets, int iters) {
     layernorm_backward(di, dw, db, sc, g, x, w, m, r, n, c, acc, g_stream);
   };
   vs.push_back(base);
-  // session 14: around the library's choice for each GPT-2 width (768: 3 warps per row, 1024: 4, 1280: 5, 1600: 7)
+  // around the library's choice for each GPT-2 width (768: 3 warps per row, 1024: 4, 1280: 5, 1600: 7)
   add_lib_variants<3, 2, 4>(vs, N, C, accumulate);
   add_lib_variants<3, 2, 5>(vs, N, C, accumulate);
   add_lib_variants<3, 4, 2>(vs, N, C, accumulate);

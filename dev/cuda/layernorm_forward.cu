@@ -1,8 +1,8 @@
 // LayerNorm-forward variants against the library's launchers (bit-identical outputs, graph-timed). Run: dev/cuda/run.sh dev/cuda/layernorm_forward.cu
 // Standalone microbenchmark of LayerNorm-forward (and fused residual + LayerNorm forward) kernel variants
-// against the library's own launchers. It compiles csrc/kernels/layernorm.cu into this translation unit, so the
-// baseline is exactly what llmc runs, and the variants reuse its per-element helpers (add_packs, add_pack_sum,
-// add_pack_sq_dev, normalize_pack).
+// against the library's own launchers. It compiles csrc/kernels/layernorm.cu (and column_sums.cu, which its
+// backward calls) into this translation unit, so the baseline is exactly what llmc runs, and the variants reuse its
+// per-element helpers (add_packs, add_pack_sum, add_pack_sq_dev, normalize_pack).
 //
 // Every variant is the library's register kernel (one row per team of warps, a row held in registers, exact
 // two-pass variance) changed in one thing:
@@ -29,7 +29,7 @@
 //
 // Build and run: run_forward.sh (nvcc -O3 -std=c++17 -arch=sm_90a --use_fast_math).
 #include "../../csrc/kernels/layernorm.cu"
-#include "bias_grad_shim.cuh"
+#include "../../csrc/kernels/column_sums.cu"
 #include "probe_common.cuh"
 
 #include <algorithm>
