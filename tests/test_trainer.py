@@ -17,7 +17,8 @@ import torch
 from llmc.checkpoint import KILL_HOOK_ENV, CheckpointManager, write_model_file
 from llmc.model import DEFAULT_LOSS_CHUNK, GPT
 from llmc.ops import global_norm_squared
-from llmc.trainer import OUTLIER_WINDOW, OutlierDetector, TrainConfig, Trainer, learning_rate, parse_model_spec
+from llmc.schedule import OUTLIER_WINDOW, OutlierDetector, learning_rate
+from llmc.trainer import TrainConfig, Trainer, parse_model_spec
 from conftest import assert_close, requires_cuda
 from train_helpers import read_metrics, tiny_config, write_tiny_shards
 

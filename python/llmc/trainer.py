@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -33,14 +32,13 @@ from pathlib import Path
 from typing import Optional
 
 from ._validate import check_int
-from .trackers import Trackers, parse_trackers, tracker_installed
 from .distributed import ZERO_STAGES
+from .runlog import RUN_FILES, RunLog
+from .schedule import OUTLIER_WINDOW, SCHEDULES, OutlierDetector, learning_rate
+from .trackers import Trackers, parse_trackers, tracker_installed
 
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.5, "H100 80GB HBM3": 989.5, "H200": 989.5, "GH200": 989.5,
                     "H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0}
-OUTLIER_WINDOW = 64
-RUN_FILES = ("main.log", "metrics.jsonl", "samples.txt")  # what a run writes besides its checkpoints
 GRAD_CLIP = 1.0
 BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
@@ -118,64 +116,6 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------------------
 # pieces of the loop
 # ---------------------------------------------------------------------------------------------------------
-def learning_rate(step: int, *, schedule: str, max_lr: float, warmup: int, total: int, final_fraction: float) -> float:
-    """llm.c's schedules: linear warmup over `warmup` steps to max_lr, then cosine / linear decay to
-    max_lr*final_fraction at step `total`, or wsd (constant, then 1-sqrt decay over the last 20%); constant is
-    max_lr at every step, without warmup (as llm.c's)."""
-    if schedule == "constant":
-        return max_lr
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    min_lr = max_lr * final_fraction
-    if schedule == "wsd":
-        decay_start = int(0.8 * total)
-        if step < decay_start:
-            return max_lr
-        ratio = (step - decay_start) / max(1, total - decay_start)
-        return min_lr + (1.0 - math.sqrt(ratio)) * (max_lr - min_lr)
-    ratio = (step - warmup) / max(1, total - warmup)
-    if schedule == "linear":
-        return max_lr - ratio * (max_lr - min_lr)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
-
-
-class OutlierDetector:
-    """z-score of each new value against the previous OUTLIER_WINDOW values (nan until the window is full).
-    With a threshold, a value above it is kept out of the window (so outliers do not loosen the detector),
-    except on the third outlier in a row, so a lasting change of level is eventually accepted (as llm.c)."""
-
-    def __init__(self, threshold: float = 0.0):
-        self.threshold = threshold
-        self.window: list[float] = []
-        self.outliers_in_a_row = 0
-
-    def update(self, value: float) -> float:
-        if len(self.window) < OUTLIER_WINDOW:
-            self.window.append(value)
-            return float("nan")
-        mean = math.fsum(self.window) / OUTLIER_WINDOW
-        std = math.sqrt(math.fsum((v - mean) ** 2 for v in self.window) / OUTLIER_WINDOW)
-        z = 0.0 if std == 0.0 else (value - mean) / std
-        if self.threshold and z > self.threshold:
-            self.outliers_in_a_row += 1
-            if self.outliers_in_a_row < 3:
-                return z
-        else:
-            self.outliers_in_a_row = 0
-        self.window = self.window[1:] + [value]
-        return z
-
-    def is_outlier(self, z: float) -> bool:
-        return bool(self.threshold) and math.isfinite(z) and z > self.threshold
-
-    def state_dict(self) -> dict:
-        return {"window": list(self.window), "outliers_in_a_row": self.outliers_in_a_row}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.window = list(state["window"])
-        self.outliers_in_a_row = int(state["outliers_in_a_row"])
-
-
 def peak_flops(device) -> Optional[float]:
     """Dense bf16 peak FLOP/s of the CUDA device, or None when unknown (no MFU shown)."""
     import torch
@@ -187,71 +127,6 @@ def peak_flops(device) -> Optional[float]:
         if key in name:
             return tflops * 1e12
     return None
-
-
-class RunLog:
-    """main.log (llm.c lines), metrics.jsonl and samples.txt in the output directory; console lines go through
-    the progress bar when there is one (interactive terminals only)."""
-
-    def __init__(self, out_dir: Optional[Path], total_steps: int, start_step: int, quiet: bool = False,
-                 trackers: Optional[Trackers] = None):
-        from tqdm.auto import tqdm
-
-        self.out_dir = out_dir
-        self.quiet = quiet
-        self.trackers = trackers or Trackers((), None, {})
-        for name in RUN_FILES if out_dir is not None else ():  # a resumed run's lines start on lines of their own
-            path = out_dir / name
-            if path.is_file() and path.stat().st_size:
-                with open(path, "rb+") as f:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        f.write(b"\n")
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True) \
-            if sys.stdout.isatty() and not quiet else None
-
-    def print(self, line: str) -> None:
-        if self.quiet:
-            return
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def _append(self, name: str, text: str) -> None:
-        if self.out_dir is not None:
-            with open(self.out_dir / name, "a", encoding="utf-8") as f:
-                f.write(text)
-
-    def val(self, step: int, loss: float) -> None:
-        self.print(f"val loss {loss:.6f}")
-        self._append("main.log", f"s:{step} tel:{loss:.4f}\n")
-        self.trackers.log(step, {"val/loss": loss})
-
-    def hellaswag(self, step: int, acc_norm: float, total: int) -> None:
-        self.print(f"HellaSwag: acc_norm {acc_norm:.4f} over {total} examples")
-        self._append("main.log", f"s:{step} eval:{acc_norm:.4f}\n")
-        self.trackers.log(step, {"val/hellaswag": acc_norm})
-
-    def sample(self, step: int, text: str) -> None:
-        self.print(f"generating:\n---\n{text}\n---")
-        self._append("samples.txt", f"=== step {step}\n{text}\n")
-        self.trackers.text(step, "samples", text)
-
-    def train(self, record: dict, line: str) -> None:
-        self.print(line)
-        self._append("main.log", f"s:{record['step']} trl:{record['loss']:.4f} lr:{record['lr']:.6f} "
-                                 f"norm:{record['norm']:.2f}\n")
-        self._append("metrics.jsonl", json.dumps(record) + "\n")
-        self.trackers.log(record["step"], {f"train/{key}": record[key]
-                                           for key in ("loss", "norm", "lr", "tokens_per_s", "ms")})
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.trackers.close()
 
 
 @dataclass
