@@ -33,7 +33,8 @@ from typing import Optional
 
 from ._validate import check_int
 from .distributed import ZERO_STAGES
-from .runlog import RUN_FILES, RunLog
+from .rundir import RunDirectory
+from .runlog import RunLog
 from .schedule import OUTLIER_WINDOW, SCHEDULES, OutlierDetector, learning_rate
 from .trackers import Trackers, parse_trackers, tracker_installed
 
@@ -260,45 +261,6 @@ class Trainer:
             return torch.device("cuda", self.dist.local_rank)
         return torch.device(self.config.device)
 
-    def _out_dir(self) -> Optional[Path]:
-        """The output directory, created and checked writable before any work. The folders this creates are
-        remembered: a run that fails before writing anything into them removes them again."""
-        if self.config.output_dir is None:
-            return None
-        out = Path(self.config.output_dir)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"-o {out} is a file, not a directory; give a directory for the run's logs and "
-                             f"checkpoints")
-        missing = [d for d in (out, *out.parents) if not d.exists()]
-        if missing and self.config.resume and self.rank == 0:
-            print(f"WARNING: -y 1 but the output directory {out} does not exist, so there is nothing to resume: "
-                  f"starting a NEW run there.{_similar_run_dirs(out)}", file=sys.stderr, flush=True)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise ValueError(f"output directory {out} is not writable ({e.strerror or e}); choose another -o") from None
-        self._made_dirs = missing if self.rank == 0 else []
-        return out
-
-    def _remove_made_dirs(self) -> None:
-        """After a failed run: the folders _out_dir created, if they hold nothing but the run's lock file."""
-        from .checkpoint import RunDirectoryLock
-
-        for d in getattr(self, "_made_dirs", []):
-            try:
-                if d == self._made_dirs[0]:
-                    names = [p.name for p in d.iterdir()]
-                    if names and names != [RunDirectoryLock.NAME]:
-                        return
-                    (d / RunDirectoryLock.NAME).unlink(missing_ok=True)
-                d.rmdir()
-            except OSError:
-                return
-        self._made_dirs = []
-
     def _model_source(self):
         """(GPTConfig, fp32 params or None) that model_or_preset describes; params come from a model file."""
         from .checkpoint import read_model_file
@@ -407,9 +369,8 @@ class Trainer:
                                f"(-b {max(1, c.batch_size // 2)}; -d {total} keeps the tokens per step through "
                                f"gradient accumulation) or recompute activations (-r 1, or -r 2)") from None
         finally:
-            self._release_run_dir()
-            if not finished:
-                self._remove_made_dirs()
+            if getattr(self, "_run_dir", None) is not None:
+                self._run_dir.release(failed=not finished)
             if own_group:
                 cleanup()
 
@@ -422,9 +383,11 @@ class Trainer:
         c = self.config
         B, T = c.batch_size, c.seq_len
         zero_stage = (1 if c.zero_stage == -1 else c.zero_stage) if self.world_size > 1 else 0
-        out_dir = self._out_dir()
+        self._run_dir = RunDirectory(c.output_dir, resume=c.resume, restart=c.restart, keep_last=c.keep_last,
+                                     rank=self.rank, world_size=self.world_size)
+        out_dir = self._run_dir.prepare()
         train_loader, val_loader, total_batch, grad_accum = self._data()
-        ckpt, resume_step = self._claim_run_dir(out_dir)
+        ckpt, resume_step = self._run_dir.claim()
         model_config, params, state = self._starting_point(ckpt, resume_step, out_dir)
         if T > model_config.max_seq_len:
             raise ValueError(f"sequence length T={T} (-t) exceeds the model's context of {model_config.max_seq_len} "
@@ -701,78 +664,6 @@ class Trainer:
                              f"-y 1 resumes from its checkpoint)")
         return "\n".join(lines)
 
-    # -- the run directory ------------------------------------------------------------------------------
-    def _claim_run_dir(self, out_dir: Optional[Path]):
-        """(CheckpointManager, step to resume from or None) of the output directory, locked for this run by rank 0.
-        Rank 0 decides and every rank follows: resume the latest complete checkpoint (-y 1); start in a directory
-        without an earlier run; move an earlier run aside (--restart 1); or stop with an error that lists what the
-        directory holds. Nothing is deleted here but temporary files of writes that died before their rename."""
-        from .checkpoint import CheckpointManager, RunDirectoryLock
-        from .distributed import barrier, gather_objects, print0
-
-        if out_dir is None:
-            return None, None
-        c = self.config
-        ckpt = CheckpointManager(out_dir, keep_last=c.keep_last or None, rank=self.rank, world_size=self.world_size,
-                                 barrier=barrier, gather=gather_objects)
-        decision = None
-        if self.rank == 0:
-            try:
-                self._lock = RunDirectoryLock(out_dir).acquire()
-                decision = self._run_dir_decision(ckpt, out_dir)
-            except ValueError as e:
-                decision = ("error", str(e))
-        kind, value = gather_objects(decision)[0]
-        if kind == "error":
-            raise ValueError(value if self.rank == 0 else f"rank 0 stopped: {value}")
-        if kind == "restart":
-            print0(f"an earlier run in {out_dir} moved to {value}; starting a new run")
-        barrier()
-        if kind == "resume":
-            ckpt.adopt(s for s in ckpt.steps() if s <= value)
-            return ckpt, value
-        return ckpt, None
-
-    def _run_dir_decision(self, ckpt, out_dir: Path) -> tuple:
-        """Rank 0's ("resume", step) / ("new", None) / ("restart", folder) / ("error", message) for out_dir."""
-        stale = ckpt.stale_temp_files()  # the lock is ours: whoever wrote these is gone
-        for path in stale:
-            path.unlink(missing_ok=True)
-        if stale:
-            print(f"removed {len(stale)} temporary file(s) of checkpoint writes that did not finish: "
-                  f"{', '.join(p.name for p in stale[:4])}")
-        complete, partial = ckpt.steps(), ckpt.incomplete()
-        logs = [n for n in RUN_FILES if (out_dir / n).is_file() and (out_dir / n).stat().st_size]
-        found = ([f"complete checkpoints at steps {complete}"] if complete else []) + \
-            [f"an incomplete checkpoint at step {s} ({', '.join(names)})" for s, names in sorted(partial.items())] + \
-            ([", ".join(logs)] if logs else [])
-        if self.config.resume:
-            if complete:
-                return "resume", complete[-1]
-            if not found:
-                print(f"-y 1: no checkpoint in {out_dir} to resume: starting a new run there")
-                return "new", None
-            return "error", (f"-y 1 found no complete checkpoint to resume in {out_dir}, which holds "
-                             f"{'; '.join(found)} (a complete checkpoint has its model file, state file(s) and DONE "
-                             f"marker). Nothing was changed: restore the missing files to resume, start over with "
-                             f"--restart 1 (the earlier files move to {out_dir}/earlier-<time>/), or use another -o")
-        if not found:
-            return "new", None
-        if not self.config.restart:
-            return "error", (f"{out_dir} holds an earlier run ({'; '.join(found)}); resume it with -y 1, start over "
-                             f"with --restart 1 (its files move to {out_dir}/earlier-<time>/), or use another -o")
-        dest = out_dir / time.strftime("earlier-%Y%m%d-%H%M%S")
-        dest.mkdir()
-        for name in ckpt.checkpoint_files() + logs:
-            os.replace(out_dir / name, dest / name)
-        return "restart", str(dest)
-
-    def _release_run_dir(self) -> None:
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            lock.release()
-            self._lock = None
-
     # -- evaluation helpers -----------------------------------------------------------------------------
     def _sample(self, model) -> str:
         from .tokenizer import EOT, decode
@@ -853,22 +744,6 @@ def _deferred_interrupt(enabled: bool):
         yield lambda: bool(came)
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _similar_run_dirs(out: Path) -> str:
-    """' Did you mean ...?' naming existing folders next to `out` (or its nearest existing parent) whose names are
-    close to the missing part of the path, or ''."""
-    import difflib
-
-    parent, name = out.parent, out.name
-    while not parent.exists() and parent != parent.parent:
-        parent, name = parent.parent, parent.name
-    try:
-        folders = [p.name for p in parent.iterdir() if p.is_dir()]
-    except OSError:
-        return ""
-    close = difflib.get_close_matches(name, folders, n=3, cutoff=0.6)
-    return f" Did you mean {' or '.join(str(parent / c) for c in close)}?" if close else ""
 
 
 def _clock(seconds: float) -> str:
