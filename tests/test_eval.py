@@ -374,14 +374,13 @@ def test_llmc_eval_with_its_defaults_fits_in_a_few_gigabytes_on_the_cpu(tmp_path
     from llmc.data import write_shard
     from llmc.model import GPT
     from llmc.trainer import parse_model_spec
+    from train_helpers import CAP_4GB_BEYOND_LOADED
 
     write_shard(tmp_path / "v_val_000000.bin", np.random.default_rng(0).integers(0, 50257, size=40000))
     write_model_file(tmp_path / "m.bin", GPT(parse_model_spec("d2c64"), device="cpu", seed=1))
-    cap = "import resource, runpy, sys, llmc.eval, llmc.ops; llmc.ops.cuda_available(); " \
-          "mapped = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize:')).split()[1]) << 10; " \
-          "resource.setrlimit(resource.RLIMIT_AS, (mapped + (4 << 30), mapped + (4 << 30))); " \
-          "sys.argv = ['llmc', 'eval', sys.argv[1], '--val', sys.argv[2], '--device', 'cpu']; " \
-          "runpy.run_module('llmc', run_name='__main__')"
+    cap = CAP_4GB_BEYOND_LOADED + \
+        "sys.argv = ['llmc', 'eval', sys.argv[1], '--val', sys.argv[2], '--device', 'cpu']; " \
+        "runpy.run_module('llmc', run_name='__main__')"
     done = subprocess.run([sys.executable, "-c", cap, str(tmp_path / "m.bin"), str(tmp_path / "v_val_*.bin")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-# Runs `python -m llmc ARGS` after capping the address space at what is mapped now + 4 GB.
-CAPPED = ("import resource, runpy, sys, llmc.ops, llmc.trainer; llmc.ops.cuda_available(); "
-          "mapped = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize:')).split()[1]) << 10; "
-          "resource.setrlimit(resource.RLIMIT_AS, (mapped + (4 << 30), mapped + (4 << 30))); "
-          "sys.argv = ['llmc'] + sys.argv[1:]; runpy.run_module('llmc', run_name='__main__')")
+from train_helpers import CAP_4GB_BEYOND_LOADED
+
+# Runs `python -m llmc ARGS` under the cap.
+CAPPED = CAP_4GB_BEYOND_LOADED + "sys.argv = ['llmc'] + sys.argv[1:]; runpy.run_module('llmc', run_name='__main__')"
 
 
 def llmc(cwd: Path, *args: str) -> subprocess.CompletedProcess:

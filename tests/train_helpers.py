@@ -40,3 +40,11 @@ def read_metrics(out_dir) -> dict:
         record = json.loads(line)
         losses[record["step"]] = record["loss"]
     return losses
+
+
+# Python source that loads torch and llmc (with its CUDA libraries, in a CUDA build), then caps the process's
+# address space at what is mapped by then + 4 GB: what a command allocates beyond loading has to fit in 4 GB.
+CAP_4GB_BEYOND_LOADED = (
+    "import resource, runpy, sys, llmc.eval, llmc.ops, llmc.trainer; llmc.ops.cuda_available(); "
+    "mapped = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize:')).split()[1]) << 10; "
+    "resource.setrlimit(resource.RLIMIT_AS, (mapped + (4 << 30), mapped + (4 << 30))); ")

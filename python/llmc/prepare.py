@@ -190,31 +190,30 @@ def write_shards(documents: Iterable[str], out_dir: str | os.PathLike, name: str
     written: list[Path] = []
     held: list[np.ndarray] = []  # tokens read before the validation size is known
     held_count, total = 0, 0
-    shard = None  # [buffer, fill, capacity] once the validation size is known
+    buf, fill, capacity, val_size = None, 0, 0, 0  # buf stays None until the validation size is known
 
     def start(val: int) -> None:
-        nonlocal shard
-        shard = [np.empty(max(shard_size, val), dtype=np.uint16), 0, val]
+        nonlocal buf, capacity, val_size
+        buf, capacity, val_size = np.empty(max(shard_size, val), dtype=np.uint16), val, val
         for tokens in held:
             add(tokens)
         held.clear()
 
-    def flush(fill: int) -> None:
+    def flush() -> None:
         path = shard_path(out_dir, name, "val" if not written else "train", len(written))
-        write_shard(path, shard[0][:fill])
+        write_shard(path, buf[:fill])
         written.append(path)
 
     def add(tokens: np.ndarray) -> None:
-        buf, fill, capacity = shard
+        nonlocal fill, capacity
         pos = 0
         while pos < len(tokens):
             take = min(capacity - fill, len(tokens) - pos)
             buf[fill:fill + take] = tokens[pos:pos + take]
             fill, pos = fill + take, pos + take
             if fill == capacity:
-                flush(fill)
+                flush()
                 fill, capacity = 0, shard_size
-        shard[1], shard[2] = fill, capacity
 
     try:
         with contextlib.ExitStack() as stack:
@@ -228,7 +227,7 @@ def write_shards(documents: Iterable[str], out_dir: str | os.PathLike, name: str
             if val_tokens is not None:
                 start(val_tokens)
             for tokens in token_arrays:
-                if shard is None:
+                if buf is None:
                     held.append(tokens)
                     held_count += len(tokens)
                     if held_count >= AUTO_VAL_FRACTION * auto_cap:
@@ -237,14 +236,14 @@ def write_shards(documents: Iterable[str], out_dir: str | os.PathLike, name: str
                     add(tokens)
                 bar.update(len(tokens))
                 total += len(tokens)
-        if shard is None:
+        if buf is None:
             start(max(1, total // AUTO_VAL_FRACTION))
-        if shard[1]:
-            flush(shard[1])
+        if fill:
+            flush()
         if len(written) < 2:
-            raise ValueError(f"the corpus has only {total} tokens, not enough for a validation shard of "
-                             f"{shard[2] if not written else shard_num_tokens(written[0])} tokens and a training "
-                             f"shard; " + ("lower val_tokens (--val-tokens)" if val_tokens else "add text"))
+            raise ValueError(f"the corpus has only {total} tokens, not enough for a validation shard of {val_size} "
+                             f"tokens and a training shard; " +
+                             ("lower val_tokens (--val-tokens)" if val_tokens else "add text"))
     except BaseException:  # all shards or none: a failed run leaves nothing half-written behind
         for p in written:
             p.unlink(missing_ok=True)

@@ -35,9 +35,8 @@ def tracker_installed(name: str) -> bool:
     """Whether the package behind tracker `name` can be imported (checked before a run starts)."""
     import importlib.util
 
-    module = {"tensorboard": "tensorboard", "wandb": "wandb"}[name]
     try:
-        return importlib.util.find_spec(module) is not None
+        return importlib.util.find_spec(name) is not None  # each tracker's package has its name
     except ValueError:  # a module set to None in sys.modules (tests hide packages that way)
         return False
 
