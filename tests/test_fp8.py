@@ -296,16 +296,19 @@ def test_fp8_model_needs_an_fp8_gpu_and_is_checked():
 
     with pytest.raises(ValueError, match="fp8=True needs a CUDA GPU"):
         GPT(tiny_config(), device="cpu", fp8=True)
-    with pytest.raises(TypeError, match="fp8 must be a bool"):
+    with pytest.raises(TypeError, match="fp8 must be False, True or 'blocks'"):
         GPT(tiny_config(), device="cpu", fp8=1)
     if ops.fp8_supported():
         with pytest.raises(ValueError, match="multiple of 16"):
             GPT(tiny_config(n_embd=72, n_head=1), device="cuda", fp8=True)
-    with pytest.raises(TypeError, match="fp8 must be a bool"):
+    with pytest.raises(TypeError, match="fp8 must be False, True or 'blocks'"):
         Trainer("d6", TrainConfig(fp8="yes", device="cpu"))
+    with pytest.raises(ValueError, match="fp8 needs a CUDA GPU"):
+        Trainer("d6", TrainConfig(fp8="blocks", device="cpu"))
     with pytest.raises(ValueError, match="fp8 needs a CUDA GPU"):
         Trainer("d6", TrainConfig(fp8=True, device="cpu"))
     assert train_config(["--fp8", "1", "-e", "d6"]).fp8 is True
+    assert train_config(["--fp8", "blocks", "-e", "d6"]).fp8 == "blocks"
     assert train_config(["-e", "d6"]).fp8 is False
     with pytest.raises(ValueError, match="property of the model"):
         device = "cuda" if ops.cuda_available() else "cpu"  # the run's device "auto": the model's

@@ -81,17 +81,23 @@ PYBIND11_MODULE(_llmc, m) {
   }, "dinp = (dout @ weight) [* gelu'(pre_gelu)]; dweight += dout^T @ inp; dbias += colsum(dout); bf16");
   m.def("matmul_fp8", [](uintptr_t out, uintptr_t aux, uintptr_t x, uintptr_t w, bool x_e5m2, bool w_e5m2,
                          uintptr_t x_scale_inv, uintptr_t w_scale_inv, uintptr_t bias, int64_t N, int64_t K, int64_t M,
-                         int epilogue, bool fast_accum, uintptr_t s) {
+                         int epilogue, bool fast_accum, int x_scaling, int w_scaling, bool accumulate, uintptr_t s) {
     matmul_fp8(ptr<floatX>(out), ptr<floatX>(aux), ptr<const void>(x), ptr<const void>(w), x_e5m2, w_e5m2,
                ptr<const float>(x_scale_inv), ptr<const float>(w_scale_inv), ptr<const floatX>(bias), N, K, M,
-               epilogue, fast_accum, as_stream(s));
-  }, "out (N,M) = x (N,K) @ w (M,K)^T (FP8) * scales [+ bias], epilogue 0 none, 1 GELU (aux = pre), 2 dGELU");
+               epilogue, fast_accum, x_scaling, w_scaling, accumulate, as_stream(s));
+  }, "out (N,M) [+]= x (N,K) @ w (M,K)^T (FP8) * scales (scalars or blocks) [+ bias], epilogue 0 none, 1 GELU "
+     "(aux = pre), 2 dGELU");
   m.def("matmul_tuning_log", &matmul_tuning_log,
         "one line per cuBLASLt plan autotuning looked at on the current device: shape and the algorithm kept");
 
   // ---- column_sums.cu ----
   m.def("bias_grad_scratch_floats", &bias_grad_scratch_floats,
-        "floats of scratch fp8_cast_dbias needs for x (N, M)");
+        "floats of scratch fp8_cast_dbias and bias_grad_accumulate need for x (N, M)");
+  m.def("bias_grad_accumulate", [](uintptr_t dbias, uintptr_t dout, int64_t N, int64_t M, uintptr_t scratch,
+                                   int64_t scratch_floats, uintptr_t s) {
+    bias_grad_accumulate(ptr<floatX>(dbias), ptr<const floatX>(dout), N, M, ptr<float>(scratch), scratch_floats,
+                         as_stream(s));
+  }, "dbias (M) += column sums of dout (N, M), as matmul_backward's dbias");
 
   // ---- fp8.cu ----
   m.def("fp8_amax", [](uintptr_t amax, uintptr_t x, int64_t n, uintptr_t s) {
@@ -116,6 +122,13 @@ PYBIND11_MODULE(_llmc, m) {
     fp8_cast_transpose(ptr<void>(out), ptr<const floatX>(x), rows, cols, e5m2, ptr<const float>(amax_ref),
                        ptr<float>(scale_inv), ptr<float>(amax_out), as_stream(s));
   }, "fp8_cast of x (rows, cols) written transposed (cols, rows)");
+  // ---- fp8_block.cu ----
+  m.def("fp8_quantize_blocks", [](uintptr_t q, uintptr_t sc, uintptr_t qt, uintptr_t st, uintptr_t x, int batch,
+                                  int R, int K, bool tile_scale, uintptr_t s) {
+    fp8_quantize_blocks(ptr<void>(q), ptr<float>(sc), ptr<void>(qt), ptr<float>(st), ptr<const floatX>(x), batch, R,
+                        K, tile_scale, as_stream(s));
+  }, "block-scaled e4m3 copies of x (batch, R, K): q, its inverse scales s, and optionally qt = the transposed copy");
+  m.def("fp8_tile_scale_ld", &fp8_tile_scale_ld, "leading dimension of 128x128 tile scales for `cols` columns");
   m.def("fp8_update_scales", [](uintptr_t amax_ref, uintptr_t history, uintptr_t amax, int slots, int len, int pos,
                                 uintptr_t s) {
     fp8_update_scales(ptr<float>(amax_ref), ptr<float>(history), ptr<float>(amax), slots, len, pos, as_stream(s));

@@ -43,10 +43,7 @@ __device__ inline void bias_grad_store_partials(float* partials, const float (&a
 
 #endif  // __CUDACC__
 
-// dbias (M) += column sums of dout (N, M), both kernels of the decomposition, through `scratch`, which holds
-// scratch_floats floats (at least bias_grad_scratch_floats(N, M), kernels.h).
-void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
-                          int64_t scratch_floats, cudaStream_t stream);
+// bias_grad_accumulate (kernels.h) runs both kernels of the decomposition.
 // The second kernel alone, for kernels that compute the partials on the way (fp8_cast_dbias): dbias (M) += the
 // `rows` rows of partials (rows x M), added in row order.
 void bias_grad_reduce(floatX* dbias, const float* partials, int rows, int64_t M, cudaStream_t stream);

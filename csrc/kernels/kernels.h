@@ -63,9 +63,13 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
 // e5m2 for at most one of them), the scales device scalars, fp32 accumulation (fast_accum: Hopper's faster
 // accumulation), bf16 out. epilogue 0: none (bias optional); 1: GELU, out = gelu(.) and aux (N,M) = the value
 // before it; 2: dGELU, out = (.) * gelu'(aux), aux other than out, no bias. K, M multiples of 16.
+// x_scaling, w_scaling: 0 (the scales are scalars; both), or block scales (both): 1 one per 1x128 run of a row,
+// 2 one per 128x128 tile, laid out as fp8_quantize_blocks writes them; no fast_accum then, N a multiple of 4.
+// accumulate: out += the product (no bias, no GELU).
 void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e5m2, bool w_e5m2,
                 const float* x_scale_inv, const float* w_scale_inv, const floatX* bias, int64_t N, int64_t K,
-                int64_t M, int epilogue, bool fast_accum, cudaStream_t stream);
+                int64_t M, int epilogue, bool fast_accum, int x_scaling, int w_scaling, bool accumulate,
+                cudaStream_t stream);
 // One line per GEMM plan autotuning looked at on the current device so far: its shape and the algorithm kept.
 std::vector<std::string> matmul_tuning_log();
 
@@ -73,6 +77,10 @@ std::vector<std::string> matmul_tuning_log();
 // Floats of scratch the bias gradient's partial sums take for the column sums of N rows of M columns
 // (fp8_cast_dbias; matmul_backward and layernorm_backward use their own scratch).
 int64_t bias_grad_scratch_floats(int64_t N, int64_t M);
+// dbias (M) += column sums of dout (N, M), matmul_backward's bias gradient bit for bit, through `scratch`, which
+// holds scratch_floats floats (at least bias_grad_scratch_floats(N, M)).
+void bias_grad_accumulate(floatX* dbias, const floatX* dout, int64_t N, int64_t M, float* scratch,
+                          int64_t scratch_floats, cudaStream_t stream);
 
 // ---- attention (attention_cudnn.cpp, attention.cu) ----
 // Causal self-attention, scale 1/sqrt(HS). qkv and dqkv (B, T, 3, NH, HS); out and dout (B, T, NH, HS);
@@ -136,6 +144,16 @@ void fp8_cast_transpose(void* out, const floatX* x, int rows, int cols, bool e5m
 void fp8_cast_dbias(void* out, floatX* dbias, const floatX* x, int64_t N, int64_t M, bool e5m2,
                     const float* amax_ref, float* scale_inv, float* amax_out, float* scratch, int64_t scratch_floats,
                     cudaStream_t stream);
+
+// ---- fp8_block.cu ----
+// Block-scaled e4m3 copies of x (batch x R x K, bf16; see fp8_block.cu for the scale layouts): q (R, K) and/or
+// qt (K, R) = the transposed copy (either may be null, with its scales). tile_scale: one power-of-two scale per 128x128 tile (weights),
+// else one per 128 elements of each row of q and of qt. s / st receive the inverse scales. K a multiple of 16, R of 4.
+void fp8_quantize_blocks(void* q, float* s, void* qt, float* st, const floatX* x, int batch, int R, int K,
+                         bool tile_scale, cudaStream_t stream);
+// Leading dimension (floats) of the 128x128 tiles' scales of an operand with `cols` columns: ceil(cols/128) to 4.
+int fp8_tile_scale_ld(int cols);
+
 // For each of `slots` tensors: history[i][pos] = amax[i] if it is > 0 and finite (else the entry stays), amax[i] =
 // 0, amax_ref[i] = max of history[i] (len history_len).
 void fp8_update_scales(float* amax_ref, float* history, float* amax, int slots, int history_len, int pos,

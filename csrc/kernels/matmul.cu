@@ -123,6 +123,8 @@ struct Gemm {
   const float* a_scale = nullptr;
   const float* b_scale = nullptr;
   bool fast_accum = false;      // FP8 only: Hopper's faster, less precise accumulation
+  // FP8 only: how a_scale / b_scale cover their operand (cublasLtMatmulMatrixScale_t; 0: one scalar)
+  int a_scale_mode = 0, b_scale_mode = 0;
 };
 
 // Largest power of two (up to 256, cuBLASLt's default assumption) dividing the address.
@@ -141,11 +143,11 @@ bool autotune_enabled() {
 }
 
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, bool, int, uint32_t, uint32_t, uint32_t, uint32_t,
-                           uint32_t, bool, int, int, bool>;
+                           uint32_t, bool, int, int, bool, int, int>;
 PlanKey plan_key(const Gemm& g) {
   return PlanKey(g.m, g.n, g.k, g.trans_a, g.trans_b, g.accumulate, (int)g.epilogue, pointer_alignment(g.a),
                  pointer_alignment(g.b), pointer_alignment(g.d), pointer_alignment(g.bias), pointer_alignment(g.aux),
-                 autotune_enabled(), (int)g.a_type, (int)g.b_type, g.fast_accum);
+                 autotune_enabled(), (int)g.a_type, (int)g.b_type, g.fast_accum, g.a_scale_mode, g.b_scale_mode);
 }
 
 struct Plan {
@@ -208,6 +210,8 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, const Gemm& g, int rank
   if (g.a_scale) set_desc(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, g.a_scale);
   if (g.b_scale) set_desc(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, g.b_scale);
   if (g.fast_accum) set_desc(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, (int8_t)1);
+  if (g.a_scale_mode) set_desc(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, (int32_t)g.a_scale_mode);
+  if (g.b_scale_mode) set_desc(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, (int32_t)g.b_scale_mode);
   // Stored (before op) shapes: op N -> m x k (A) / k x n (B); op T -> k x m / n x k. Leading dim = stored rows.
   plan.a = g.trans_a ? matrix_layout(g.a_type, g.k, g.m, g.k) : matrix_layout(g.a_type, g.m, g.k, g.m);
   plan.b = g.trans_b ? matrix_layout(g.b_type, g.n, g.k, g.n) : matrix_layout(g.b_type, g.k, g.n, g.k);
@@ -496,7 +500,8 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
 
 void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e5m2, bool w_e5m2,
                 const float* x_scale_inv, const float* w_scale_inv, const floatX* bias, int64_t N, int64_t K,
-                int64_t M, int epilogue, bool fast_accum, cudaStream_t stream) {
+                int64_t M, int epilogue, bool fast_accum, int x_scaling, int w_scaling, bool accumulate,
+                cudaStream_t stream) {
   require_gemm_dims(N, K, M, "matmul_fp8");
   LLMC_REQUIRE(K % 16 == 0 && M % 16 == 0, "matmul_fp8: K and M must be multiples of 16 (16-byte FP8 rows)");
   LLMC_REQUIRE(!(x_e5m2 && w_e5m2), "matmul_fp8: at most one operand may be e5m2");
@@ -505,18 +510,28 @@ void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e
   LLMC_REQUIRE(epilogue == 0 || aux != nullptr, "matmul_fp8: the GELU epilogues need aux (pre_gelu)");
   LLMC_REQUIRE(epilogue != 2 || (bias == nullptr && aux != out), "matmul_fp8: dGELU takes no bias and an aux "
                "other than out");
+  LLMC_REQUIRE(x_scaling >= 0 && x_scaling <= 2 && w_scaling >= 0 && w_scaling <= 2,
+               "matmul_fp8: scalings are 0 (per tensor), 1 (1x128) or 2 (128x128)");
+  LLMC_REQUIRE((x_scaling == 0) == (w_scaling == 0), "matmul_fp8: both operands per tensor or both block-scaled");
+  LLMC_REQUIRE(x_scaling == 0 || (!fast_accum && N % 4 == 0), "matmul_fp8: block-scaled operands take no fast "
+               "accumulation and N a multiple of 4");
+  LLMC_REQUIRE(!accumulate || (bias == nullptr && epilogue == 0), "matmul_fp8: accumulate takes no bias or GELU");
   if (N == 0) return;
   cublasLtEpilogue_t e = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
   if (epilogue == 1) e = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
   if (epilogue == 2) e = CUBLASLT_EPILOGUE_DGELU;
   // out^T (M,N) = w (M,K) . x^T (K,N), as the forward at the top of the file: A = w op T, B = x op N, which is
   // the one layout ("TN") cuBLASLt runs FP8 in.
-  Gemm g{M, N, K, /*trans_a=*/true, /*trans_b=*/false, w, x, out, /*accumulate=*/false, e, bias, aux};
+  Gemm g{M, N, K, /*trans_a=*/true, /*trans_b=*/false, w, x, out, accumulate, e, bias, aux};
   g.a_type = w_e5m2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
   g.b_type = x_e5m2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
   g.a_scale = w_scale_inv;
   g.b_scale = x_scale_inv;
   g.fast_accum = fast_accum;
+  const int modes[3] = {CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F, CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F,
+                        CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F};
+  g.a_scale_mode = modes[w_scaling];
+  g.b_scale_mode = modes[x_scaling];
   std::lock_guard<std::mutex> lock(state_mutex);
   DeviceState& s = device_state();
   const Plan* plan = find_plan(s, g, stream);
@@ -524,7 +539,15 @@ void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e
     enqueue_gemm(s, g, *plan, stream);
     return;
   }
-  LLMC_REQUIRE(epilogue == 2, "matmul_fp8: cuBLASLt found no algorithm for " + describe_gemm(g));
+  LLMC_REQUIRE(epilogue != 0, "matmul_fp8: cuBLASLt found no algorithm for " + describe_gemm(g));
+  if (epilogue == 1) {  // no FP8 kernel with the GELU epilogue (block scales): the product into aux, then GELU
+    g.epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    g.d = aux;
+    g.aux = nullptr;
+    run_gemm(s, g, stream);
+    gelu_forward(out, aux, N * M, stream);
+    return;
+  }
   // No FP8 kernel with the dGELU epilogue: the plain product, then the GELU backward in place.
   g.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   g.aux = nullptr;

@@ -32,6 +32,16 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
 
 
+def _fp8_mode(text: str):
+    """--fp8: a 0/1 switch, or 'blocks'."""
+    if text.strip().lower() == "blocks":
+        return "blocks"
+    try:
+        return _flag(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 0, 1 or blocks, got {text!r}") from None
+
+
 # (llm.c flag, long option, TrainConfig field, type, help); the defaults are TrainConfig's.
 TRAIN_OPTIONS = [
     ("-i", "--input-train", "input_train", str, "train shard glob (default: the built-in Python-docs corpus)"),
@@ -79,8 +89,9 @@ TRAIN_OPTIONS = [
     (None, "--loss-chunk", "loss_chunk", int, "positions per chunk of the output layer and loss: the logits buffer "
                                               "holds that many rows instead of B*T (default {loss_chunk}; 0: all at "
                                               "once)"),
-    (None, "--fp8", "fp8", _flag, "1: the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU "
-                                  "(opt-in; default 0, bf16)"),
+    (None, "--fp8", "fp8", _fp8_mode, "1: the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU; "
+                                      "blocks: all four linear layers of every block in FP8, forward and backward, "
+                                      "with block scales (opt-in; default 0, bf16)"),
     (None, "--save-on-interrupt", "save_on_interrupt", _flag, "1: Ctrl-C finishes the step and writes its "
                                                               "checkpoint before stopping (one process, with -o)"),
     (None, "--log", "log", str, "also log to tensorboard (into -o/tensorboard/), wandb, or both: "

@@ -136,3 +136,73 @@ class _Fp8:
         d8, ds = self._cast(a, dout, slot, ops.FP8_E5M2, dbias)
         wt8, ws = self._weight(a, w, w_amax, transpose=True)
         ops.matmul_fp8(d8, wt8, ds, ws, out=dinp)
+
+
+class _Fp8Blocks:
+    """The FP8 matmuls of GPT(fp8="blocks"): all four linear layers of every block (qkv, attproj, fc, fcproj) in
+    FP8, forward, input gradient and weight gradient, with block scales taken from each tensor as it is cast
+    (ops.fp8_quantize_blocks; no scaling state, nothing to save in checkpoints).
+
+    Operands, all e4m3 with power-of-two scales:
+      - forward: out = x @ w.T, x in 1x128 runs of each row (per token, 128 channels), w in 128x128 tiles;
+      - input gradient: dinp = dout @ w, dout in 1x128 runs of each row, w's transposed copy (the same tiles);
+      - weight gradient: dw += dout.T @ x, both transposed copies in 1x128 runs along the tokens.
+    x's transposed copy is made again from the bf16 activation in the backward, so the FP8 mode keeps no more
+    activations than bf16. The weights' two copies (all layers, one launch per weight family) are made at the first
+    forward after the parameters change (GPT.params_updated, or any in-place write torch records), so once per
+    optimizer step. The bias gradients, the GELU and everything outside the four linears stay as in bf16; so do
+    the output layer (lm_head) and attention. GEMMs accumulate in fp32 (cuBLASLt has no fast accumulation for
+    block scales); the FP8 weight copies take 2 bytes per weight of the four families."""
+
+    FAMILIES = ("qkvw", "attprojw", "fcw", "fcprojw")
+
+    def __init__(self, config, device: torch.device):
+        self.weights: dict = {}  # family -> (q, scale_inv, qt, scale_inv_t) for all layers
+        self.version = None  # params' version (and identity) the copies were made from; None: stale
+
+    @staticmethod
+    def check_supported(config, device: torch.device) -> None:
+        """A ValueError unless GPT(config, device, fp8="blocks") can run: an FP8-capable GPU (or the CPU, where
+        the reference runs the same math slowly, for tests) and n_embd a multiple of 16."""
+        if device.type == "cuda" and not ops.fp8_supported(device):
+            raise ValueError(f"fp8='blocks' needs a CUDA GPU of compute capability 8.9 or more (H100-class); "
+                             f"{torch.cuda.get_device_name(device)} has none. Use fp8=False (bf16)")
+        if config.n_embd % 16:
+            raise ValueError(f"fp8='blocks' needs n_embd to be a multiple of 16 (FP8 matmul rows are 16-byte "
+                             f"aligned), got {config.n_embd}")
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"fp8='blocks' keeps no scaling state, got one with {sorted(state)}")
+
+    def next_step(self, params: dict, version) -> None:
+        """Start of every forward: quantize the weights if they changed since their copies were made."""
+        if version == self.version:
+            return
+        for name in self.FAMILIES:
+            self.weights[name] = ops.fp8_quantize_blocks(params[name], tile=True, transpose=True)
+        self.version = version
+
+    def linear(self, x, name: str, l: int, bias, out, pre_gelu=None) -> None:
+        """out = x @ w.T + bias (then GELU, keeping pre_gelu, when pre_gelu is given) for layer l's weight of
+        family `name`."""
+        q, s, _, _ = self.weights[name]
+        xq, xs = ops.fp8_quantize_blocks(x)
+        ops.matmul_fp8(xq, q[l], xs, s[l], bias, out=out, gelu=pre_gelu is not None, pre_gelu=pre_gelu)
+
+    def linear_backward(self, dout, inp, name: str, l: int, dweight, dbias, dinp) -> None:
+        """dweight += dout.T @ inp, dbias += dout's column sums (when not None), dinp = dout @ w (when not None)
+        for layer l's weight of family `name`."""
+        _, _, qt, st = self.weights[name]
+        if dinp is not None:
+            dq, ds, dtq, dts = ops.fp8_quantize_blocks(dout, transpose=True)
+            ops.matmul_fp8(dq, qt[l], ds, st[l], out=dinp)
+        else:
+            dtq, dts = ops.fp8_quantize_blocks(dout, transpose=True, rows=False)
+        xtq, xts = ops.fp8_quantize_blocks(inp, transpose=True, rows=False)
+        ops.matmul_fp8(dtq, xtq, dts, xts, out=dweight, accumulate=True)
+        if dbias is not None:
+            ops.bias_grad(dout, dbias)

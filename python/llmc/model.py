@@ -35,7 +35,7 @@ import torch
 
 from . import ops
 from ._validate import check_int as _check_int
-from .fp8 import _Fp8
+from .fp8 import _Fp8, _Fp8Blocks
 from .sharding import PARAM_NAMES, check_shard
 
 DECAYED_PARAMS = frozenset({"wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw"})
@@ -234,7 +234,7 @@ class GPT:
     """GPT-2 on llmc ops. See the module docstring for the memory layout and the conventions."""
 
     def __init__(self, config: GPTConfig, device="cuda", recompute: int = 0, seed: int = 42,
-                 deterministic: bool = True, loss_chunk: int = 0, fp8: bool = False,
+                 deterministic: bool = True, loss_chunk: int = 0, fp8=False,
                  gelu_fusion: int = GELU_FUSION_DEFAULT):
         """deterministic: bit-reproducible backward (cuDNN's ordered attention backward, which needs more
         workspace and time); False lets cuDNN sum dQ with atomics.
@@ -246,8 +246,10 @@ class GPT:
         in bf16 (one rounding per chunk, as per micro-step of accumulation), so use chunks of thousands of
         positions (DEFAULT_LOSS_CHUNK, what the Trainer uses), not tens. Rounded up to a multiple of 8 positions
         (each chunk's targets and losses must start 16-byte aligned). 0 (the default): the whole batch at once.
-        fp8: run the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU (opt-in, changes the numerics;
-            see llmc.fp8).
+        fp8: True runs the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU with per-tensor scales;
+            "blocks" runs all four linear layers of every block in FP8, forward and backward, with block scales
+            (llmc.fp8._Fp8Blocks; after changing `params` in place by other means than torch ops, call
+            params_updated()). Both are opt-in and change the numerics; see llmc.fp8.
         gelu_fusion (llm.c's -ge): 0 runs the MLP's GELU as its own kernel in forward and backward; 1 fuses the
             forward GELU into fc's matmul (cuBLASLt epilogue); 2 also fuses the GELU backward into fcproj's
             input-gradient matmul. With fusion the forward's GELU is taken from fc's fp32 output, while a
@@ -270,10 +272,11 @@ class GPT:
         self._chunk_rows = _round_up(loss_chunk, 8)  # 0: the whole batch
         self.deterministic = bool(deterministic)
         self.device = _resolve_device(device)
-        if not isinstance(fp8, bool):
-            raise TypeError(f"fp8 must be a bool, got {type(fp8).__name__}")
-        if fp8:
-            _Fp8.check_supported(config, self.device)
+        if not (isinstance(fp8, bool) or fp8 == "blocks"):
+            raise TypeError(f"fp8 must be False, True or 'blocks', got {fp8!r}")
+        policy = {True: _Fp8, "blocks": _Fp8Blocks}.get(fp8) if fp8 else None
+        if policy is not None:
+            policy.check_supported(config, self.device)
         self.fp8 = fp8
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.param_sizes = config.param_sizes()
@@ -293,7 +296,8 @@ class GPT:
         self.grad_ready_hook: Optional[Callable[[int], None]] = None
         self._staging: Optional[torch.Tensor] = None  # pinned host buffer for token uploads (_upload)
         self._staging_done = None  # CUDA event: the last upload from _staging finished
-        self._fp8 = _Fp8(config, self.device) if fp8 else None
+        self._fp8 = policy(config, self.device) if policy is not None else None
+        self._params_epoch = 0  # bumped by params_updated()
         self._init_weights(seed)
 
     def __repr__(self) -> str:
@@ -332,7 +336,16 @@ class GPT:
         if flat.numel() != self.num_params:
             raise ValueError(f"got {flat.numel()} parameters, this model ({self.config}) has {self.num_params}")
         self.params.copy_(flat.reshape(-1))
+        self.params_updated()
         return self
+
+    def params_updated(self) -> None:
+        """Tell the model that `params` changed in place by means torch does not record (llmc's optimizers and
+        loaders call it): copies made from them (the FP8 weights of fp8="blocks") are made again."""
+        self._params_epoch += 1
+
+    def _params_version(self) -> tuple:
+        return self._params_epoch, self.params._version
 
     def _allocate_grads(self) -> torch.Tensor:
         if self._grads is None:
@@ -370,7 +383,7 @@ class GPT:
             ("residual3", L, (N, C), x), ("proj", 1, (N, C), x),
             ("lnf", 1, (N, C), x), ("lnf_mean", 1, (N,), f), ("lnf_rstd", 1, (N,), f),
             ("losses", 1, (N,), f), ("logits", 1, (min(N, self._chunk_rows or N), c.padded_vocab_size), x),
-            *_Fp8.scratch_specs(N, C, self.fp8),
+            *_Fp8.scratch_specs(N, C, self.fp8 is True),
         ]
 
     def _grad_scratch_specs(self, B: int, T: int):
@@ -535,7 +548,10 @@ class GPT:
         c, p = self.config, self.param_tensors
         L, NH, HS = c.n_layer, c.n_head, c.head_size
         encoded = a["encoded"][0]
-        if self.fp8:
+        blocks = self._fp8 if self.fp8 == "blocks" else None
+        if blocks is not None:
+            blocks.next_step(p, self._params_version())
+        elif self.fp8:
             self._fp8.next_step(p)
         ops.encoder_forward(a["inputs"][0], p["wte"], p["wpe"], out=encoded.view(B, T, c.n_embd), validate=False)
         ops.layernorm_forward(encoded, p["ln1w"][0], p["ln1b"][0], out=self._layer_ln(a, "ln1", 0),
@@ -545,12 +561,20 @@ class GPT:
             residual = encoded if l == 0 else a["residual3"][l - 1]
             qkv, atty = a["qkv"][l], a["atty"][l]
             ln2, fch_gelu = self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
-            ops.matmul_forward(self._layer_ln(a, "ln1", l), p["qkvw"][l], p["qkvb"][l], out=qkv)
+            if blocks is not None:
+                blocks.linear(self._layer_ln(a, "ln1", l), "qkvw", l, p["qkvb"][l], qkv)
+            else:
+                ops.matmul_forward(self._layer_ln(a, "ln1", l), p["qkvw"][l], p["qkvb"][l], out=qkv)
             ops.attention_forward(qkv.view(B, T, 3, NH, HS), out=atty.view(B, T, NH, HS), stats=a["att_stats"][l])
-            ops.matmul_forward(atty, p["attprojw"][l], p["attprojb"][l], out=proj)
+            if blocks is not None:
+                blocks.linear(atty, "attprojw", l, p["attprojb"][l], proj)
+            else:
+                ops.matmul_forward(atty, p["attprojw"][l], p["attprojb"][l], out=proj)
             ops.fused_residual_layernorm_forward(residual, proj, p["ln2w"][l], p["ln2b"][l], residual=a["residual2"][l],
                                                  out=ln2, mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
-            if self.fp8:
+            if blocks is not None:
+                blocks.linear(ln2, "fcw", l, p["fcb"][l], fch_gelu, pre_gelu=a["fch"][l])
+            elif self.fp8:
                 self._fp8.linear(a, ln2, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], p["fcb"][l], fch_gelu,
                                  self._fp8.slot(l, _Fp8.FC_IN),
                                  pre_gelu=a["fch"][l])
@@ -559,7 +583,9 @@ class GPT:
             else:
                 ops.matmul_forward(ln2, p["fcw"][l], p["fcb"][l], out=a["fch"][l])
                 ops.gelu_forward(a["fch"][l], out=fch_gelu)
-            if self.fp8 and self._fp8.fcproj_fwd:
+            if blocks is not None:
+                blocks.linear(fch_gelu, "fcprojw", l, p["fcprojb"][l], proj)
+            elif self.fp8 and self._fp8.fcproj_fwd:
                 self._fp8.linear(a, fch_gelu, p["fcprojw"][l], self._fp8.w_amax["fcprojw"][l:l + 1], p["fcprojb"][l],
                                  proj, self._fp8.slot(l, _Fp8.FCPROJ_IN))
             else:
@@ -601,10 +627,13 @@ class GPT:
                 ln1, ln2, fch_gelu = self._layer_ln(a, "ln1", l), self._layer_ln(a, "ln2", l), self._fch_gelu(a, l)
                 if self.recompute >= 1:
                     ops.gelu_forward(a["fch"][l], out=fch_gelu)
-                # bf16 even with fp8: see llmc.fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow)
-                fused = self.gelu_fusion == 2
-                ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], None, dinp=dbt4c,
-                                    pre_gelu=a["fch"][l] if fused else None)
+                # bf16 with fp8=True: see llmc.fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow)
+                fused = self.gelu_fusion == 2 and self.fp8 != "blocks"
+                if self.fp8 == "blocks":
+                    self._fp8.linear_backward(dres, fch_gelu, "fcprojw", l, g["fcprojw"][l], None, dbt4c)
+                else:
+                    ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], None, dinp=dbt4c,
+                                        pre_gelu=a["fch"][l] if fused else None)
                 if not fused:
                     ops.gelu_backward(dbt4c, a["fch"][l], dinp=dbt4c)
                 if self.recompute >= 2:
@@ -614,7 +643,10 @@ class GPT:
                 ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
                                        g["ln2w"][l], g["ln2b"][l], dinp=dres, accumulate=True,
                                        dinp_colsum=g["attprojb"][l])
-                ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], None, dinp=dbtc)
+                if self.fp8 == "blocks":
+                    self._fp8.linear_backward(dres, a["atty"][l], "attprojw", l, g["attprojw"][l], None, dbtc)
+                else:
+                    ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], None, dinp=dbtc)
                 ops.attention_backward(dbtc.view(B, T, NH, HS), a["qkv"][l].view(B, T, 3, NH, HS),
                                        a["atty"][l].view(B, T, NH, HS), a["att_stats"][l], dqkv=dqkv,
                                        deterministic=self.deterministic)
@@ -635,7 +667,9 @@ class GPT:
         the bias gradient (fp8_slot: the cast's delayed-scaling slot, _Fp8.FC_DOUT or QKV_DOUT)."""
         g = self.grad_tensors
         w, gw, gb = self.param_tensors[name + "w"][l], g[name + "w"][l], g[name + "b"][l]
-        if self.fp8 and self._fp8.dinp:
+        if self.fp8 == "blocks":
+            self._fp8.linear_backward(dout, inp, name + "w", l, gw, gb, dinp)
+        elif self.fp8 and self._fp8.dinp:
             ops.matmul_backward(dout, inp, w, gw, None, compute_dinp=False)
             self._fp8.linear_dinp(a, dout, w, self._fp8.w_amax[name + "w"][l:l + 1], dinp,
                                   self._fp8.slot(l, fp8_slot), dbias=gb)

@@ -98,6 +98,7 @@ class AdamW:
                              step=self.step_count + 1, seed=seed, grad_scale=grad_scale,
                              tensor_sizes=self.tensor_sizes, tensor_decay=self.tensor_decay,
                              grad_norm_squared=grad_norm_squared, max_grad_norm=max_grad_norm)
+        model.params_updated()
         self.step_count += 1
 
     def state_dict(self) -> dict:

@@ -117,6 +117,57 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
     return out if bias is None else out + _f32(bias)
 
 
+FP8_BLOCK = 128  # the side of a block-scaled FP8 operand's scaling blocks (1x128 runs or 128x128 tiles)
+
+
+def _pad_to_blocks(xf: torch.Tensor, rows: bool) -> torch.Tensor:
+    """xf (..., R, K) zero-padded to whole blocks of FP8_BLOCK along K (and along R when rows)."""
+    R, K = xf.shape[-2], xf.shape[-1]
+    pad_r = -R % FP8_BLOCK if rows else 0
+    return torch.nn.functional.pad(xf, (0, -K % FP8_BLOCK, 0, pad_r))
+
+
+def fp8_block_amax(x: torch.Tensor, tile: bool) -> torch.Tensor:
+    """max |x| per block of x (..., R, K): (..., R, ceil(K/128)) for 1x128 runs of each row, (..., ceil(R/128),
+    ceil(K/128)) for 128x128 tiles."""
+    xp = _pad_to_blocks(_f32(x).abs(), tile)
+    *lead, Rp, Kp = xp.shape
+    kb = Kp // FP8_BLOCK
+    if tile:
+        return xp.reshape(*lead, Rp // FP8_BLOCK, FP8_BLOCK, kb, FP8_BLOCK).amax(dim=(-3, -1))
+    return xp.reshape(*lead, Rp, kb, FP8_BLOCK).amax(dim=-1)
+
+
+def fp8_block_scale(amax: torch.Tensor) -> torch.Tensor:
+    """The power-of-two scale of a block with this amax: the largest 2^e <= 448 / amax, at most 2^64; 1 when amax
+    is 0 or not finite."""
+    a = amax.float()
+    ok = (a > 0) & torch.isfinite(a)
+    v = torch.minimum(torch.tensor(448.0) / torch.where(ok, a, torch.ones_like(a)), torch.tensor(2.0 ** 64))
+    _, e = torch.frexp(v)
+    return torch.where(ok, torch.ldexp(torch.ones_like(v), e - 1), torch.ones_like(v))
+
+
+def _expand_blocks(s: torch.Tensor, R: int, K: int, tile: bool) -> torch.Tensor:
+    """Per-block values s (fp8_block_amax's shape) repeated over their blocks' elements: (..., R, K)."""
+    e = s.repeat_interleave(FP8_BLOCK, dim=-1)[..., :K]
+    return e.repeat_interleave(FP8_BLOCK, dim=-2)[..., :R, :] if tile else e
+
+
+def fp8_quantize_blocks(x: torch.Tensor, tile: bool):
+    """(q, scale_inv): x (..., R, K) in e4m3 with one power-of-two scale per block (fp8_block_amax's blocks), q =
+    e4m3(x * scale), and scale_inv = 1 / scale per block (fp8_block_amax's shape)."""
+    R, K = x.shape[-2], x.shape[-1]
+    scale = fp8_block_scale(fp8_block_amax(x, tile))
+    q = (_f32(x) * _expand_blocks(scale, R, K, tile)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return q, 1.0 / scale
+
+
+def fp8_dequantize_blocks(q: torch.Tensor, scale_inv: torch.Tensor, tile: bool) -> torch.Tensor:
+    """fp32 values of a block-scaled q (..., R, K): q * scale_inv of its block."""
+    return q.float() * _expand_blocks(scale_inv.float(), q.shape[-2], q.shape[-1], tile)
+
+
 # ---- attention ----
 def _attention_scores(qkv: torch.Tensor):
     """q, k, v (B, NH, T, HS) in fp32 from qkv (B, T, 3, NH, HS), and the scaled causal scores (B, NH, T, T)

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from ._validate import check_int
 from .distributed import ZERO_STAGES
@@ -89,7 +89,8 @@ class TrainConfig:
     loss_chunk: Optional[int] = None     # positions per chunk of the output layer + loss (GPT loss_chunk; 0: all
                                          # at once); None: llmc.model.DEFAULT_LOSS_CHUNK for a model the Trainer
                                          # builds, a given GPT's own
-    fp8: bool = False                    # FP8 matmuls on an H100 (GPT fp8=True; opt-in, changes the numerics);
+    fp8: Union[bool, str] = False        # FP8 matmuls on an H100 (GPT fp8: True or "blocks"; opt-in, changes the
+                                         # numerics);
                                          # a GPT passed in keeps its own (True with a bf16 GPT is an error)
     deterministic: bool = True           # bit-reproducible backward (GPT deterministic); False: cuDNN's attention
                                          # backward with atomic dQ, faster, not reproducible bit for bit; a
@@ -209,8 +210,8 @@ class Trainer:
         if c.loss_chunk is not None:
             check_int(c.loss_chunk, "loss_chunk (positions per chunk; 0: the whole batch at once; None: the default)",
                       0)
-        if not isinstance(c.fp8, bool):
-            raise TypeError(f"fp8 must be a bool, got {c.fp8!r}")
+        if not (isinstance(c.fp8, bool) or c.fp8 == "blocks"):
+            raise TypeError(f"fp8 must be False, True or 'blocks', got {c.fp8!r}")
         if not isinstance(c.restart, bool):
             raise TypeError(f"restart must be a bool, got {c.restart!r}")
         if c.restart and c.resume:
@@ -289,9 +290,9 @@ class Trainer:
                 raise ValueError(f"loss_chunk={chunk} is a property of the model: the GPT passed to the Trainer has "
                                  f"loss_chunk={model.loss_chunk}; build it with GPT(..., loss_chunk={chunk}) "
                                  f"or leave TrainConfig.loss_chunk at None")
-            if self.config.fp8 and not model.fp8:
-                raise ValueError("fp8=True is a property of the model: the GPT passed to the Trainer was built with "
-                                 "fp8=False; build it with GPT(..., fp8=True)")
+            if self.config.fp8 and self.config.fp8 != model.fp8:
+                raise ValueError(f"fp8={self.config.fp8!r} is a property of the model: the GPT passed to the Trainer "
+                                 f"was built with fp8={model.fp8!r}; build it with GPT(..., fp8={self.config.fp8!r})")
             if self.config.gelu_fusion not in (-1, model.gelu_fusion):
                 raise ValueError(f"gelu_fusion={self.config.gelu_fusion} is a property of the model: the GPT passed to "
                                  f"the Trainer has gelu_fusion={model.gelu_fusion}; build it with GPT(..., "
@@ -482,10 +483,12 @@ class Trainer:
         state = run.state
         if state is None:
             return
-        saved_fp8 = bool(state.get("train_config", {}).get("fp8", False))
+        saved_fp8 = state.get("train_config", {}).get("fp8", False)
+        saved_fp8 = saved_fp8 if saved_fp8 == "blocks" else bool(saved_fp8)
         if saved_fp8 != run.model.fp8:
-            raise ValueError(f"the checkpoint at step {run.resume_step} was trained with fp8={saved_fp8}; resume it "
-                             f"with --fp8 {int(saved_fp8)} (the FP8 matmuls change the numerics)")
+            flag = saved_fp8 if saved_fp8 == "blocks" else int(saved_fp8)
+            raise ValueError(f"the checkpoint at step {run.resume_step} was trained with fp8={saved_fp8!r}; resume "
+                             f"it with --fp8 {flag} (the FP8 matmuls change the numerics)")
         if run.model.fp8 and state.get("fp8") is not None:
             run.model._fp8.load_state_dict(state["fp8"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -506,7 +509,8 @@ class Trainer:
                f"warmup {c.warmup_iterations} final fraction {c.final_lr_fraction:g}; weight decay {c.weight_decay:g}; "
                f"recompute {c.recompute}; zero stage {run.zero_stage}" +
                ("" if self.world_size > 1 else " (sharding needs several processes)") +
-               ("; FP8 matmuls (see GPT fp8)" if run.model.fp8 else ""))
+               ("; FP8 matmuls with block scales (see GPT fp8)" if run.model.fp8 == "blocks" else
+                "; FP8 matmuls (see GPT fp8)" if run.model.fp8 else ""))
         print0("MFU against " + (f"{run.peak / 1e12:.1f} TFLOP/s bf16 peak" if run.peak else
                                  "no known peak (not shown)"))
         if run.resume_step is not None:

@@ -156,19 +156,111 @@ def fp8_cast(x: torch.Tensor, amax_ref: torch.Tensor, dtype: torch.dtype = FP8_E
     return out, scale_inv
 
 
+FP8_BLOCK = reference.FP8_BLOCK
+
+
+def _blocks(n: int) -> int:
+    return -(-n // FP8_BLOCK)
+
+
+def _tile_scale_ld(cols: int) -> int:
+    """Floats per row of a 128x128-tile scale tensor (cuBLASLt reads its rows at 16-byte steps)."""
+    return -(-_blocks(cols) // 4) * 4
+
+
+def fp8_block_scales(lead: tuple, R: int, K: int, tile: bool, device) -> torch.Tensor:
+    """A new inverse-scale tensor of an (*lead, R, K) block-scaled operand, indexed by block, whose memory is
+    what the GEMM reads: 1x128 runs of each row: (*lead, R, ceil(K/128)), one block column after another (row
+    fastest); 128x128 tiles: (*lead, ceil(R/128), ceil(K/128)), rows padded to a multiple of 4 floats."""
+    f = dict(dtype=torch.float32, device=device)
+    if tile:
+        return torch.empty(*lead, _blocks(R), _tile_scale_ld(K), **f)[..., :_blocks(K)]
+    return torch.empty(*lead, _blocks(K), R, **f).transpose(-1, -2)
+
+
+def _block_scaling(scale: torch.Tensor, rows: int, K: int, name: str) -> int:
+    """0 for a one-element scale of at most 1 dimension, 1 for fp8_block_scales' 1x128 layout of a (rows, K)
+    operand, 2 for its 128x128 one (2-D, even when they hold one block); a ValueError naming what is expected
+    otherwise."""
+    if scale.numel() == 1 and scale.dim() <= 1:
+        return 0
+    cb = _blocks(K)
+    if tuple(scale.shape) == (rows, cb) and scale.stride() == (1, rows):
+        return 1
+    if tuple(scale.shape) == (_blocks(rows), cb) and scale.stride() == (_tile_scale_ld(K), 1):
+        return 2
+    raise ValueError(f"{name} must be one element (shape () or (1,)), or block scales of a ({rows}, {K}) operand as "
+                     f"fp8_quantize_blocks returns them: ({rows}, {cb}) with strides (1, {rows}) for 1x128 runs, or "
+                     f"({_blocks(rows)}, {cb}) with strides ({_tile_scale_ld(K)}, 1) for 128x128 tiles; got shape "
+                     f"{tuple(scale.shape)}, strides {scale.stride()}")
+
+
+def fp8_quantize_blocks(x: torch.Tensor, *, tile: bool = False, transpose: bool = False, rows: bool = True) -> tuple:
+    """Block-scaled e4m3 copies of x (..., R, K) for matmul_fp8: (q, scale_inv), and with transpose=True also
+    (qt, scale_inv_t), qt = the copy of x's transpose (..., K, R) scaled along its own rows; rows=False (with
+    transpose=True) skips q and returns (qt, scale_inv_t) alone.
+
+    Each block (1x128 run of a row, or 128x128 tile when tile=True) has its own power-of-two scale, the largest
+    2^e <= 448 / amax(block) (at most 2^64; 1 for an all-zero block), so x * scale is exact and q's only error is
+    e4m3's rounding (half an ulp, 2^-4 relative, in the normal range). scale_inv = 1 / scale per block, laid out
+    as fp8_block_scales describes. On a GPU x is bf16, K a multiple of 16 and R of 4; one pass over x writes
+    both copies."""
+    check_float(x, "x")
+    check_bool(tile, "tile")
+    check_bool(transpose, "transpose")
+    check_bool(rows, "rows")
+    if not (rows or transpose):
+        raise ValueError("rows=False needs transpose=True (there is nothing to write otherwise)")
+    if x.dim() < 2 or x.shape[-1] < 1 or x.shape[-2] < 1:
+        raise ValueError(f"x must have at least 2 dimensions, none empty, got shape {tuple(x.shape)}")
+    check_layout(x, "x")
+    *lead, R, K = x.shape
+    lead = tuple(lead)
+    device = x.device
+    q = torch.empty(x.shape, dtype=FP8_E4M3, device=device) if rows else None
+    s = fp8_block_scales(lead, R, K, tile, device) if rows else None
+    qt = torch.empty(*lead, K, R, dtype=FP8_E4M3, device=device) if transpose else None
+    st = fp8_block_scales(lead, K, R, tile, device) if transpose else None
+    if device.type == "cuda":
+        check_multiple_of(K, 16, "x.shape[-1]")
+        check_multiple_of(R, 4, "x.shape[-2]")
+        batch = x.numel() // (R * K)
+        if batch >= 65536:
+            raise ValueError(f"x has {batch} matrices; at most 65535")
+        extension().fp8_quantize_blocks(ptr(q), ptr(s), ptr(qt), ptr(st), x.data_ptr(), batch, R, K, tile,
+                                        stream_handle(device))
+    else:
+        if rows:
+            q_ref, s_ref = reference.fp8_quantize_blocks(x, tile)
+            q.copy_(q_ref)
+            s.copy_(s_ref)
+        if transpose:
+            qt_ref, st_ref = reference.fp8_quantize_blocks(x.transpose(-1, -2), tile)
+            qt.copy_(qt_ref)
+            st.copy_(st_ref)
+    if not rows:
+        return qt, st
+    return (q, s, qt, st) if transpose else (q, s)
+
+
 def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_scale_inv: torch.Tensor,
                bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None, gelu: bool = False,
                pre_gelu: Optional[torch.Tensor] = None, dgelu_of: Optional[torch.Tensor] = None,
-               fast_accum: bool = False) -> torch.Tensor:
+               fast_accum: bool = False, accumulate: bool = False) -> torch.Tensor:
     """out (N, M) = (x (N, K) @ w (M, K).T) * x_scale_inv * w_scale_inv [+ bias (M)] in bf16, from FP8 x and w
     (fp8_cast's outputs; at most one of them e5m2), fp32 accumulation (fast_accum: Hopper's faster, coarser
     one). gelu=True: out = gelu(.) and pre_gelu (required, (N, M) bf16) receives the value before it.
     dgelu_of=pre (N, M): out = (.) * gelu'(pre), the backward of a GELU (no bias); on an H100 cuBLASLt runs it as
-    the GEMM plus a separate, slow epilogue kernel (see llmc.fp8). K and M multiples of 16."""
+    the GEMM plus a separate, slow epilogue kernel (see llmc.fp8). K and M multiples of 16.
+
+    Scales: both one-element tensors (per-tensor scaling), or both block scales from fp8_quantize_blocks (x's in
+    1x128 runs, w's in 1x128 runs or 128x128 tiles; no fast_accum, N a multiple of 4). accumulate=True: out +=
+    the product (no bias, no GELU; out must be given)."""
     _check_fp8(x, "x")
     _check_fp8(w, "w")
     check_bool(gelu, "gelu")
     check_bool(fast_accum, "fast_accum")
+    check_bool(accumulate, "accumulate")
     if x.dtype == FP8_E5M2 and w.dtype == FP8_E5M2:
         raise TypeError("x and w are both float8_e5m2; FP8 matmuls take at most one e5m2 operand")
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
@@ -186,8 +278,28 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
     M = w.shape[0]
     check_multiple_of(K, 16, "K (x.shape[1])")
     check_multiple_of(M, 16, "M (w.shape[0])")
-    _check_scalar_fp32(x_scale_inv, "x_scale_inv", device)
-    _check_scalar_fp32(w_scale_inv, "w_scale_inv", device)
+    for t, name in ((x_scale_inv, "x_scale_inv"), (w_scale_inv, "w_scale_inv")):
+        check_tensor(t, name)
+        if t.dtype != torch.float32:
+            raise TypeError(f"{name} must be torch.float32, got {t.dtype}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device}, expected {device}")
+        if t.numel() > 1 and t.is_cuda and t.data_ptr() % 16:
+            raise ValueError(f"{name} must start at a 16-byte aligned address (use fp8_quantize_blocks' output)")
+    x_scaling = _block_scaling(x_scale_inv, N, K, "x_scale_inv")
+    w_scaling = _block_scaling(w_scale_inv, M, K, "w_scale_inv")
+    if x_scaling == 2:
+        raise ValueError("x_scale_inv: x takes 1x128 block scales (fp8_quantize_blocks with tile=False), not tiles")
+    if (x_scaling == 0) != (w_scaling == 0):
+        raise ValueError("x_scale_inv and w_scale_inv must both be one element or both be block scales")
+    if x_scaling:
+        if fast_accum:
+            raise ValueError("fast_accum=True is not available with block scales (cuBLASLt accumulates them "
+                             "precisely); use fast_accum=False")
+        if device.type == "cuda":
+            check_multiple_of(N, 4, "N (x.shape[0]) with block scales")
+    if accumulate and (out is None or bias is not None or gelu or dgelu_of is not None):
+        raise ValueError("accumulate=True adds to a given out, with no bias and no GELU")
     for t, name in ((bias, "bias"), (pre_gelu, "pre_gelu"), (dgelu_of, "dgelu_of")):
         if t is not None:
             check_float(t, name)
@@ -207,10 +319,19 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
         epilogue = 1 if gelu else 2 if dgelu_of is not None else 0
         extension().matmul_fp8(out.data_ptr(), ptr(pre_gelu if gelu else dgelu_of), x.data_ptr(), w.data_ptr(),
                                x.dtype == FP8_E5M2, w.dtype == FP8_E5M2, x_scale_inv.data_ptr(),
-                               w_scale_inv.data_ptr(), ptr(bias), N, K, M, epilogue, fast_accum,
-                               stream_handle(device))
+                               w_scale_inv.data_ptr(), ptr(bias), N, K, M, epilogue, fast_accum, x_scaling,
+                               w_scaling, accumulate, stream_handle(device))
     else:
-        pre = reference.matmul_fp8(x, w, x_scale_inv, w_scale_inv, bias)
+        if x_scaling:
+            xd = reference.fp8_dequantize_blocks(x, x_scale_inv, False)
+            wd = reference.fp8_dequantize_blocks(w, w_scale_inv, w_scaling == 2)
+            pre = xd @ wd.t()
+            if bias is not None:
+                pre = pre + bias.float()
+        else:
+            pre = reference.matmul_fp8(x, w, x_scale_inv, w_scale_inv, bias)
+        if accumulate:
+            pre = pre + out.float()
         if gelu:
             pre_gelu.copy_(pre)
             out.copy_(reference.gelu_forward(pre))

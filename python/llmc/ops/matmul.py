@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 
 from .. import reference
-from .common import (check_bool, check_float, check_multiple_of, check_same_device, check_same_dtype, check_shape,
-                     check_writes_disjoint, extension, output, ptr, stream_handle)
+from .common import (check_bool, check_float, check_layout, check_multiple_of, check_same_device, check_same_dtype,
+                     check_shape, check_writes_disjoint, extension, output, ptr, stream_handle)
 
 
 def _matmul_dims(inp: torch.Tensor, weight: torch.Tensor, cuda: bool):
@@ -130,3 +130,30 @@ def matmul_tuning_log() -> list:
     run in a scratch output from zeros and from a pattern, and an algorithm must match both times). Nothing is
     tuned or listed with LLMC_GEMM_AUTOTUNE=0 or while a CUDA graph is being captured."""
     return list(extension().matmul_tuning_log())
+
+
+def bias_grad(dout: torch.Tensor, dbias: torch.Tensor) -> torch.Tensor:
+    """dbias (M) += dout (..., M) summed over all its other dimensions; on a GPU bit for bit matmul_backward's
+    bias gradient (a fixed order of additions, no atomics). Returns dbias."""
+    check_float(dout, "dout")
+    check_layout(dout, "dout")
+    check_float(dbias, "dbias")
+    if dout.dim() < 1:
+        raise ValueError("dout needs at least one dimension (its last is the bias's)")
+    M = dout.shape[-1]
+    check_shape(dbias, "dbias", (M,))
+    check_same_device(dout=dout, dbias=dbias)
+    check_same_dtype(dout=dout, dbias=dbias)
+    check_writes_disjoint(dict(dbias=dbias), dict(dout=dout))
+    N = dout.numel() // M if M else 0
+    if dbias.is_cuda:
+        if N:
+            check_multiple_of(M, 8, "dout.shape[-1]")
+            ext = extension()
+            floats = ext.bias_grad_scratch_floats(N, M)
+            scratch = torch.empty(floats, dtype=torch.float32, device=dbias.device)
+            ext.bias_grad_accumulate(dbias.data_ptr(), dout.data_ptr(), N, M, scratch.data_ptr(), floats,
+                                     stream_handle(dbias.device))
+    elif N:
+        dbias.add_(dout.float().reshape(-1, M).sum(0).to(dbias.dtype))
+    return dbias

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Block-scaled FP8 on the GPU machine in one call: build (sm_90a), the FP8 tests, the per-GEMM benchmark and
+# bench_train for bf16 against fp8="blocks". Usage: dev/experiments/fp8_blocks_gpu.sh OUT [CONFIGS] [PROVIDERS]
+set -uo pipefail
+out=${1:?OUT}; configs=${2:-d12:64,d48:8}; providers=${3:-llmc,llmc-fp8blocks}
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+python3 -m pip install --no-build-isolation --no-deps -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90a . \
+  >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+echo "built at $(( $(date +%s) - t0 )) s"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_fp8_block.py tests/test_fp8.py -x >"$out/tests.log" 2>&1
+tail -5 "$out/tests.log"; grep -E "^(FAILED|ERROR)|Error" "$out/tests.log" | head -20
+echo "tests at $(( $(date +%s) - t0 )) s"
+python3 dev/experiments/fp8_block_gemm.py --csv "$out/fp8_block_gemm.csv" 2>&1 | tee "$out/fp8_block_gemm.log" | tail -60
+echo "gemm bench at $(( $(date +%s) - t0 )) s"
+(cd benchmarks && python3 bench_train.py --configs "$configs" --providers "$providers" --csv "$out/train.csv") \
+  >"$out/bench_train.log" 2>&1
+cat "$out/train.csv"; grep -iE "error|Traceback" "$out/bench_train.log" | head
+echo "bench_train at $(( $(date +%s) - t0 )) s"

@@ -1,0 +1,291 @@
+"""Block-scaled FP8 (one power-of-two scale per 1x128 run of a row or per 128x128 tile): the quantizer against
+a per-block loop written here and against the CPU reference bit for bit on a GPU, the scale layouts cuBLASLt reads,
+and the block-scaled GEMM against fp64 math on the dequantized operands and against the unquantized product."""
+import math
+
+import pytest
+import torch
+
+import llmc.ops as ops
+from conftest import FP8_ROUND_TRIP, poisoned
+from llmc import reference
+
+requires_fp8 = pytest.mark.skipif(not ops.fp8_supported(), reason="FP8 needs a GPU of compute capability 8.9+ "
+                                  "(H100) and a CUDA build" if not ops.fp8_supported() else "")
+FP8_DEVICES = ["cpu", pytest.param("cuda", marks=[requires_fp8, pytest.mark.cuda])]
+E4M3 = ops.FP8_E4M3
+# Relative Frobenius error of the block-scaled FP8 product against the unquantized one, for Gaussian operands:
+# both operands carry e4m3's rounding (half an ulp, 2^-4 relative at most, ~2.6% RMS), ~3.8% measured on the CPU
+# reference for K = 768 to 6400.
+FP8_BLOCK_GEMM_REL = 0.05
+# Awkward shapes: partial 128-blocks along either side, a single block, K = 1600 (d48's width), a batch.
+SHAPES = [(4, 16), (132, 272), (260, 1600), (128, 128), (3, 132, 48)]
+
+
+def _input(shape, device, spread=3.0, seed=0):
+    """Values over several binades, so e4m3's rounding is exercised at many exponents; one all-zero row."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.exp2(torch.empty(shape).uniform_(-spread, spread, generator=g))
+    x[..., 1, :] = 0.0
+    return x.to(torch.bfloat16 if device == "cuda" else torch.float32).to(device)
+
+
+def _block_amax_loop(x: torch.Tensor, tile: bool) -> torch.Tensor:
+    """max |x| of each block of a 2-D x, by explicit slicing."""
+    R, K = x.shape
+    rows = range(0, R, 128) if tile else range(R)
+    out = torch.zeros(len(rows), math.ceil(K / 128))
+    for i, r in enumerate(rows):
+        for b in range(out.shape[1]):
+            block = x[r:r + 128, b * 128:(b + 1) * 128] if tile else x[r, b * 128:(b + 1) * 128]
+            out[i, b] = block.float().abs().max()
+    return out
+
+
+def _raw(scale: torch.Tensor) -> torch.Tensor:
+    """The floats of a scale tensor's storage, in memory order (what the GEMM reads)."""
+    return torch.frombuffer(bytearray(scale.cpu().untyped_storage()), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+@pytest.mark.parametrize("tile", [False, True], ids=["1x128", "128x128"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_block_quantize_round_trip_and_scales(device, tile, shape):
+    x = _input(shape, device)
+    q, s = ops.fp8_quantize_blocks(x, tile=tile)
+    assert q.dtype == E4M3 and q.shape == x.shape
+    xs = x.float().cpu().reshape(-1, *shape[-2:])
+    ss = s.cpu().reshape(-1, *s.shape[-2:])
+    for xb, sb in zip(xs, ss):
+        amax = _block_amax_loop(xb, tile)
+        assert sb.shape == amax.shape
+        # a power of two, the largest with amax * scale <= 448 (scale 1 for an all-zero block)
+        mant, _ = torch.frexp(sb)
+        assert torch.all(mant == 0.5)
+        scale = 1.0 / sb
+        nonzero = amax > 0
+        assert torch.all(amax[nonzero] * scale[nonzero] <= 448.0)
+        assert torch.all(amax[nonzero] * scale[nonzero] * 2 > 448.0)
+        assert torch.all(sb[~nonzero] == 1.0)
+    back = reference.fp8_dequantize_blocks(q.cpu(), s.cpu(), tile)
+    xf = x.float().cpu()
+    scale_full = 1.0 / reference.fp8_dequantize_blocks(torch.ones_like(q.cpu()), s.cpu(), tile)
+    normal = xf.abs() * scale_full >= 2.0 ** -6
+    err = (back - xf).abs()
+    assert torch.all(err[normal] <= FP8_ROUND_TRIP[E4M3] * xf.abs()[normal] * 1.0001)
+    # below e4m3's normal range: at most half its smallest subnormal step, 2^-10 in scaled units
+    assert torch.all(err[~normal] * scale_full[~normal] <= 2.0 ** -10 * 1.0001)
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+@pytest.mark.parametrize("tile", [False, True], ids=["1x128", "128x128"])
+def test_block_scales_lie_where_the_gemm_reads_them(device, tile):
+    R, K = 260, 400  # 3 row blocks and 4 column blocks, both partial
+    x = _input((R, K), device)
+    _, s = ops.fp8_quantize_blocks(x, tile=tile)
+    raw = _raw(s)
+    expected = 1.0 / reference.fp8_block_scale(_block_amax_loop(x.cpu(), tile))
+    if tile:  # row blocks one after another, each padded to a multiple of 4 floats
+        assert raw.numel() == 3 * 4
+        for i in range(3):
+            assert torch.equal(raw[i * 4:i * 4 + 4], expected[i])
+    else:  # block columns one after another, rows fastest
+        assert raw.numel() == 4 * R
+        for b in range(4):
+            assert torch.equal(raw[b * R:(b + 1) * R], expected[:, b])
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+@pytest.mark.parametrize("tile", [False, True], ids=["1x128", "128x128"])
+@pytest.mark.parametrize("shape", [(132, 272), (256, 1600), (2, 4, 48)])
+def test_transposed_copy_is_the_quantized_transpose(device, tile, shape):
+    x = _input(shape, device)
+    q, s, qt, st = ops.fp8_quantize_blocks(x, tile=tile, transpose=True)
+    assert qt.shape == (*shape[:-2], shape[-1], shape[-2])
+    q2, s2 = ops.fp8_quantize_blocks(x.transpose(-1, -2).contiguous(), tile=tile)
+    assert torch.equal(qt.cpu().view(torch.uint8), q2.cpu().view(torch.uint8))
+    assert torch.equal(st.cpu(), s2.cpu())
+    if tile:  # a tile keeps its scale when transposed, so both copies hold the same values
+        assert torch.equal(qt.cpu().view(torch.uint8), q.cpu().transpose(-1, -2).view(torch.uint8))
+        assert torch.equal(st.cpu(), s.cpu().transpose(-1, -2))
+
+
+@requires_fp8
+@pytest.mark.cuda
+@pytest.mark.parametrize("tile", [False, True], ids=["1x128", "128x128"])
+@pytest.mark.parametrize("shape", SHAPES + [(8192, 1600), (12, 2304, 768)])
+def test_cuda_block_quantize_is_the_reference_bit_for_bit(tile, shape):
+    x = _input(shape, "cuda", seed=1)
+    q, s, qt, st = ops.fp8_quantize_blocks(x, tile=tile, transpose=True)
+    q_ref, s_ref = reference.fp8_quantize_blocks(x.cpu(), tile)
+    qt_ref, st_ref = reference.fp8_quantize_blocks(x.cpu().transpose(-1, -2), tile)
+    assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
+    assert torch.equal(s.cpu(), s_ref)
+    assert torch.equal(qt.cpu().view(torch.uint8), qt_ref.view(torch.uint8))
+    assert torch.equal(st.cpu(), st_ref)
+
+
+def _gemm_case(N, K, M, w_tile, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    x = torch.randn(N, K, generator=g).to(dtype).to(device)
+    w = (torch.randn(M, K, generator=g) * 0.02).to(dtype).to(device)
+    xq, xs = ops.fp8_quantize_blocks(x)
+    wq, ws = ops.fp8_quantize_blocks(w, tile=w_tile)
+    exact = (reference.fp8_dequantize_blocks(xq.cpu(), xs.cpu(), False).double()
+             @ reference.fp8_dequantize_blocks(wq.cpu(), ws.cpu(), w_tile).double().t())
+    return x, w, xq, xs, wq, ws, exact
+
+
+def _assert_gemm_close(out: torch.Tensor, exact: torch.Tensor, K: int) -> None:
+    """bf16 output rounding (2^-8 relative) plus fp32 accumulation over K, against fp64 math."""
+    err = (out.double().cpu() - exact).abs()
+    bound = 2.0 ** -8 * exact.abs() + K * 2.0 ** -22 * exact.abs().max() + 1e-30
+    assert torch.all(err <= bound), f"max excess {(err - bound).max().item():.3g}"
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+@pytest.mark.parametrize("w_tile", [True, False], ids=["w128x128", "w1x128"])
+@pytest.mark.parametrize("N,K,M", [(64, 768, 2304), (132, 1600, 4800), (256, 6400, 1600), (4, 16, 16)])
+def test_block_matmul_is_fp32_math_on_the_dequantized_operands(device, w_tile, N, K, M):
+    x, w, xq, xs, wq, ws, exact = _gemm_case(N, K, M, w_tile, device)
+    out = ops.matmul_fp8(xq, wq, xs, ws, out=poisoned((N, M), x.dtype, device))
+    _assert_gemm_close(out, exact, K)
+    full = x.double().cpu() @ w.double().cpu().t()
+    assert ((out.double().cpu() - full).norm() / full.norm()).item() <= FP8_BLOCK_GEMM_REL
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+def test_block_matmul_accumulates_and_adds_a_bias(device):
+    N, K, M = 128, 1600, 4800
+    x, w, xq, xs, wq, ws, exact = _gemm_case(N, K, M, True, device, seed=3)
+    dtype = x.dtype
+    start = (torch.randn(N, M) * 0.1).to(dtype)
+    out = start.clone().to(device)
+    ops.matmul_fp8(xq, wq, xs, ws, out=out, accumulate=True)
+    _assert_gemm_close(out, exact + start.double(), K)
+    bias = (torch.randn(M) * 0.1).to(dtype).to(device)
+    out = ops.matmul_fp8(xq, wq, xs, ws, bias)
+    _assert_gemm_close(out, exact + bias.double().cpu(), K)
+
+
+def test_block_scaled_arguments_are_checked():
+    x = torch.randn(8, 256)
+    w = torch.randn(128, 256)
+    xq, xs = ops.fp8_quantize_blocks(x)
+    wq, ws = ops.fp8_quantize_blocks(w, tile=True)
+    with pytest.raises(ValueError, match="block scales of a \\(8, 256\\) operand"):
+        ops.matmul_fp8(xq, wq, xs.contiguous(), ws)
+    with pytest.raises(ValueError, match="not tiles"):
+        ops.matmul_fp8(xq, wq, ops.fp8_quantize_blocks(x, tile=True)[1], ws)
+    with pytest.raises(ValueError, match="both be block scales"):
+        ops.matmul_fp8(xq, wq, xs, torch.ones(1))
+    with pytest.raises(ValueError, match="fast_accum=True is not available"):
+        ops.matmul_fp8(xq, wq, xs, ws, fast_accum=True)
+    with pytest.raises(ValueError, match="accumulate=True adds to a given out"):
+        ops.matmul_fp8(xq, wq, xs, ws, accumulate=True)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        ops.fp8_quantize_blocks(torch.randn(16))
+    with pytest.raises(TypeError):
+        ops.fp8_quantize_blocks(x, tile=1)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float().flatten(), b.float().flatten()
+    return (a @ b / (a.norm() * b.norm())).item()
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+@pytest.mark.parametrize("recompute", [0, 2])
+def test_block_fp8_model_stays_near_the_bf16_model_and_is_deterministic(device, recompute):
+    from conftest import FP8_MODEL
+    from llmc.model import GPT
+    from model_helpers import random_batch, randomize_params, tiny_config
+
+    cfg = tiny_config(n_layer=2, n_embd=256, n_head=4, max_seq_len=64)
+    models = {}
+    for name, fp8 in (("bf16", False), ("fp8", "blocks"), ("fp8 again", "blocks")):
+        m = GPT(cfg, device=device, recompute=recompute, fp8=fp8)
+        randomize_params(m, seed=3)
+        models[name] = m
+    for step in range(2):
+        idx, targets = random_batch(cfg, 4, 64, seed=10 + step)
+        losses = {}
+        for name, m in models.items():
+            m.zero_grad()
+            losses[name] = m.forward(idx, targets)
+            m.backward()
+        assert losses["fp8"] == pytest.approx(losses["bf16"], rel=FP8_MODEL["loss_rtol"])
+        assert losses["fp8"] != losses["bf16"]  # the FP8 matmuls did run
+        for name in ("qkvw", "attprojw", "fcw", "fcprojw", "qkvb", "fcb", "wte", "ln1w"):
+            cos = _cosine(models["fp8"].grad_tensors[name], models["bf16"].grad_tensors[name])
+            assert cos >= FP8_MODEL["grad_cosine"], f"step {step}: {name} gradient cosine {cos:.4f}"
+        assert torch.equal(models["fp8"].grads, models["fp8 again"].grads)
+        assert losses["fp8"] == losses["fp8 again"]
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+def test_block_fp8_weights_are_quantized_once_per_change(device, monkeypatch):
+    from llmc.model import GPT
+    from llmc.optim import AdamW
+    from model_helpers import random_batch, tiny_config
+
+    cfg = tiny_config(n_layer=2, n_embd=128, n_head=4, max_seq_len=32)
+    m = GPT(cfg, device=device, fp8="blocks", seed=2)
+    opt = AdamW(m, lr=1e-2)
+    calls = []
+    real = ops.fp8_quantize_blocks
+
+    def counting(x, **kw):
+        if kw.get("tile"):
+            calls.append(x.data_ptr())
+        return real(x, **kw)
+
+    monkeypatch.setattr(ops, "fp8_quantize_blocks", counting)
+    idx, targets = random_batch(cfg, 2, 32, seed=1)
+
+    def micro_step():
+        m.forward(idx, targets)
+        m.backward()
+
+    def copies_match_params():
+        for name in ("qkvw", "attprojw", "fcw", "fcprojw"):
+            q, s, qt, st = m._fp8.weights[name]
+            q_ref, s_ref = reference.fp8_quantize_blocks(m.param_tensors[name].cpu(), True)
+            assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8)), name
+            assert torch.equal(s.cpu(), s_ref), name
+
+    micro_step()
+    micro_step()  # gradient accumulation: the weights did not change
+    assert len(calls) == 4  # one launch per weight family
+    copies_match_params()
+    opt.step()
+    micro_step()
+    assert len(calls) == 8
+    copies_match_params()
+    m.param_tensors["fcw"].mul_(0.5)  # an in-place change torch records
+    micro_step()
+    assert len(calls) == 12
+    copies_match_params()
+    m.load_params_(m.params.clone().mul_(2.0))
+    micro_step()
+    assert len(calls) == 16
+    copies_match_params()
+
+
+def test_block_fp8_is_chosen_by_name_and_checked():
+    from llmc.cli import _fp8_mode
+    from llmc.model import GPT
+    from model_helpers import tiny_config
+
+    assert _fp8_mode("blocks") == "blocks" and _fp8_mode("1") is True and _fp8_mode("0") is False
+    with pytest.raises(Exception, match="expected 0, 1 or blocks"):
+        _fp8_mode("block")
+    with pytest.raises(TypeError, match="False, True or 'blocks'"):
+        GPT(tiny_config(n_layer=1, n_embd=64, n_head=4, max_seq_len=16), device="cpu", fp8="tiles")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        GPT(tiny_config(n_layer=1, n_embd=72, n_head=9, max_seq_len=16), device="cpu", fp8="blocks")
+    m = GPT(tiny_config(n_layer=1, n_embd=64, n_head=4, max_seq_len=16), device="cpu", fp8="blocks")
+    assert m._fp8.state_dict() == {}
+    with pytest.raises(ValueError, match="keeps no scaling state"):
+        m._fp8.load_state_dict({"amax": 1})
