@@ -13,9 +13,10 @@ kind of shards come from `llmc prepare --input '/usr/lib/python3.11/**/*.py' --f
 --providers picks the runs: llmc (bf16), llmc-fp8 (TrainConfig(fp8=True) as shipped: fc's forward only since
 session 6), and FP8 with the policy of llmc.fp8._Fp8 set: llmc-fp8-fconly (fc's forward only), llmc-fp8-fwd
 (fc's and fcproj's forwards), llmc-fp8-all (those and the input gradients of fc and qkv: the shipped policy of
-session 5), the last two from C = 1024.
+session 5), the last two from C = 1024; llmc-fp8blocks: TrainConfig(fp8="blocks"), all four linears in FP8 with
+block scales (llmc.fp8._Fp8Blocks).
 
-Rows: provider,step,train_loss,ms,gpu,date,commit (provider as above; step 0-based; after the last step
+Rows: provider,step,train_loss,ms,gpu,date,commit (provider as above with @seed<N>; step 0-based; after the last step
 one row per provider with step = "val" and the validation loss in train_loss). Prints a summary: the mean
 training loss over the last 50 steps, the validation loss and the median ms/step of each run.
 """
@@ -38,7 +39,7 @@ COLUMNS = ["provider", "step", "train_loss", "ms", "gpu", "date", "commit"]
 SHIPPED = "shipped"
 PROVIDERS = {"llmc": (False, SHIPPED, SHIPPED), "llmc-fp8": (True, SHIPPED, SHIPPED),
              "llmc-fp8-fconly": (True, None, None), "llmc-fp8-fwd": (True, 1024, None),
-             "llmc-fp8-all": (True, 1024, 1024)}
+             "llmc-fp8-all": (True, 1024, 1024), "llmc-fp8blocks": ("blocks", SHIPPED, SHIPPED)}
 
 
 def run(args, provider: str):
@@ -53,7 +54,7 @@ def run(args, provider: str):
                              batch_size=args.batch, seq_len=args.seq_len, num_iterations=args.steps,
                              learning_rate=args.lr, warmup_iterations=args.warmup, final_lr_fraction=0.1,
                              weight_decay=0.1, val_every=0, sample_every=0, checkpoint_every=0, recompute=0,
-                             device="cuda", fp8=fp8)
+                             device="cuda", fp8=fp8, seed=args.seed)
         try:
             _Fp8.FCPROJ_FWD_FROM = shipped[0] if fcproj_from == SHIPPED else fcproj_from
             _Fp8.DINP_FROM = shipped[1] if dinp_from == SHIPPED else dinp_from
@@ -77,6 +78,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--val-batches", type=int, default=16)
     p.add_argument("--providers", default="llmc,llmc-fp8", help=f"comma-separated, of: {', '.join(PROVIDERS)}")
+    p.add_argument("--seed", type=int, default=1337, help="model init, data order and rounding (same for every run)")
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
     providers = args.providers.split(",")
@@ -84,14 +86,15 @@ def main(argv=None):
         p.error(f"--providers takes a comma-separated subset of {', '.join(PROVIDERS)}")
 
     rows, summary = [], []
-    for provider in providers:
-        history, val = run(args, provider)
+    for name in providers:
+        history, val = run(args, name)
+        provider = f"{name}@seed{args.seed}"
         for r in history:
             rows.append(dict(provider=provider, step=r["step"], train_loss=f"{r['loss']:.6f}", ms=f"{r['ms']:.2f}"))
         rows.append(dict(provider=provider, step="val", train_loss=f"{val:.6f}", ms=""))
         tail = [r["loss"] for r in history[-50:]]
         ms = statistics.median(r["ms"] for r in history[5:])
-        summary.append(f"{provider:15s} mean train loss (last {len(tail)} steps) {statistics.mean(tail):.4f}, "
+        summary.append(f"{provider:24s} mean train loss (last {len(tail)} steps) {statistics.mean(tail):.4f}, "
                        f"val loss {val:.4f}, {ms:.1f} ms/step")
     print(f"{args.model} B={args.batch} T={args.seq_len} {args.steps} steps on {args.train}:")
     print("\n".join(summary))
