@@ -11,12 +11,13 @@ FAMILIES = {
     "adamw": ["adamw_update"],
     "attention": ["attention_backend", "attention_forward", "attention_backward"],
     "encoder": ["encoder_forward", "encoder_backward"],
-    "fp8": ["fp8_supported", "fp8_amax", "fp8_amax_rows", "fp8_cast", "matmul_fp8", "fp8_update_scales"],
+    "fp8": ["fp8_supported", "fp8_amax", "fp8_amax_rows", "fp8_cast", "matmul_fp8", "fp8_update_scales",
+            "fp8_quantize_blocks", "fp8_block_scales"],
     "fused_classifier": ["fused_classifier"],
     "gelu": ["gelu_forward", "gelu_backward"],
     "global_norm": ["global_norm_squared"],
     "layernorm": ["layernorm_forward", "fused_residual_layernorm_forward", "layernorm_backward"],
-    "matmul": ["matmul_forward", "matmul_backward", "matmul_tuning_log"],
+    "matmul": ["matmul_forward", "matmul_backward", "matmul_tuning_log", "bias_grad"],
 }
 
 
