@@ -16,23 +16,11 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 
 import torch
 
 import llmc.ops as ops
-
-
-def median_ms(fn, n: int = 30) -> float:
-    for _ in range(5):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-    for start, stop in events:
-        start.record()
-        fn()
-        stop.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(stop) for start, stop in events)
+from fp8_gemm import median_ms  # this folder's per-tensor FP8 probe: CUDA-event median of 30 calls
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
