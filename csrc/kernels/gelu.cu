@@ -58,6 +58,27 @@ __global__ void __launch_bounds__(kBlock)
   store128(dinp + p * x128::size, d);
 }
 
+// x = src + bias (per column; bias may be null), then pre = x and out = gelu(x) when gelu, else out = x; src is
+// pre when gelu, else out (in place). M (the row length) is a multiple of 8, so a pack never spans two rows.
+__global__ void __launch_bounds__(kBlock) bias_gelu_kernel(floatX* out, floatX* pre, const floatX* bias, int64_t n8,
+                                                           int M, bool gelu) {
+  const int64_t p = (int64_t)blockIdx.x * kBlock + threadIdx.x;
+  if (p >= n8) return;
+  floatX* src = gelu ? pre : out;
+  const x128 x = load128(src + p * x128::size);
+  x128 b = x128::zeros();
+  if (bias != nullptr) b = load128(bias + (p * x128::size) % M);
+  x128 y, z;
+#pragma unroll
+  for (int k = 0; k < x128::size; k++) {
+    const float v = (float)x[k] + (float)b[k];
+    z[k] = (floatX)v;
+    y[k] = gelu ? (floatX)gelu_tanh(v) : z[k];
+  }
+  if (gelu) store128(pre + p * x128::size, z);
+  store128(out + p * x128::size, y);
+}
+
 unsigned elementwise_grid(int64_t n) {
   const int64_t blocks = ceil_div<int64_t>(n / x128::size, kBlock);
   LLMC_REQUIRE(blocks < ((int64_t)1 << 31), "gelu: tensor too large for one launch");
@@ -77,5 +98,14 @@ void gelu_backward(floatX* dinp, const floatX* dout, const floatX* inp, int64_t 
   LLMC_REQUIRE(n % x128::size == 0, "gelu_backward: n must be a multiple of 8");
   if (n == 0) return;
   gelu_backward_kernel<<<elementwise_grid(n), kBlock, 0, stream>>>(dinp, dout, inp, n / x128::size);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void bias_gelu_forward(floatX* out, floatX* pre, const floatX* bias, int64_t N, int64_t M, bool gelu,
+                       cudaStream_t stream) {
+  LLMC_REQUIRE(M % x128::size == 0 && N >= 0, "bias_gelu_forward: M must be a multiple of 8");
+  LLMC_REQUIRE(!gelu || pre != nullptr, "bias_gelu_forward: gelu needs pre");
+  if (N == 0) return;
+  bias_gelu_kernel<<<elementwise_grid(N * M), kBlock, 0, stream>>>(out, pre, bias, N * M / x128::size, (int)M, gelu);
   CUDA_CHECK(cudaGetLastError());
 }

@@ -15,6 +15,10 @@ typedef __nv_bfloat16 floatX;
 void gelu_forward(floatX* out, const floatX* inp, int64_t n, cudaStream_t stream);
 // dinp may alias dout (in-place backward).
 void gelu_backward(floatX* dinp, const floatX* dout, const floatX* inp, int64_t n, cudaStream_t stream);
+// The epilogue of a GEMM written unfused (out holds the product (N, M), or pre when gelu): x = it + bias (may be
+// null); gelu: pre = x and out = gelu(x); else out = x. M a multiple of 8.
+void bias_gelu_forward(floatX* out, floatX* pre, const floatX* bias, int64_t N, int64_t M, bool gelu,
+                       cudaStream_t stream);
 
 // ---- encoder.cu ----
 void encoder_forward(floatX* out, const int* idx, const floatX* wte, const floatX* wpe, int B, int T, int C,

@@ -539,13 +539,15 @@ void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e
     enqueue_gemm(s, g, *plan, stream);
     return;
   }
-  LLMC_REQUIRE(epilogue != 0, "matmul_fp8: cuBLASLt found no algorithm for " + describe_gemm(g));
-  if (epilogue == 1) {  // no FP8 kernel with the GELU epilogue (block scales): the product into aux, then GELU
-    g.epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    g.d = aux;
+  LLMC_REQUIRE(epilogue != 0 || bias != nullptr, "matmul_fp8: cuBLASLt found no algorithm for " +
+               describe_gemm(g));
+  if (epilogue != 2) {  // no FP8 kernel with this bias/GELU epilogue (block scales): the product, then the epilogue
+    g.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    g.bias = nullptr;
     g.aux = nullptr;
+    if (epilogue == 1) g.d = aux;
     run_gemm(s, g, stream);
-    gelu_forward(out, aux, N * M, stream);
+    bias_gelu_forward(out, aux, bias, N, M, epilogue == 1, stream);
     return;
   }
   // No FP8 kernel with the dGELU epilogue: the plain product, then the GELU backward in place.
