@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Block-scaled FP8 on the GPU machine in one call: build (sm_90a), the FP8 tests, the per-GEMM benchmark and
 # bench_train for bf16 against fp8="blocks", then (LOSS_SEEDS, default "1 2") 300-step d12 loss curves of both on
-# the headers corpus (mkdata_headers.py). Usage: dev/experiments/fp8_blocks_gpu.sh OUT [CONFIGS] [PROVIDERS]
+# the headers corpus (mkdata_headers.py); TESTS picks the test files. Usage: dev/experiments/fp8_blocks_gpu.sh OUT
+# [CONFIGS] [PROVIDERS]
 set -uo pipefail
 out=${1:?OUT}; configs=${2:-d12:64,d48:8}; providers=${3:-llmc,llmc-fp8blocks}
 mkdir -p "$out"; out=$(cd "$out" && pwd)
@@ -11,10 +12,11 @@ python3 -m pip install --no-build-isolation --no-deps -C cmake.define.CMAKE_CUDA
   >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 echo "built at $(( $(date +%s) - t0 )) s"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_fp8_block.py tests/test_fp8.py -x >"$out/tests.log" 2>&1
+python3 -m pytest -q -p no:cacheprovider ${TESTS-tests/test_fp8_block.py tests/test_fp8.py} -x >"$out/tests.log" 2>&1
 tail -5 "$out/tests.log"; grep -E "^(FAILED|ERROR)|Error" "$out/tests.log" | head -20
 echo "tests at $(( $(date +%s) - t0 )) s"
-python3 dev/experiments/fp8_block_gemm.py --csv "$out/fp8_block_gemm.csv" 2>&1 | tee "$out/fp8_block_gemm.log" | tail -60
+python3 dev/experiments/fp8_block_gemm.py --csv "$out/fp8_block_gemm.csv" >"$out/fp8_block_gemm.log" 2>&1
+grep -vE "^(d12|d48) +(qkv|attproj|fc|fcproj) " "$out/fp8_block_gemm.log" | tail -12
 echo "gemm bench at $(( $(date +%s) - t0 )) s"
 (cd benchmarks && python3 bench_train.py --configs "$configs" --providers "$providers" --csv "$out/train.csv") \
   >"$out/bench_train.log" 2>&1
