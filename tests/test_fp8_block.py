@@ -315,3 +315,27 @@ def test_block_fp8_training_follows_bf16_training(device):
     assert bf16[-1] < 0.7 * bf16[0], bf16
     assert fp8[-1] < 0.7 * fp8[0], fp8
     assert abs(fp8[-1] - bf16[-1]) < 0.01 * bf16[0], (bf16, fp8)
+
+
+def test_block_fp8_trainer_runs_and_resumes_on_the_cpu(tmp_path):
+    """The Trainer with fp8="blocks" (the CPU runs the reference math): a run, its checkpoint (no FP8 state), a
+    resume that continues it exactly, and a resume with another fp8 refused."""
+    from llmc import TrainConfig, Trainer
+    from llmc.data import write_shard
+
+    tokens = torch.randint(0, 97, (20_000,), generator=torch.Generator().manual_seed(0)).numpy().astype("uint16")
+    shard = tmp_path / "train_000000.bin"
+    write_shard(shard, tokens)
+    base = dict(input_train=str(shard), model="d2c64h4t32", batch_size=2, seq_len=32, learning_rate=1e-3,
+                val_every=0, sample_every=0, device="cpu", fp8="blocks")
+    full = Trainer(config=TrainConfig(output_dir=None, num_iterations=6, **base)).fit()
+    out = tmp_path / "run"
+    Trainer(config=TrainConfig(output_dir=str(out), num_iterations=6, checkpoint_every=3, **base)).fit()
+    # a second run from the step-3 checkpoint: drop the later ones so it resumes from step 3
+    for later in out.glob("*00006*"):
+        later.unlink()
+    resumed = Trainer(config=TrainConfig(output_dir=str(out), num_iterations=6, checkpoint_every=3, resume=True,
+                                         **base)).fit()
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full[3:]]
+    with pytest.raises(ValueError, match="trained with fp8='blocks'"):
+        Trainer(config=TrainConfig(output_dir=str(out), num_iterations=6, resume=True, **{**base, "fp8": False})).fit()

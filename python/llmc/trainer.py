@@ -221,7 +221,7 @@ class Trainer:
             raise TypeError(f"shuffle must be a bool, got {c.shuffle!r}")
         if not isinstance(c.deterministic, bool):
             raise TypeError(f"deterministic must be a bool, got {c.deterministic!r}")
-        if c.fp8 and c.device == "cpu":
+        if c.fp8 is True and c.device == "cpu":  # ("blocks" runs on the CPU too, in torch: slow, for tests)
             raise ValueError("fp8 needs a CUDA GPU of compute capability 8.9 or more (H100-class); drop --fp8 to "
                              "train on the CPU")
         if c.skip_update_lossz < 0 or c.skip_update_gradz < 0:
