@@ -10,8 +10,8 @@ import llmc.ops as ops
 from conftest import FP8_ROUND_TRIP, poisoned
 from llmc import reference
 
-requires_fp8 = pytest.mark.skipif(not ops.fp8_supported(), reason="FP8 needs a GPU of compute capability 8.9+ "
-                                  "(H100) and a CUDA build" if not ops.fp8_supported() else "")
+requires_fp8 = pytest.mark.skipif(not ops.fp8_block_supported(), reason="block-scaled FP8 needs a Hopper GPU "
+                                  "(compute capability 9.x) and a CUDA build")
 FP8_DEVICES = ["cpu", pytest.param("cuda", marks=[requires_fp8, pytest.mark.cuda])]
 E4M3 = ops.FP8_E4M3
 # Relative Frobenius error of the block-scaled FP8 product against the unquantized one, for Gaussian operands:
@@ -43,8 +43,17 @@ def _block_amax_loop(x: torch.Tensor, tile: bool) -> torch.Tensor:
 
 
 def _raw(scale: torch.Tensor) -> torch.Tensor:
-    """The floats of a scale tensor's storage, in memory order (what the GEMM reads)."""
-    return torch.frombuffer(bytearray(scale.cpu().untyped_storage()), dtype=torch.float32)
+    """The floats of a scale tensor's whole storage (padding included), in memory order: what the GEMM reads."""
+    n = scale.untyped_storage().nbytes() // 4
+    return torch.as_strided(scale, (n,), (1,), 0).cpu()
+
+
+def _poison_padding(scale: torch.Tensor) -> None:
+    """NaN into the floats of a 128x128-tile scale tensor's storage that pad its rows (never to be read)."""
+    rows, cols = scale.shape[-2], scale.shape[-1]
+    ld = scale.stride(-2)
+    full = torch.as_strided(scale, (*scale.shape[:-1], ld), (*scale.stride()[:-1], 1))
+    full[..., cols:] = float("nan")
 
 
 @pytest.mark.parametrize("device", FP8_DEVICES)
@@ -80,18 +89,18 @@ def test_block_quantize_round_trip_and_scales(device, tile, shape):
 @pytest.mark.parametrize("device", FP8_DEVICES)
 @pytest.mark.parametrize("tile", [False, True], ids=["1x128", "128x128"])
 def test_block_scales_lie_where_the_gemm_reads_them(device, tile):
-    R, K = 260, 400  # 3 row blocks and 4 column blocks, both partial
+    R, K = 260, 272  # 3 row blocks and 3 column blocks, both partial
     x = _input((R, K), device)
     _, s = ops.fp8_quantize_blocks(x, tile=tile)
     raw = _raw(s)
     expected = 1.0 / reference.fp8_block_scale(_block_amax_loop(x.cpu(), tile))
-    if tile:  # row blocks one after another, each padded to a multiple of 4 floats
+    if tile:  # row blocks one after another, each padded from 3 to 4 floats
         assert raw.numel() == 3 * 4
         for i in range(3):
-            assert torch.equal(raw[i * 4:i * 4 + 4], expected[i])
+            assert torch.equal(raw[i * 4:i * 4 + 3], expected[i])
     else:  # block columns one after another, rows fastest
-        assert raw.numel() == 4 * R
-        for b in range(4):
+        assert raw.numel() == 3 * R
+        for b in range(3):
             assert torch.equal(raw[b * R:(b + 1) * R], expected[:, b])
 
 
@@ -126,12 +135,19 @@ def test_cuda_block_quantize_is_the_reference_bit_for_bit(tile, shape):
 
 
 def _gemm_case(N, K, M, w_tile, device, seed=0):
+    """Operands whose blocks all have other scales (each row of x and each 128x128 tile of w its own power of two
+    on top of Gaussian values), so a scale read from the wrong place changes the product; the padding of w's tile
+    scales is NaN, so reading it shows."""
     g = torch.Generator().manual_seed(seed)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    x = torch.randn(N, K, generator=g).to(dtype).to(device)
-    w = (torch.randn(M, K, generator=g) * 0.02).to(dtype).to(device)
+    x = torch.randn(N, K, generator=g) * torch.exp2(torch.randint(-3, 4, (N, 1), generator=g).float())
+    tiles = torch.exp2(torch.randint(-4, 4, (-(-M // 128), -(-K // 128)), generator=g).float())
+    w = torch.randn(M, K, generator=g) * 0.02 * reference._expand_blocks(tiles, M, K, True)
+    x, w = x.to(dtype).to(device), w.to(dtype).to(device)
     xq, xs = ops.fp8_quantize_blocks(x)
     wq, ws = ops.fp8_quantize_blocks(w, tile=w_tile)
+    if w_tile:
+        _poison_padding(ws)
     exact = (reference.fp8_dequantize_blocks(xq.cpu(), xs.cpu(), False).double()
              @ reference.fp8_dequantize_blocks(wq.cpu(), ws.cpu(), w_tile).double().t())
     return x, w, xq, xs, wq, ws, exact
@@ -167,6 +183,18 @@ def test_block_matmul_accumulates_and_adds_a_bias(device):
     bias = (torch.randn(M) * 0.1).to(dtype).to(device)
     out = ops.matmul_fp8(xq, wq, xs, ws, bias)
     _assert_gemm_close(out, exact + bias.double().cpu(), K)
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+def test_block_matmul_with_the_gelu_epilogue(device):
+    N, K, M = 132, 768, 3072
+    x, w, xq, xs, wq, ws, exact = _gemm_case(N, K, M, True, device, seed=4)
+    bias = (torch.randn(M) * 0.1).to(x.dtype).to(device)
+    pre = poisoned((N, M), x.dtype, device)
+    out = ops.matmul_fp8(xq, wq, xs, ws, bias, gelu=True, pre_gelu=pre)
+    _assert_gemm_close(pre, exact + bias.double().cpu(), K)
+    expected = reference.gelu_forward(pre.float().cpu())
+    assert torch.allclose(out.float().cpu(), expected, rtol=2.0 ** -7, atol=1e-3 * expected.abs().max().item())
 
 
 def test_block_scaled_arguments_are_checked():
@@ -339,3 +367,20 @@ def test_block_fp8_trainer_runs_and_resumes_on_the_cpu(tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full[3:]]
     with pytest.raises(ValueError, match="trained with fp8='blocks'"):
         Trainer(config=TrainConfig(output_dir=str(out), num_iterations=6, resume=True, **{**base, "fp8": False})).fit()
+
+
+@requires_fp8
+@pytest.mark.cuda
+def test_block_fp8_training_needs_positions_a_multiple_of_16():
+    from llmc.model import GPT
+    from model_helpers import random_batch, tiny_config
+
+    cfg = tiny_config(n_layer=1, n_embd=64, n_head=4, max_seq_len=32)
+    m = GPT(cfg, device="cuda", fp8="blocks")
+    idx, targets = random_batch(cfg, 1, 9, seed=0)
+    with pytest.raises(ValueError, match="multiple of 16, got B=1, T=9"):
+        m.forward(idx, targets)
+    with torch.no_grad():  # a forward that cannot train runs in bf16
+        bf16 = GPT(cfg, device="cuda")
+        bf16.load_params_(m.params)
+        assert m.forward(idx, targets) == bf16.forward(idx, targets)

@@ -252,6 +252,7 @@ class GradientSync:
         if self.world_size > 1:
             with model._device_scope():
                 dist.broadcast(model.params, src=0)  # every rank starts from rank 0's weights
+            model.params_updated()
 
     # -- overlapped reduction ---------------------------------------------------------------------------
     def start_overlap(self) -> None:

@@ -162,11 +162,12 @@ class _Fp8Blocks:
 
     @staticmethod
     def check_supported(config, device: torch.device) -> None:
-        """A ValueError unless GPT(config, device, fp8="blocks") can run: an FP8-capable GPU (or the CPU, where
-        the reference runs the same math slowly, for tests) and n_embd a multiple of 16."""
-        if device.type == "cuda" and not ops.fp8_supported(device):
-            raise ValueError(f"fp8='blocks' needs a CUDA GPU of compute capability 8.9 or more (H100-class); "
-                             f"{torch.cuda.get_device_name(device)} has none. Use fp8=False (bf16)")
+        """A ValueError unless GPT(config, device, fp8="blocks") can run: a Hopper GPU (or the CPU, where the
+        reference runs the same math slowly, for tests) and n_embd a multiple of 16."""
+        if device.type == "cuda" and not ops.fp8_block_supported(device):
+            raise ValueError(f"fp8='blocks' needs a Hopper GPU (compute capability 9.x: cuBLASLt's block-scaled "
+                             f"FP8 GEMMs); {torch.cuda.get_device_name(device)} is not one. Use fp8=False (bf16) "
+                             f"or fp8=True")
         if config.n_embd % 16:
             raise ValueError(f"fp8='blocks' needs n_embd to be a multiple of 16 (FP8 matmul rows are 16-byte "
                              f"aligned), got {config.n_embd}")

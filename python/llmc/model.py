@@ -298,6 +298,7 @@ class GPT:
         self._staging_done = None  # CUDA event: the last upload from _staging finished
         self._fp8 = policy(config, self.device) if policy is not None else None
         self._params_epoch = 0  # bumped by params_updated()
+        self._blocks = False  # this forward's linears run fp8="blocks" (see forward)
         self._init_weights(seed)
 
     def __repr__(self) -> str:
@@ -483,6 +484,12 @@ class GPT:
             _token_tensor(targets, "targets", (B, T))
         if not isinstance(grad_scale, (int, float)) or isinstance(grad_scale, bool) or not math.isfinite(grad_scale):
             raise TypeError(f"grad_scale must be a finite float, got {grad_scale!r}")
+        # fp8="blocks" on a GPU needs B*T a multiple of 16 (the weight gradient's FP8 GEMM sums over the tokens);
+        # a forward that cannot train (no targets, or no gradients) runs other sizes in bf16
+        self._blocks = self.fp8 == "blocks" and (self.device.type == "cpu" or (B * T) % 16 == 0)
+        if self.fp8 == "blocks" and not self._blocks and targets is not None and torch.is_grad_enabled():
+            raise ValueError(f"fp8='blocks' trains on B*T positions that are a multiple of 16, got B={B}, T={T} "
+                             f"(B*T={B * T}); change B or T")
         self._backward_ready = False
         self._dlogits = None
         with self._device_scope():
@@ -548,10 +555,10 @@ class GPT:
         c, p = self.config, self.param_tensors
         L, NH, HS = c.n_layer, c.n_head, c.head_size
         encoded = a["encoded"][0]
-        blocks = self._fp8 if self.fp8 == "blocks" else None
+        blocks = self._fp8 if self._blocks else None
         if blocks is not None:
             blocks.next_step(p, self._params_version())
-        elif self.fp8:
+        elif self.fp8 is True:
             self._fp8.next_step(p)
         ops.encoder_forward(a["inputs"][0], p["wte"], p["wpe"], out=encoded.view(B, T, c.n_embd), validate=False)
         ops.layernorm_forward(encoded, p["ln1w"][0], p["ln1b"][0], out=self._layer_ln(a, "ln1", 0),
@@ -574,7 +581,7 @@ class GPT:
                                                  out=ln2, mean=a["ln2_mean"][l], rstd=a["ln2_rstd"][l], eps=LN_EPS)
             if blocks is not None:
                 blocks.linear(ln2, "fcw", l, p["fcb"][l], fch_gelu, pre_gelu=a["fch"][l])
-            elif self.fp8:
+            elif self.fp8 is True:
                 self._fp8.linear(a, ln2, p["fcw"][l], self._fp8.w_amax["fcw"][l:l + 1], p["fcb"][l], fch_gelu,
                                  self._fp8.slot(l, _Fp8.FC_IN),
                                  pre_gelu=a["fch"][l])
@@ -585,7 +592,7 @@ class GPT:
                 ops.gelu_forward(a["fch"][l], out=fch_gelu)
             if blocks is not None:
                 blocks.linear(fch_gelu, "fcprojw", l, p["fcprojb"][l], proj)
-            elif self.fp8 and self._fp8.fcproj_fwd:
+            elif self.fp8 is True and self._fp8.fcproj_fwd:
                 self._fp8.linear(a, fch_gelu, p["fcprojw"][l], self._fp8.w_amax["fcprojw"][l:l + 1], p["fcprojb"][l],
                                  proj, self._fp8.slot(l, _Fp8.FCPROJ_IN))
             else:
@@ -628,8 +635,8 @@ class GPT:
                 if self.recompute >= 1:
                     ops.gelu_forward(a["fch"][l], out=fch_gelu)
                 # bf16 with fp8=True: see llmc.fp8 (cuBLASLt's FP8 GEMM with the dGELU epilogue is slow)
-                fused = self.gelu_fusion == 2 and self.fp8 != "blocks"
-                if self.fp8 == "blocks":
+                fused = self.gelu_fusion == 2 and not self._blocks
+                if self._blocks:
                     self._fp8.linear_backward(dres, fch_gelu, "fcprojw", l, g["fcprojw"][l], None, dbt4c)
                 else:
                     ops.matmul_backward(dres, fch_gelu, p["fcprojw"][l], g["fcprojw"][l], None, dinp=dbt4c,
@@ -643,7 +650,7 @@ class GPT:
                 ops.layernorm_backward(dbtc, a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
                                        g["ln2w"][l], g["ln2b"][l], dinp=dres, accumulate=True,
                                        dinp_colsum=g["attprojb"][l])
-                if self.fp8 == "blocks":
+                if self._blocks:
                     self._fp8.linear_backward(dres, a["atty"][l], "attprojw", l, g["attprojw"][l], None, dbtc)
                 else:
                     ops.matmul_backward(dres, a["atty"][l], p["attprojw"][l], g["attprojw"][l], None, dinp=dbtc)
@@ -667,9 +674,9 @@ class GPT:
         the bias gradient (fp8_slot: the cast's delayed-scaling slot, _Fp8.FC_DOUT or QKV_DOUT)."""
         g = self.grad_tensors
         w, gw, gb = self.param_tensors[name + "w"][l], g[name + "w"][l], g[name + "b"][l]
-        if self.fp8 == "blocks":
+        if self._blocks:
             self._fp8.linear_backward(dout, inp, name + "w", l, gw, gb, dinp)
-        elif self.fp8 and self._fp8.dinp:
+        elif self.fp8 is True and self._fp8.dinp:
             ops.matmul_backward(dout, inp, w, gw, None, compute_dinp=False)
             self._fp8.linear_dinp(a, dout, w, self._fp8.w_amax[name + "w"][l:l + 1], dinp,
                                   self._fp8.slot(l, fp8_slot), dbias=gb)

@@ -130,7 +130,7 @@ def _pad_to_blocks(xf: torch.Tensor, rows: bool) -> torch.Tensor:
 def fp8_block_amax(x: torch.Tensor, tile: bool) -> torch.Tensor:
     """max |x| per block of x (..., R, K): (..., R, ceil(K/128)) for 1x128 runs of each row, (..., ceil(R/128),
     ceil(K/128)) for 128x128 tiles."""
-    xp = _pad_to_blocks(_f32(x).abs(), tile)
+    xp = _pad_to_blocks(_f32(x).abs().nan_to_num(nan=0.0, posinf=float("inf")), tile)  # NaN ignored, as fmaxf
     *lead, Rp, Kp = xp.shape
     kb = Kp // FP8_BLOCK
     if tile:

@@ -27,6 +27,15 @@ def fp8_supported(device=None) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+@functools.lru_cache(maxsize=None)
+def fp8_block_supported(device=None) -> bool:
+    """Whether block-scaled FP8 matmuls can run: a CUDA build and a Hopper GPU (compute capability 9.x), the one
+    architecture whose cuBLASLt takes 1x128 and 128x128 scales."""
+    if not cuda_available():
+        return False
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
 def _check_scalar_fp32(t, name: str, device: torch.device) -> torch.Tensor:
     """One fp32 element on `device` (a scale or an amax; any 4-byte aligned slot of a bigger tensor will do)."""
     check_tensor(t, name)
@@ -201,7 +210,8 @@ def fp8_quantize_blocks(x: torch.Tensor, *, tile: bool = False, transpose: bool 
     transpose=True) skips q and returns (qt, scale_inv_t) alone.
 
     Each block (1x128 run of a row, or 128x128 tile when tile=True) has its own power-of-two scale, the largest
-    2^e <= 448 / amax(block) (at most 2^64; 1 for an all-zero block), so x * scale is exact and q's only error is
+    2^e <= 448 / amax(block) (at most 2^64; 1 for an all-zero block or one holding an infinity; NaNs do not count
+    in the amax and stay NaN), so x * scale is exact and q's only error is
     e4m3's rounding (half an ulp, 2^-4 relative, in the normal range). scale_inv = 1 / scale per block, laid out
     as fp8_block_scales describes. On a GPU x is bf16, K a multiple of 16 and R of 4; one pass over x writes
     both copies."""
@@ -284,7 +294,7 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
             raise TypeError(f"{name} must be torch.float32, got {t.dtype}")
         if t.device != device:
             raise ValueError(f"{name} is on {t.device}, expected {device}")
-        if t.numel() > 1 and t.is_cuda and t.data_ptr() % 16:
+        if t.dim() == 2 and t.is_cuda and t.data_ptr() % 16:
             raise ValueError(f"{name} must start at a 16-byte aligned address (use fp8_quantize_blocks' output)")
     x_scaling = _block_scaling(x_scale_inv, N, K, "x_scale_inv")
     w_scaling = _block_scaling(w_scale_inv, M, K, "w_scale_inv")
@@ -293,6 +303,9 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
     if (x_scaling == 0) != (w_scaling == 0):
         raise ValueError("x_scale_inv and w_scale_inv must both be one element or both be block scales")
     if x_scaling:
+        if device.type == "cuda" and not fp8_block_supported(device):
+            raise RuntimeError(f"block-scaled FP8 matmuls need a Hopper GPU (compute capability 9.x); "
+                               f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
         if fast_accum:
             raise ValueError("fast_accum=True is not available with block scales (cuBLASLt accumulates them "
                              "precisely); use fast_accum=False")
