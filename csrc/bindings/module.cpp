@@ -128,7 +128,6 @@ PYBIND11_MODULE(_llmc, m) {
     fp8_quantize_blocks(ptr<void>(q), ptr<float>(sc), ptr<void>(qt), ptr<float>(st), ptr<const floatX>(x), batch, R,
                         K, tile_scale, as_stream(s));
   }, "block-scaled e4m3 copies of x (batch, R, K): q, its inverse scales s, and optionally qt = the transposed copy");
-  m.def("fp8_tile_scale_ld", &fp8_tile_scale_ld, "leading dimension of 128x128 tile scales for `cols` columns");
   m.def("fp8_update_scales", [](uintptr_t amax_ref, uintptr_t history, uintptr_t amax, int slots, int len, int pos,
                                 uintptr_t s) {
     fp8_update_scales(ptr<float>(amax_ref), ptr<float>(history), ptr<float>(amax), slots, len, pos, as_stream(s));

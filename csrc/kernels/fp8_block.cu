@@ -141,9 +141,10 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(uint8_t* q, float* s
   }
 }
 
-}  // namespace
+// Floats per row of the 128x128 tiles' scales of an operand with `cols` columns: ceil(cols/128) rounded up to 4.
+int tile_scale_ld(int cols) { return (ceil_div(cols, kTile) + 3) / 4 * 4; }
 
-int fp8_tile_scale_ld(int cols) { return (ceil_div(cols, kTile) + 3) / 4 * 4; }
+}  // namespace
 
 void fp8_quantize_blocks(void* q, float* s, void* qt, float* st, const floatX* x, int batch, int R, int K,
                          bool tile_scale, cudaStream_t stream) {
@@ -159,7 +160,7 @@ void fp8_quantize_blocks(void* q, float* s, void* qt, float* st, const floatX* x
   auto* q8 = static_cast<uint8_t*>(q);
   auto* qt8 = static_cast<uint8_t*>(qt);
   if (tile_scale) {
-    const int s_ld = fp8_tile_scale_ld(K), st_ld = fp8_tile_scale_ld(R);
+    const int s_ld = tile_scale_ld(K), st_ld = tile_scale_ld(R);
     quantize_kernel<true><<<grid, kThreads, 0, stream>>>(q8, s, qt8, st, x, R, K, s_ld, st_ld, (int64_t)rb * s_ld,
                                                          (int64_t)cb * st_ld);
   } else {

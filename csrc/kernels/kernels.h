@@ -151,12 +151,11 @@ void fp8_cast_dbias(void* out, floatX* dbias, const floatX* x, int64_t N, int64_
 
 // ---- fp8_block.cu ----
 // Block-scaled e4m3 copies of x (batch x R x K, bf16; see fp8_block.cu for the scale layouts): q (R, K) and/or
-// qt (K, R) = the transposed copy (either may be null, with its scales). tile_scale: one power-of-two scale per 128x128 tile (weights),
-// else one per 128 elements of each row of q and of qt. s / st receive the inverse scales. K a multiple of 16, R of 4.
+// qt (K, R) = the transposed copy (either may be null, with its scales). tile_scale: one power-of-two scale per
+// 128x128 tile (weights), else one per 128 elements of each row of q and of qt. s / st receive the inverse scales.
+// K a multiple of 16, R of 4.
 void fp8_quantize_blocks(void* q, float* s, void* qt, float* st, const floatX* x, int batch, int R, int K,
                          bool tile_scale, cudaStream_t stream);
-// Leading dimension (floats) of the 128x128 tiles' scales of an operand with `cols` columns: ceil(cols/128) to 4.
-int fp8_tile_scale_ld(int cols);
 
 // For each of `slots` tensors: history[i][pos] = amax[i] if it is > 0 and finite (else the entry stays), amax[i] =
 // 0, amax_ref[i] = max of history[i] (len history_len).

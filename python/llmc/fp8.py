@@ -158,7 +158,7 @@ class _Fp8Blocks:
 
     def __init__(self, config, device: torch.device):
         self.weights: dict = {}  # family -> (q, scale_inv, qt, scale_inv_t) for all layers
-        self.version = None  # params' version (and identity) the copies were made from; None: stale
+        self.version = None  # GPT._params_version() the copies were made from; None: not made yet
 
     @staticmethod
     def check_supported(config, device: torch.device) -> None:
@@ -195,14 +195,11 @@ class _Fp8Blocks:
         ops.matmul_fp8(xq, q[l], xs, s[l], bias, out=out, gelu=pre_gelu is not None, pre_gelu=pre_gelu)
 
     def linear_backward(self, dout, inp, name: str, l: int, dweight, dbias, dinp) -> None:
-        """dweight += dout.T @ inp, dbias += dout's column sums (when not None), dinp = dout @ w (when not None)
-        for layer l's weight of family `name`."""
+        """dinp = dout @ w, dweight += dout.T @ inp and dbias += dout's column sums (when not None) for layer l's
+        weight of family `name`."""
         _, _, qt, st = self.weights[name]
-        if dinp is not None:
-            dq, ds, dtq, dts = ops.fp8_quantize_blocks(dout, transpose=True)
-            ops.matmul_fp8(dq, qt[l], ds, st[l], out=dinp)
-        else:
-            dtq, dts = ops.fp8_quantize_blocks(dout, transpose=True, rows=False)
+        dq, ds, dtq, dts = ops.fp8_quantize_blocks(dout, transpose=True)
+        ops.matmul_fp8(dq, qt[l], ds, st[l], out=dinp)
         xtq, xts = ops.fp8_quantize_blocks(inp, transpose=True, rows=False)
         ops.matmul_fp8(dtq, xtq, dts, xts, out=dweight, accumulate=True)
         if dbias is not None:

@@ -211,9 +211,8 @@ def fp8_quantize_blocks(x: torch.Tensor, *, tile: bool = False, transpose: bool 
 
     Each block (1x128 run of a row, or 128x128 tile when tile=True) has its own power-of-two scale, the largest
     2^e <= 448 / amax(block) (at most 2^64; 1 for an all-zero block or one holding an infinity; NaNs do not count
-    in the amax and stay NaN), so x * scale is exact and q's only error is
-    e4m3's rounding (half an ulp, 2^-4 relative, in the normal range). scale_inv = 1 / scale per block, laid out
-    as fp8_block_scales describes. On a GPU x is bf16, K a multiple of 16 and R of 4; one pass over x writes
+    in the amax and stay NaN), so x * scale is exact and q's only error is e4m3's rounding (half an ulp, 2^-4
+    relative, in the normal range). scale_inv = 1 / scale per block, laid out as fp8_block_scales describes. On a GPU x is bf16, K a multiple of 16 and R of 4; one pass over x writes
     both copies."""
     check_float(x, "x")
     check_bool(tile, "tile")
