@@ -2,8 +2,8 @@
 # One GPU call for two questions, most needed first: block-scaled FP8 on this tree (its tests, the per-GEMM
 # benchmark, bench_train llmc and llmc-fp8blocks), then an earlier tree (BASE, an unpacked `git archive` with its
 # .deps) against this one in bf16 (bench_train llmc d12/B=64 and d48/B=8, profile_step's host time,
-# fixed_run.py --device cuda bit for bit). Both trees build at once as wheels (sm_90a), then each is installed in
-# turn. Rows to OUT/train.csv, logs to OUT/.
+# fixed_run.py --device cuda bit for bit). Both trees build as wheels (sm_90a): this one first, then the base while
+# the FP8 tests run; each is installed in turn. Rows to OUT/train.csv, logs to OUT/.
 # Usage: LLMC_COMMIT=<this tree's commit> dev/experiments/proof_and_fp8.sh OUT BASE BASE_COMMIT
 set -uo pipefail
 out=${1:?OUT}; base=${2:?BASE}; base_commit=${3:?BASE_COMMIT}
@@ -21,16 +21,16 @@ fixed_run() {  # NAME
     >"$out/fixed_$1.txt" 2>"$out/fixed_$1.log" || tail -20 "$out/fixed_$1.log"
 }
 rm -rf /tmp/whl-base /tmp/whl-head
-wheel "$base" /tmp/whl-base "$out/build_base.log" & pb=$!
-wheel . /tmp/whl-head "$out/build_head.log" & ph=$!
-wait $pb || exit 1
-wait $ph || exit 1
-stamp "both built"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+wheel . /tmp/whl-head "$out/build_head.log" || exit 1
+stamp "head built"
 python3 -m pip install -q --no-deps --force-reinstall /tmp/whl-head/*.whl || exit 1
-python3 -m pytest -q -p no:cacheprovider tests/test_fp8_block.py -x >"$out/tests_fp8_block.log" 2>&1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+wheel "$base" /tmp/whl-base "$out/build_base.log" & pb=$!  # the CPU builds the base while the GPU tests run
+timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_fp8_block.py --maxfail=15 >"$out/tests_fp8_block.log" 2>&1
 tail -3 "$out/tests_fp8_block.log"; grep -E "^(FAILED|ERROR)|^E " "$out/tests_fp8_block.log" | head -20
 stamp "fp8 tests"
+wait $pb || exit 1
+stamp "base built"
 python3 dev/experiments/fp8_block_gemm.py --csv "$out/fp8_block_gemm.csv" >"$out/fp8_block_gemm.log" 2>&1
 grep -vE "^(d12|d48) +(qkv|attproj|fc|fcproj) " "$out/fp8_block_gemm.log" | tail -12
 stamp "fp8 gemm benchmark"
