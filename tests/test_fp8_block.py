@@ -111,7 +111,7 @@ def test_transposed_copy_is_the_quantized_transpose(device, tile, shape):
     x = _input(shape, device)
     q, s, qt, st = ops.fp8_quantize_blocks(x, tile=tile, transpose=True)
     assert qt.shape == (*shape[:-2], shape[-1], shape[-2])
-    q2, s2 = ops.fp8_quantize_blocks(x.transpose(-1, -2).contiguous(), tile=tile)
+    q2, s2 = reference.fp8_quantize_blocks(x.transpose(-1, -2).cpu(), tile)  # (R may not be a multiple of 16)
     assert torch.equal(qt.cpu().view(torch.uint8), q2.cpu().view(torch.uint8))
     assert torch.equal(st.cpu(), s2.cpu())
     if tile:  # a tile keeps its scale when transposed, so both copies hold the same values
@@ -168,6 +168,32 @@ def test_block_matmul_is_fp32_math_on_the_dequantized_operands(device, w_tile, N
     out = ops.matmul_fp8(xq, wq, xs, ws, out=poisoned((N, M), x.dtype, device))
     _assert_gemm_close(out, exact, K)
     full = x.double().cpu() @ w.double().cpu().t()
+    assert ((out.double().cpu() - full).norm() / full.norm()).item() <= FP8_BLOCK_GEMM_REL
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
+@pytest.mark.parametrize("fast_accum", [False, True])
+def test_row_scaled_matmul_is_fp32_math_on_the_dequantized_operands(device, fast_accum):
+    """One scale per row of x and of w (cuBLASLt's outer-vector scaling), each row on its own power of two."""
+    N, K, M = 132, 1600, 4800
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(N, K, generator=g) * torch.exp2(torch.randint(-3, 4, (N, 1), generator=g).float())
+    w = torch.randn(M, K, generator=g) * 0.02 * torch.exp2(torch.randint(-4, 4, (M, 1), generator=g).float())
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    x, w = x.to(dtype).to(device), w.to(dtype).to(device)
+    xq, xs = reference.fp8_quantize_rows(x)
+    wq, ws = reference.fp8_quantize_rows(w)
+    assert xs.shape == (N,) and ws.shape == (M,)
+    assert len(set(xs.tolist())) > 1 and len(set(ws.tolist())) > 1
+    bias = (torch.randn(M, generator=g) * 0.1).to(dtype).to(device)
+    out = ops.matmul_fp8(xq, wq, xs, ws, bias, out=poisoned((N, M), x.dtype, device), fast_accum=fast_accum)
+    exact = (xq.cpu().double() * xs.cpu().double()[:, None]) @ (wq.cpu().double() * ws.cpu().double()[:, None]).t()
+    exact = exact + bias.double().cpu()
+    if fast_accum:  # Hopper's fast accumulation keeps fewer bits: the bf16-vs-FP8 bound alone
+        assert ((out.double().cpu() - exact).norm() / exact.norm()).item() <= 2e-3
+    else:
+        _assert_gemm_close(out, exact, K)
+    full = x.double().cpu() @ w.double().cpu().t() + bias.double().cpu()
     assert ((out.double().cpu() - full).norm() / full.norm()).item() <= FP8_BLOCK_GEMM_REL
 
 

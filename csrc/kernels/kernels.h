@@ -67,8 +67,9 @@ void matmul_backward(floatX* dinp, floatX* dweight, floatX* dbias, const floatX*
 // e5m2 for at most one of them), the scales device scalars, fp32 accumulation (fast_accum: Hopper's faster
 // accumulation), bf16 out. epilogue 0: none (bias optional); 1: GELU, out = gelu(.) and aux (N,M) = the value
 // before it; 2: dGELU, out = (.) * gelu'(aux), aux other than out, no bias. K, M multiples of 16.
-// x_scaling, w_scaling: 0 (the scales are scalars; both), or block scales (both): 1 one per 1x128 run of a row,
-// 2 one per 128x128 tile, laid out as fp8_quantize_blocks writes them; no fast_accum then, N a multiple of 4.
+// x_scaling, w_scaling: 0 (the scales are scalars; both), 3 (one scale per row: x's N, w's M; both), or block
+// scales (both): 1 one per 1x128 run of a row, 2 one per 128x128 tile, laid out as fp8_quantize_blocks writes
+// them; no fast_accum then, N a multiple of 4.
 // accumulate: out += the product (no bias, no GELU).
 void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e5m2, bool w_e5m2,
                 const float* x_scale_inv, const float* w_scale_inv, const floatX* bias, int64_t N, int64_t K,

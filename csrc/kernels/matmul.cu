@@ -510,10 +510,12 @@ void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e
   LLMC_REQUIRE(epilogue == 0 || aux != nullptr, "matmul_fp8: the GELU epilogues need aux (pre_gelu)");
   LLMC_REQUIRE(epilogue != 2 || (bias == nullptr && aux != out), "matmul_fp8: dGELU takes no bias and an aux "
                "other than out");
-  LLMC_REQUIRE(x_scaling >= 0 && x_scaling <= 2 && w_scaling >= 0 && w_scaling <= 2,
-               "matmul_fp8: scalings are 0 (per tensor), 1 (1x128) or 2 (128x128)");
-  LLMC_REQUIRE((x_scaling == 0) == (w_scaling == 0), "matmul_fp8: both operands per tensor or both block-scaled");
-  LLMC_REQUIRE(x_scaling == 0 || (!fast_accum && N % 4 == 0), "matmul_fp8: block-scaled operands take no fast "
+  LLMC_REQUIRE(x_scaling >= 0 && x_scaling <= 3 && w_scaling >= 0 && w_scaling <= 3,
+               "matmul_fp8: scalings are 0 (per tensor), 1 (1x128), 2 (128x128) or 3 (per row)");
+  LLMC_REQUIRE((x_scaling == 0) == (w_scaling == 0) && (x_scaling == 3) == (w_scaling == 3),
+               "matmul_fp8: both operands per tensor, both per row, or both block-scaled");
+  const bool blocks = x_scaling == 1 || x_scaling == 2;
+  LLMC_REQUIRE(!blocks || (!fast_accum && N % 4 == 0), "matmul_fp8: block-scaled operands take no fast "
                "accumulation and N a multiple of 4");
   LLMC_REQUIRE(!accumulate || (bias == nullptr && epilogue == 0), "matmul_fp8: accumulate takes no bias or GELU");
   if (N == 0) return;
@@ -528,8 +530,8 @@ void matmul_fp8(floatX* out, floatX* aux, const void* x, const void* w, bool x_e
   g.a_scale = w_scale_inv;
   g.b_scale = x_scale_inv;
   g.fast_accum = fast_accum;
-  const int modes[3] = {CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F, CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F,
-                        CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F};
+  const int modes[4] = {CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F, CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F,
+                        CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F};
   g.a_scale_mode = modes[w_scaling];
   g.b_scale_mode = modes[x_scaling];
   std::lock_guard<std::mutex> lock(state_mutex);

@@ -6,6 +6,8 @@
   fp8 block: x in 1x128 runs, w in 128x128 tiles (forward), dout in 1x128 runs and w's transposed copy (input
       gradient), dout's and x's transposed copies in 1x128 runs along the tokens (weight gradient, +=), and the
       quantizers that make them (x and dout: both copies in one pass; w: both copies, once per optimizer step);
+  fp8 rows: one scale per row of each operand (cuBLASLt's outer-vector scaling; forward x by w, dinp dout by w's
+      transpose, dweight dout's transpose by x's), precise and fast accumulation, quantizers not timed;
   fp8 tensor: the per-tensor scaled forward with fast accumulation, for comparison.
 
 Prints milliseconds and TFLOP/s per piece and a per-layer total for each mode, and the relative error of each FP8
@@ -20,6 +22,7 @@ import os
 import torch
 
 import llmc.ops as ops
+from llmc import reference
 from fp8_gemm import median_ms  # this folder's per-tensor FP8 probe: CUDA-event median of 30 calls
 
 
@@ -88,6 +91,38 @@ def linear_rows(model: str, N: int, C: int, name: str, K: int, M: int) -> list:
     for piece, fn in (("forward", forward), ("forward, no bias", forward_no_bias), ("dinp", dinp),
                       ("dweight", dweight)):
         attempt(piece, fn)
+    # Per-row (outer-vector) scales, made here by torch (their quantizers are not timed): forward x rows by w rows;
+    # dinp dout rows by the rows of w's transpose; dweight the rows of dout's and x's transposes (along the tokens).
+    xr, xrs = reference.fp8_quantize_rows(x)
+    wr, wrs = reference.fp8_quantize_rows(w)
+    wtr, wtrs = reference.fp8_quantize_rows(w.t().contiguous())
+    dr, drs = reference.fp8_quantize_rows(dy)
+    dtr, dtrs = reference.fp8_quantize_rows(dy.t().contiguous())
+    xtr, xtrs = reference.fp8_quantize_rows(x.t().contiguous())
+    for fast in (False, True):
+        tag = " (fast accum)" if fast else ""
+
+        def rows_forward():
+            o = ops.matmul_fp8(xr, wr, xrs, wrs, b, out=out, fast_accum=fast)
+            row("fp8 rows forward" + tag, median_ms(lambda: ops.matmul_fp8(xr, wr, xrs, wrs, b, out=out,
+                                                                          fast_accum=fast)), gemm, rel_err(o, ref_out))
+
+        def rows_dinp():
+            o = ops.matmul_fp8(dr, wtr, drs, wtrs, out=dx, fast_accum=fast)
+            row("fp8 rows dinp" + tag, median_ms(lambda: ops.matmul_fp8(dr, wtr, drs, wtrs, out=dx, fast_accum=fast)),
+                gemm, rel_err(o, ref_dx))
+
+        def rows_dweight():
+            dw.zero_()
+            ops.matmul_fp8(dtr, xtr, dtrs, xtrs, out=dw, accumulate=True, fast_accum=fast)
+            err_dw = rel_err(dw, ref_dw)
+            row("fp8 rows dweight +=" + tag, median_ms(lambda: ops.matmul_fp8(dtr, xtr, dtrs, xtrs, out=dw,
+                                                                              accumulate=True, fast_accum=fast)),
+                gemm, err_dw)
+
+        for piece, fn in (("rows forward" + tag, rows_forward), ("rows dinp" + tag, rows_dinp),
+                          ("rows dweight" + tag, rows_dweight)):
+            attempt(piece, fn)
     amax = ops.fp8_amax(x)
     x8, x_inv = ops.fp8_cast(x, amax)
     w8, w_inv = ops.fp8_cast(w, ops.fp8_amax(w))
@@ -108,7 +143,8 @@ def main() -> None:
     all_rows = []
     for model in args.models.split(","):
         N, C = shapes[model]
-        totals = {"bf16": 0.0, "fp8 gemms": 0.0, "fp8 quantize x, dout": 0.0, "fp8 quantize w": 0.0}
+        totals = {"bf16": 0.0, "fp8 gemms": 0.0, "fp8 quantize x, dout": 0.0, "fp8 quantize w": 0.0,
+                  "rows": 0.0, "rows fast": 0.0}
         for name, K, M in (("qkv", C, 3 * C), ("attproj", C, C), ("fc", C, 4 * C), ("fcproj", 4 * C, C)):
             rows = linear_rows(model, N, C, name, K, M)
             all_rows += rows
@@ -120,6 +156,8 @@ def main() -> None:
                     totals["bf16"] += r["ms"]
                 elif piece in ("fp8 forward", "fp8 dinp", "fp8 dweight +="):  # (not the no-bias variant)
                     totals["fp8 gemms"] += r["ms"]
+                elif piece.startswith("fp8 rows"):
+                    totals["rows fast" if piece.endswith("(fast accum)") else "rows"] += r["ms"]
                 elif piece.startswith("fp8 quantize w"):
                     totals["fp8 quantize w"] += r["ms"]
                 elif piece.startswith("fp8 quantize"):
@@ -129,6 +167,9 @@ def main() -> None:
               f"+ quantize x/dout {totals['fp8 quantize x, dout']:.3f} + quantize w {totals['fp8 quantize w']:.3f}; "
               f"ratio bf16/fp8 {totals['bf16'] / fp8:.3f} (gemms only {totals['bf16'] / max(totals['fp8 gemms'], 1e-9):.3f}); "
               f"bf16's backward includes the bias gradient, fp8's pieces do not")
+        print(f"{model}: per-row scales, gemms only: {totals['rows']:.3f} ms (bf16/rows "
+              f"{totals['bf16'] / max(totals['rows'], 1e-9):.3f}); fast accum {totals['rows fast']:.3f} ms "
+              f"(bf16/rows {totals['bf16'] / max(totals['rows fast'], 1e-9):.3f}); quantizers not counted")
     if args.csv:
         new = not os.path.exists(args.csv)
         with open(args.csv, "a", newline="") as f:

@@ -188,17 +188,19 @@ def fp8_block_scales(lead: tuple, R: int, K: int, tile: bool, device) -> torch.T
 
 
 def _block_scaling(scale: torch.Tensor, rows: int, K: int, name: str) -> int:
-    """0 for a one-element scale of at most 1 dimension, 1 for fp8_block_scales' 1x128 layout of a (rows, K)
-    operand, 2 for its 128x128 one (2-D, even when they hold one block); a ValueError naming what is expected
-    otherwise."""
+    """0 for a one-element scale of at most 1 dimension, 3 for one scale per row ((rows,), contiguous), 1 for
+    fp8_block_scales' 1x128 layout of a (rows, K) operand, 2 for its 128x128 one (2-D, even when they hold one
+    block); a ValueError naming what is expected otherwise."""
     if scale.numel() == 1 and scale.dim() <= 1:
         return 0
+    if tuple(scale.shape) == (rows,) and scale.stride() == (1,):
+        return 3
     cb = _blocks(K)
     if tuple(scale.shape) == (rows, cb) and scale.stride() == (1, rows):
         return 1
     if tuple(scale.shape) == (_blocks(rows), cb) and scale.stride() == (_tile_scale_ld(K), 1):
         return 2
-    raise ValueError(f"{name} must be one element (shape () or (1,)), or block scales of a ({rows}, {K}) operand as "
+    raise ValueError(f"{name} must be one element (shape () or (1,)), one per row ({rows},), or block scales of a ({rows}, {K}) operand as "
                      f"fp8_quantize_blocks returns them: ({rows}, {cb}) with strides (1, {rows}) for 1x128 runs, or "
                      f"({_blocks(rows)}, {cb}) with strides ({_tile_scale_ld(K)}, 1) for 128x128 tiles; got shape "
                      f"{tuple(scale.shape)}, strides {scale.stride()}")
@@ -262,7 +264,8 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
     dgelu_of=pre (N, M): out = (.) * gelu'(pre), the backward of a GELU (no bias); on an H100 cuBLASLt runs it as
     the GEMM plus a separate, slow epilogue kernel (see llmc.fp8). K and M multiples of 16.
 
-    Scales: both one-element tensors (per-tensor scaling), or both block scales from fp8_quantize_blocks (x's in
+    Scales: both one-element tensors (per-tensor scaling), both one per row (x_scale_inv (N,), w_scale_inv (M,)),
+    or both block scales from fp8_quantize_blocks (x's in
     1x128 runs, w's in 1x128 runs or 128x128 tiles; no fast_accum, N a multiple of 4). accumulate=True: out +=
     the product (no bias, no GELU; out must be given)."""
     _check_fp8(x, "x")
@@ -299,9 +302,10 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
     w_scaling = _block_scaling(w_scale_inv, M, K, "w_scale_inv")
     if x_scaling == 2:
         raise ValueError("x_scale_inv: x takes 1x128 block scales (fp8_quantize_blocks with tile=False), not tiles")
-    if (x_scaling == 0) != (w_scaling == 0):
-        raise ValueError("x_scale_inv and w_scale_inv must both be one element or both be block scales")
-    if x_scaling:
+    if (x_scaling == 0) != (w_scaling == 0) or (x_scaling == 3) != (w_scaling == 3):
+        raise ValueError("x_scale_inv and w_scale_inv must both be one element, both one per row, or both be "
+                         "block scales")
+    if x_scaling in (1, 2):
         if device.type == "cuda" and not fp8_block_supported(device):
             raise RuntimeError(f"block-scaled FP8 matmuls need a Hopper GPU (compute capability 9.x); "
                                f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
@@ -334,7 +338,11 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
                                w_scale_inv.data_ptr(), ptr(bias), N, K, M, epilogue, fast_accum, x_scaling,
                                w_scaling, accumulate, stream_handle(device))
     else:
-        if x_scaling:
+        if x_scaling == 3:
+            pre = (x.float() @ w.float().t()) * (x_scale_inv[:, None] * w_scale_inv[None, :])
+            if bias is not None:
+                pre = pre + bias.float()
+        elif x_scaling:
             xd = reference.fp8_dequantize_blocks(x, x_scale_inv, False)
             wd = reference.fp8_dequantize_blocks(w, w_scale_inv, w_scaling == 2)
             pre = xd @ wd.t()
