@@ -153,10 +153,12 @@ def _gemm_case(N, K, M, w_tile, device, seed=0):
     return x, w, xq, xs, wq, ws, exact
 
 
-def _assert_gemm_close(out: torch.Tensor, exact: torch.Tensor, K: int) -> None:
-    """bf16 output rounding (2^-8 relative) plus fp32 accumulation over K, against fp64 math."""
+def _assert_gemm_close(out: torch.Tensor, exact: torch.Tensor, K: int, roundings: int = 1) -> None:
+    """bf16 output rounding (2^-8 relative, per rounding) plus fp32 accumulation over K, against fp64 math.
+    roundings=2 where the product may be rounded to bf16 before the bias is added (matmul_fp8's fallback when
+    cuBLASLt has no block-scaled kernel with the bias or GELU epilogue)."""
     err = (out.double().cpu() - exact).abs()
-    bound = 2.0 ** -8 * exact.abs() + K * 2.0 ** -22 * exact.abs().max() + 1e-30
+    bound = roundings * 2.0 ** -8 * exact.abs() + K * 2.0 ** -22 * exact.abs().max() + 1e-30
     assert torch.all(err <= bound), f"max excess {(err - bound).max().item():.3g}"
 
 
@@ -192,7 +194,7 @@ def test_row_scaled_matmul_is_fp32_math_on_the_dequantized_operands(device, fast
     if fast_accum:  # Hopper's fast accumulation keeps fewer bits: the bf16-vs-FP8 bound alone
         assert ((out.double().cpu() - exact).norm() / exact.norm()).item() <= 2e-3
     else:
-        _assert_gemm_close(out, exact, K)
+        _assert_gemm_close(out, exact, K, roundings=2)
     full = x.double().cpu() @ w.double().cpu().t() + bias.double().cpu()
     assert ((out.double().cpu() - full).norm() / full.norm()).item() <= FP8_BLOCK_GEMM_REL
 
@@ -208,7 +210,7 @@ def test_block_matmul_accumulates_and_adds_a_bias(device):
     _assert_gemm_close(out, exact + start.double(), K)
     bias = (torch.randn(M) * 0.1).to(dtype).to(device)
     out = ops.matmul_fp8(xq, wq, xs, ws, bias)
-    _assert_gemm_close(out, exact + bias.double().cpu(), K)
+    _assert_gemm_close(out, exact + bias.double().cpu(), K, roundings=2)
 
 
 @pytest.mark.parametrize("device", FP8_DEVICES)
@@ -218,7 +220,7 @@ def test_block_matmul_with_the_gelu_epilogue(device):
     bias = (torch.randn(M) * 0.1).to(x.dtype).to(device)
     pre = poisoned((N, M), x.dtype, device)
     out = ops.matmul_fp8(xq, wq, xs, ws, bias, gelu=True, pre_gelu=pre)
-    _assert_gemm_close(pre, exact + bias.double().cpu(), K)
+    _assert_gemm_close(pre, exact + bias.double().cpu(), K, roundings=2)
     expected = reference.gelu_forward(pre.float().cpu())
     assert torch.allclose(out.float().cpu(), expected, rtol=2.0 ** -7, atol=1e-3 * expected.abs().max().item())
 
