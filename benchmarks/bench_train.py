@@ -7,8 +7,8 @@ unless asked, lr 6e-4, weight decay 0.1, fp32 master weights, for --warmup + --s
   times (history[i]["ms"], host clock around the whole step with a device sync at its end) after the warm-up.
   With N > 1 GPUs the run is `torchrun --standalone --nproc_per_node=N` of this file; ZeRO-1 by default.
 - llmc-fp8: the same with TrainConfig(fp8=True) (fc's forward in FP8, opt-in; llmc.fp8._Fp8).
-- llmc-fp8blocks: the same with TrainConfig(fp8="blocks") (all four linears in FP8 with block scales, forward and
-  backward, opt-in; llmc.fp8._Fp8Blocks).
+- llmc-fp8blocks, llmc-fp8rows: the same with TrainConfig(fp8="blocks") / fp8="rows" (all four linears in FP8
+  with block / per-row scales, forward and backward, opt-in; llmc.fp8._Fp8Blocks / _Fp8Rows).
 - llmc-nondet, llmc-fp8-nondet: the same with TrainConfig(deterministic=False) (cuDNN's attention backward with
   atomic dQ: opt-in, not bit-reproducible; torch's SDPA backward in the torch.compile baseline is not either).
 - torch.compile: one GPU only; bf16 autocast, fused AdamW, clipping to 1.0, the same total batch (gradient
@@ -55,7 +55,8 @@ from common import RESULTS_DIR, append_csv, git_commit
 TRAIN_CSV = os.path.join(RESULTS_DIR, "train.csv")
 TRAIN_COLUMNS = ["model", "gpus", "micro_batch", "seq_len", "zero", "provider", "tokens_per_s", "ms_per_step", "mfu",
                  "peak_mem_gb", "gpu", "date", "commit"]
-PROVIDERS = ("llmc", "llmc-fp8", "llmc-fp8blocks", "llmc-nondet", "llmc-fp8-nondet", "torch.compile", "llm.c")
+PROVIDERS = ("llmc", "llmc-fp8", "llmc-fp8blocks", "llmc-fp8rows", "llmc-nondet", "llmc-fp8-nondet", "torch.compile",
+             "llm.c")
 LLM_C_PRESETS = ("d12", "d24", "d36", "d48")  # the models train_gpt2cu makes from "-e dN"
 LLM_C_STEP = re.compile(r"^step\s+\d+/\d+ \|.*\| ([\d.]+) ms \|")
 H100_BF16_PEAK = 989.5e12
@@ -190,13 +191,22 @@ class PeakMemory:
         self.peak = max(self.peak, self.used())
 
 
+def _fp8_of(provider: str):
+    """TrainConfig.fp8 of an llmc provider: "blocks" / "rows" for llmc-fp8blocks / llmc-fp8rows, else whether it
+    names fp8."""
+    for mode in ("blocks", "rows"):
+        if f"fp8{mode}" in provider:
+            return mode
+    return "fp8" in provider
+
+
 def train_llmc(model: str, B: int, T: int, total_batch: int, zero: int, shard: str, args, fp8=False,
                deterministic: bool = True):
     """Per-step milliseconds of llmc.Trainer.fit() and the model's FLOPs per token."""
     from llmc import TrainConfig, Trainer
 
     name = f"llmc-{model}-b{B}-{os.environ.get('WORLD_SIZE', '1')}gpu" + \
-        ("-fp8blocks" if fp8 == "blocks" else "-fp8" if fp8 else "") + \
+        (f"-fp8{fp8}" if isinstance(fp8, str) else "-fp8" if fp8 else "") + \
         ("" if deterministic else "-nondet")
     out_dir = os.path.join(os.path.dirname(shard), name)
     config = TrainConfig(input_train=shard, output_dir=out_dir, model=model, batch_size=B, seq_len=T,
@@ -287,7 +297,7 @@ def one(args):
         with PeakMemory(device) as memory:
             if provider.startswith("llmc"):
                 times, flops_per_token = train_llmc(model, B, T, args.total_batch, args.zero, shard, args,
-                                                    fp8="blocks" if "fp8blocks" in provider else "fp8" in provider,
+                                                    fp8=_fp8_of(provider),
                                                     deterministic=not provider.endswith("nondet"))
             elif provider == "llm.c":
                 times, flops_per_token, own_peak = train_llm_c(model, B, T, args.total_batch, shard, memory, args)

@@ -296,12 +296,12 @@ def test_fp8_model_needs_an_fp8_gpu_and_is_checked():
 
     with pytest.raises(ValueError, match="fp8=True needs a CUDA GPU"):
         GPT(tiny_config(), device="cpu", fp8=True)
-    with pytest.raises(TypeError, match="fp8 must be False, True or 'blocks'"):
+    with pytest.raises(TypeError, match="fp8 must be False, True, 'blocks', 'rows'"):
         GPT(tiny_config(), device="cpu", fp8=1)
     if ops.fp8_supported():
         with pytest.raises(ValueError, match="multiple of 16"):
             GPT(tiny_config(n_embd=72, n_head=1), device="cuda", fp8=True)
-    with pytest.raises(TypeError, match="fp8 must be False, True or 'blocks'"):
+    with pytest.raises(TypeError, match="fp8 must be False, True, 'blocks', 'rows'"):
         Trainer("d6", TrainConfig(fp8="yes", device="cpu"))
     with pytest.raises(ValueError, match="fp8 needs a CUDA GPU"):
         Trainer("d6", TrainConfig(fp8=True, device="cpu"))

@@ -134,6 +134,54 @@ def test_cuda_block_quantize_is_the_reference_bit_for_bit(tile, shape):
     assert torch.equal(st.cpu(), st_ref)
 
 
+@pytest.mark.parametrize("device", FP8_DEVICES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_row_quantize_round_trip_and_scales(device, shape):
+    """One power-of-two scale per row of x and one per row of its transposed copy (per column of x): the largest
+    with amax * scale <= 448, amax taken by explicit slicing."""
+    x = _input(shape, device)
+    q, s, qt, st = ops.fp8_quantize_rows(x, transpose=True)
+    *lead, R, K = shape
+    assert q.shape == x.shape and s.shape == (*lead, R) and qt.shape == (*lead, K, R) and st.shape == (*lead, K)
+    for copy, sc, xm in ((q, s, x), (qt, st, x.transpose(-1, -2))):
+        xs = xm.float().cpu().reshape(-1, *xm.shape[-2:])
+        for xb, sb, qb in zip(xs, sc.cpu().reshape(-1, xm.shape[-2]), copy.cpu().reshape(-1, *xm.shape[-2:])):
+            amax = torch.stack([row.abs().max() for row in xb])
+            mant, _ = torch.frexp(sb)
+            assert torch.all(mant == 0.5)
+            scale = 1.0 / sb
+            nonzero = amax > 0
+            assert torch.all(amax[nonzero] * scale[nonzero] <= 448.0)
+            assert torch.all(amax[nonzero] * scale[nonzero] * 2 > 448.0)
+            assert torch.all(sb[~nonzero] == 1.0)
+            back = qb.float() * sb[:, None]
+            normal = xb.abs() * scale[:, None] >= 2.0 ** -6
+            err = (back - xb).abs()
+            assert torch.all(err[normal] <= FP8_ROUND_TRIP[E4M3] * xb.abs()[normal] * 1.0001)
+            assert torch.all((err * scale[:, None])[~normal] <= 2.0 ** -10 * 1.0001)
+    qt2, st2 = ops.fp8_quantize_rows(x, transpose=True, rows=False)
+    assert torch.equal(qt2.cpu().view(torch.uint8), qt.cpu().view(torch.uint8)) and torch.equal(st2.cpu(), st.cpu())
+
+
+@requires_fp8
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", SHAPES + [(8192, 1600), (12, 2304, 768)])
+def test_cuda_row_quantize_is_the_reference_bit_for_bit(shape):
+    x = _input(shape, "cuda", seed=2)
+    x.view(-1)[7] = float("nan")  # NaNs do not count in the amax and stay NaN
+    x.view(-1)[x.numel() // 2] = float("inf")  # an infinite row (and column): scale 1
+    q, s, qt, st = ops.fp8_quantize_rows(x, transpose=True)
+    q_ref, s_ref = reference.fp8_quantize_rows(x.cpu())
+    qt_ref, st_ref = reference.fp8_quantize_rows(x.cpu().transpose(-1, -2))
+    assert torch.equal(s.cpu(), s_ref)
+    assert torch.equal(st.cpu(), st_ref)
+    for got, ref in ((q, q_ref), (qt, qt_ref)):
+        got = got.cpu()
+        nan = ref.float().isnan()  # (NaN's sign bit is not specified)
+        assert torch.equal(got.float().isnan(), nan)
+        assert torch.equal(got.view(torch.uint8)[~nan], ref.view(torch.uint8)[~nan])
+
+
 def _gemm_case(N, K, M, w_tile, device, seed=0):
     """Operands whose blocks all have other scales (each row of x and each 128x128 tile of w its own power of two
     on top of Gaussian values), so a scale read from the wrong place changes the product; the padding of w's tile
@@ -183,8 +231,8 @@ def test_row_scaled_matmul_is_fp32_math_on_the_dequantized_operands(device, fast
     w = torch.randn(M, K, generator=g) * 0.02 * torch.exp2(torch.randint(-4, 4, (M, 1), generator=g).float())
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     x, w = x.to(dtype).to(device), w.to(dtype).to(device)
-    xq, xs = reference.fp8_quantize_rows(x)
-    wq, ws = reference.fp8_quantize_rows(w)
+    xq, xs = ops.fp8_quantize_rows(x)
+    wq, ws = ops.fp8_quantize_rows(w)
     assert xs.shape == (N,) and ws.shape == (M,)
     assert len(set(xs.tolist())) > 1 and len(set(ws.tolist())) > 1
     bias = (torch.randn(M, generator=g) * 0.1).to(dtype).to(device)
@@ -253,14 +301,15 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("device", FP8_DEVICES)
 @pytest.mark.parametrize("recompute", [0, 2])
-def test_block_fp8_model_stays_near_the_bf16_model_and_is_deterministic(device, recompute):
+@pytest.mark.parametrize("mode", ["blocks", "rows"])
+def test_fp8_model_stays_near_the_bf16_model_and_is_deterministic(device, recompute, mode):
     from conftest import FP8_MODEL
     from llmc.model import GPT
     from model_helpers import random_batch, randomize_params, tiny_config
 
     cfg = tiny_config(n_layer=2, n_embd=256, n_head=4, max_seq_len=64)
     models = {}
-    for name, fp8 in (("bf16", False), ("fp8", "blocks"), ("fp8 again", "blocks")):
+    for name, fp8 in (("bf16", False), ("fp8", mode), ("fp8 again", mode)):
         m = GPT(cfg, device=device, recompute=recompute, fp8=fp8)
         randomize_params(m, seed=3)
         models[name] = m
@@ -281,23 +330,25 @@ def test_block_fp8_model_stays_near_the_bf16_model_and_is_deterministic(device, 
 
 
 @pytest.mark.parametrize("device", FP8_DEVICES)
-def test_block_fp8_weights_are_quantized_once_per_change(device, monkeypatch):
+@pytest.mark.parametrize("mode", ["blocks", "rows"])
+def test_fp8_weights_are_quantized_once_per_change(device, mode, monkeypatch):
     from llmc.model import GPT
     from llmc.optim import AdamW
     from model_helpers import random_batch, tiny_config
 
     cfg = tiny_config(n_layer=2, n_embd=128, n_head=4, max_seq_len=32)
-    m = GPT(cfg, device=device, fp8="blocks", seed=2)
+    m = GPT(cfg, device=device, fp8=mode, seed=2)
     opt = AdamW(m, lr=1e-2)
     calls = []
-    real = ops.fp8_quantize_blocks
+    quantizer = "fp8_quantize_blocks" if mode == "blocks" else "fp8_quantize_rows"
+    real = getattr(ops, quantizer)
 
     def counting(x, **kw):
-        if kw.get("tile"):
+        if x.dim() == 3:  # a stacked weight family (activations and gradients are 2-D)
             calls.append(x.data_ptr())
         return real(x, **kw)
 
-    monkeypatch.setattr(ops, "fp8_quantize_blocks", counting)
+    monkeypatch.setattr(ops, quantizer, counting)
     idx, targets = random_batch(cfg, 2, 32, seed=1)
 
     def micro_step():
@@ -307,7 +358,9 @@ def test_block_fp8_weights_are_quantized_once_per_change(device, monkeypatch):
     def copies_match_params():
         for name in ("qkvw", "attprojw", "fcw", "fcprojw"):
             q, s, qt, st = m._fp8.weights[name]
-            q_ref, s_ref = reference.fp8_quantize_blocks(m.param_tensors[name].cpu(), True)
+            w = m.param_tensors[name].cpu()
+            q_ref, s_ref = (reference.fp8_quantize_blocks(w, True) if mode == "blocks" else
+                            reference.fp8_quantize_rows(w))
             assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8)), name
             assert torch.equal(s.cpu(), s_ref), name
 
@@ -335,9 +388,10 @@ def test_block_fp8_is_chosen_by_name_and_checked():
     from model_helpers import tiny_config
 
     assert _fp8_mode("blocks") == "blocks" and _fp8_mode("1") is True and _fp8_mode("0") is False
-    with pytest.raises(Exception, match="expected 0, 1 or blocks"):
+    assert _fp8_mode("Rows") == "rows"
+    with pytest.raises(Exception, match="expected 0, 1, blocks, rows; got 'block'"):
         _fp8_mode("block")
-    with pytest.raises(TypeError, match="False, True or 'blocks'"):
+    with pytest.raises(TypeError, match="False, True, 'blocks', 'rows'"):
         GPT(tiny_config(n_layer=1, n_embd=64, n_head=4, max_seq_len=16), device="cpu", fp8="tiles")
     with pytest.raises(ValueError, match="multiple of 16"):
         GPT(tiny_config(n_layer=1, n_embd=72, n_head=9, max_seq_len=16), device="cpu", fp8="blocks")
@@ -348,8 +402,9 @@ def test_block_fp8_is_chosen_by_name_and_checked():
 
 
 @pytest.mark.parametrize("device", FP8_DEVICES)
-def test_block_fp8_training_follows_bf16_training(device):
-    """30 AdamW steps on one batch: block-scaled FP8 learns it about as bf16 does, the weights' FP8 copies
+@pytest.mark.parametrize("mode", ["blocks", "rows"])
+def test_fp8_training_follows_bf16_training(device, mode):
+    """30 AdamW steps on one batch: block- or row-scaled FP8 learns it about as bf16 does, the weights' FP8 copies
     following every step."""
     from llmc.model import GPT
     from llmc.optim import AdamW
@@ -358,7 +413,7 @@ def test_block_fp8_training_follows_bf16_training(device):
     cfg = tiny_config(n_layer=2, n_embd=128, n_head=4, max_seq_len=64)
     idx, targets = random_batch(cfg, 4, 64, seed=1)
     curves = {}
-    for fp8 in (False, "blocks"):
+    for fp8 in (False, mode):
         m = GPT(cfg, device=device, fp8=fp8, seed=5)
         opt = AdamW(m, lr=3e-3)
         curves[fp8] = []
@@ -367,15 +422,16 @@ def test_block_fp8_training_follows_bf16_training(device):
             curves[fp8].append(m.forward(idx, targets))
             m.backward()
             opt.step()
-    bf16, fp8 = curves[False], curves["blocks"]
+    bf16, fp8 = curves[False], curves[mode]
     assert bf16[-1] < 0.7 * bf16[0], bf16
     assert fp8[-1] < 0.7 * fp8[0], fp8
     assert abs(fp8[-1] - bf16[-1]) < 0.01 * bf16[0], (bf16, fp8)
 
 
-def test_block_fp8_trainer_runs_and_resumes_on_the_cpu(tmp_path):
-    """The Trainer with fp8="blocks" (the CPU runs the reference math): a run, its checkpoint (no FP8 state), a
-    resume that continues it exactly, and a resume with another fp8 refused."""
+@pytest.mark.parametrize("mode", ["blocks", "rows"])
+def test_fp8_trainer_runs_and_resumes_on_the_cpu(tmp_path, mode):
+    """The Trainer with fp8="blocks" or "rows" (the CPU runs the reference math): a run, its checkpoint (no FP8
+    state), a resume that continues it exactly, and a resume with another fp8 refused."""
     from llmc import TrainConfig, Trainer
     from llmc.data import write_shard
 
@@ -383,7 +439,7 @@ def test_block_fp8_trainer_runs_and_resumes_on_the_cpu(tmp_path):
     shard = tmp_path / "train_000000.bin"
     write_shard(shard, tokens)
     base = dict(input_train=str(shard), model="d2c64h4t32", batch_size=2, seq_len=32, learning_rate=1e-3,
-                val_every=0, sample_every=0, device="cpu", fp8="blocks")
+                val_every=0, sample_every=0, device="cpu", fp8=mode)
     full = Trainer(config=TrainConfig(output_dir=None, num_iterations=6, **base)).fit()
     out = tmp_path / "run"
     Trainer(config=TrainConfig(output_dir=str(out), num_iterations=6, checkpoint_every=3, **base)).fit()
@@ -393,18 +449,19 @@ def test_block_fp8_trainer_runs_and_resumes_on_the_cpu(tmp_path):
     resumed = Trainer(config=TrainConfig(output_dir=str(out), num_iterations=6, checkpoint_every=3, resume=True,
                                          **base)).fit()
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full[3:]]
-    with pytest.raises(ValueError, match="trained with fp8='blocks'"):
+    with pytest.raises(ValueError, match=f"trained with fp8='{mode}'"):
         Trainer(config=TrainConfig(output_dir=str(out), num_iterations=6, resume=True, **{**base, "fp8": False})).fit()
 
 
 @requires_fp8
 @pytest.mark.cuda
-def test_block_fp8_training_needs_positions_a_multiple_of_16():
+@pytest.mark.parametrize("mode", ["blocks", "rows"])
+def test_fp8_training_needs_positions_a_multiple_of_16(mode):
     from llmc.model import GPT
     from model_helpers import random_batch, tiny_config
 
     cfg = tiny_config(n_layer=1, n_embd=64, n_head=4, max_seq_len=32)
-    m = GPT(cfg, device="cuda", fp8="blocks")
+    m = GPT(cfg, device="cuda", fp8=mode)
     idx, targets = random_batch(cfg, 1, 9, seed=0)
     with pytest.raises(ValueError, match="multiple of 16, got B=1, T=9"):
         m.forward(idx, targets)

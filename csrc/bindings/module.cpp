@@ -128,6 +128,12 @@ PYBIND11_MODULE(_llmc, m) {
     fp8_quantize_blocks(ptr<void>(q), ptr<float>(sc), ptr<void>(qt), ptr<float>(st), ptr<const floatX>(x), batch, R,
                         K, tile_scale, as_stream(s));
   }, "block-scaled e4m3 copies of x (batch, R, K): q, its inverse scales s, and optionally qt = the transposed copy");
+  m.def("fp8_quantize_rows", [](uintptr_t q, uintptr_t sc, uintptr_t qt, uintptr_t st, uintptr_t x, uintptr_t amax,
+                                int batch, int R, int K, uintptr_t s) {
+    fp8_quantize_rows(ptr<void>(q), ptr<float>(sc), ptr<void>(qt), ptr<float>(st), ptr<const floatX>(x),
+                      ptr<float>(amax), batch, R, K, as_stream(s));
+  }, "row-scaled e4m3 copies of x (batch, R, K): q with one scale per row, and/or qt = the transposed copy with one "
+     "per column of x");
   m.def("fp8_update_scales", [](uintptr_t amax_ref, uintptr_t history, uintptr_t amax, int slots, int len, int pos,
                                 uintptr_t s) {
     fp8_update_scales(ptr<float>(amax_ref), ptr<float>(history), ptr<float>(amax), slots, len, pos, as_stream(s));

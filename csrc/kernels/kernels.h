@@ -157,6 +157,11 @@ void fp8_cast_dbias(void* out, floatX* dbias, const floatX* x, int64_t N, int64_
 // K a multiple of 16, R of 4.
 void fp8_quantize_blocks(void* q, float* s, void* qt, float* st, const floatX* x, int batch, int R, int K,
                          bool tile_scale, cudaStream_t stream);
+// e4m3 copies of x (batch, R, K) with one power-of-two scale per row: q (R rows of K, inverse scales s (batch, R))
+// and/or qt (the transposed copy, K rows of R, scaled per column of x: st (batch, K)). amax: scratch of
+// batch * (R + K) floats. Two passes over x (the amaxes, then both copies). K a multiple of 16, R of 4.
+void fp8_quantize_rows(void* q, float* s, void* qt, float* st, const floatX* x, float* amax, int batch, int R,
+                       int K, cudaStream_t stream);
 
 // For each of `slots` tensors: history[i][pos] = amax[i] if it is > 0 and finite (else the entry stays), amax[i] =
 // 0, amax_ref[i] = max of history[i] (len history_len).

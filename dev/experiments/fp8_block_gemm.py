@@ -7,7 +7,7 @@
       gradient), dout's and x's transposed copies in 1x128 runs along the tokens (weight gradient, +=), and the
       quantizers that make them (x and dout: both copies in one pass; w: both copies, once per optimizer step);
   fp8 rows: one scale per row of each operand (cuBLASLt's outer-vector scaling; forward x by w, dinp dout by w's
-      transpose, dweight dout's transpose by x's), precise and fast accumulation, quantizers not timed;
+      transpose, dweight dout's transpose by x's), precise and fast accumulation, and ops.fp8_quantize_rows;
   fp8 tensor: the per-tensor scaled forward with fast accumulation, for comparison.
 
 Prints milliseconds and TFLOP/s per piece and a per-layer total for each mode, and the relative error of each FP8
@@ -22,7 +22,6 @@ import os
 import torch
 
 import llmc.ops as ops
-from llmc import reference
 from fp8_gemm import median_ms  # this folder's per-tensor FP8 probe: CUDA-event median of 30 calls
 
 
@@ -91,14 +90,14 @@ def linear_rows(model: str, N: int, C: int, name: str, K: int, M: int) -> list:
     for piece, fn in (("forward", forward), ("forward, no bias", forward_no_bias), ("dinp", dinp),
                       ("dweight", dweight)):
         attempt(piece, fn)
-    # Per-row (outer-vector) scales, made here by torch (their quantizers are not timed): forward x rows by w rows;
-    # dinp dout rows by the rows of w's transpose; dweight the rows of dout's and x's transposes (along the tokens).
-    xr, xrs = reference.fp8_quantize_rows(x)
-    wr, wrs = reference.fp8_quantize_rows(w)
-    wtr, wtrs = reference.fp8_quantize_rows(w.t().contiguous())
-    dr, drs = reference.fp8_quantize_rows(dy)
-    dtr, dtrs = reference.fp8_quantize_rows(dy.t().contiguous())
-    xtr, xtrs = reference.fp8_quantize_rows(x.t().contiguous())
+    # Per-row (outer-vector) scales: forward x rows by w rows; dinp dout rows by the rows of w's transpose; dweight
+    # the rows of dout's and x's transposes (along the tokens).
+    xr, xrs, xtr, xtrs = ops.fp8_quantize_rows(x, transpose=True)
+    wr, wrs, wtr, wtrs = ops.fp8_quantize_rows(w, transpose=True)
+    dr, drs, dtr, dtrs = ops.fp8_quantize_rows(dy, transpose=True)
+    row("fp8 rows quantize x (both copies)", median_ms(lambda: ops.fp8_quantize_rows(x, transpose=True)))
+    row("fp8 rows quantize dout (both copies)", median_ms(lambda: ops.fp8_quantize_rows(dy, transpose=True)))
+    row("fp8 rows quantize w (both copies, per step)", median_ms(lambda: ops.fp8_quantize_rows(w, transpose=True)))
     for fast in (False, True):
         tag = " (fast accum)" if fast else ""
 
@@ -144,7 +143,7 @@ def main() -> None:
     for model in args.models.split(","):
         N, C = shapes[model]
         totals = {"bf16": 0.0, "fp8 gemms": 0.0, "fp8 quantize x, dout": 0.0, "fp8 quantize w": 0.0,
-                  "rows": 0.0, "rows fast": 0.0}
+                  "rows": 0.0, "rows fast": 0.0, "rows policy": 0.0, "rows quantize": 0.0}
         for name, K, M in (("qkv", C, 3 * C), ("attproj", C, C), ("fc", C, 4 * C), ("fcproj", 4 * C, C)):
             rows = linear_rows(model, N, C, name, K, M)
             all_rows += rows
@@ -156,8 +155,13 @@ def main() -> None:
                     totals["bf16"] += r["ms"]
                 elif piece in ("fp8 forward", "fp8 dinp", "fp8 dweight +="):  # (not the no-bias variant)
                     totals["fp8 gemms"] += r["ms"]
+                elif piece.startswith("fp8 rows quantize"):
+                    totals["rows quantize"] += r["ms"]
                 elif piece.startswith("fp8 rows"):
-                    totals["rows fast" if piece.endswith("(fast accum)") else "rows"] += r["ms"]
+                    fast = piece.endswith("(fast accum)")
+                    totals["rows fast" if fast else "rows"] += r["ms"]
+                    if fast != ("dweight" in piece):  # GPT(fp8="rows"): fast forward and dinp, precise dweight
+                        totals["rows policy"] += r["ms"]
                 elif piece.startswith("fp8 quantize w"):
                     totals["fp8 quantize w"] += r["ms"]
                 elif piece.startswith("fp8 quantize"):
@@ -167,9 +171,12 @@ def main() -> None:
               f"+ quantize x/dout {totals['fp8 quantize x, dout']:.3f} + quantize w {totals['fp8 quantize w']:.3f}; "
               f"ratio bf16/fp8 {totals['bf16'] / fp8:.3f} (gemms only {totals['bf16'] / max(totals['fp8 gemms'], 1e-9):.3f}); "
               f"bf16's backward includes the bias gradient, fp8's pieces do not")
-        print(f"{model}: per-row scales, gemms only: {totals['rows']:.3f} ms (bf16/rows "
-              f"{totals['bf16'] / max(totals['rows'], 1e-9):.3f}); fast accum {totals['rows fast']:.3f} ms "
-              f"(bf16/rows {totals['bf16'] / max(totals['rows fast'], 1e-9):.3f}); quantizers not counted")
+        rows = totals["rows policy"] + totals["rows quantize"]
+        print(f"{model}: per-row scales, gemms only: precise {totals['rows']:.3f} ms (bf16/rows "
+              f"{totals['bf16'] / max(totals['rows'], 1e-9):.3f}), fast accum {totals['rows fast']:.3f} ms "
+              f"({totals['bf16'] / max(totals['rows fast'], 1e-9):.3f}), GPT's policy {totals['rows policy']:.3f} ms "
+              f"({totals['bf16'] / max(totals['rows policy'], 1e-9):.3f}); with the quantizers (all copies) "
+              f"{rows:.3f} ms, ratio bf16/rows {totals['bf16'] / max(rows, 1e-9):.3f}")
     if args.csv:
         new = not os.path.exists(args.csv)
         with open(args.csv, "a", newline="") as f:

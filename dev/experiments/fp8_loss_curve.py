@@ -14,7 +14,7 @@ kind of shards come from `llmc prepare --input '/usr/lib/python3.11/**/*.py' --f
 session 6), and FP8 with the policy of llmc.fp8._Fp8 set: llmc-fp8-fconly (fc's forward only), llmc-fp8-fwd
 (fc's and fcproj's forwards), llmc-fp8-all (those and the input gradients of fc and qkv: the shipped policy of
 session 5), the last two from C = 1024; llmc-fp8blocks: TrainConfig(fp8="blocks"), all four linears in FP8 with
-block scales (llmc.fp8._Fp8Blocks).
+block scales (llmc.fp8._Fp8Blocks); llmc-fp8rows: TrainConfig(fp8="rows"), the same with per-row scales.
 
 Rows: provider,step,train_loss,ms,gpu,date,commit (provider as above with @seed<N>; step 0-based; after the last step
 one row per provider with step = "val" and the validation loss in train_loss). Prints a summary: the mean
@@ -39,7 +39,8 @@ COLUMNS = ["provider", "step", "train_loss", "ms", "gpu", "date", "commit"]
 SHIPPED = "shipped"
 PROVIDERS = {"llmc": (False, SHIPPED, SHIPPED), "llmc-fp8": (True, SHIPPED, SHIPPED),
              "llmc-fp8-fconly": (True, None, None), "llmc-fp8-fwd": (True, 1024, None),
-             "llmc-fp8-all": (True, 1024, 1024), "llmc-fp8blocks": ("blocks", SHIPPED, SHIPPED)}
+             "llmc-fp8-all": (True, 1024, 1024), "llmc-fp8blocks": ("blocks", SHIPPED, SHIPPED),
+             "llmc-fp8rows": ("rows", SHIPPED, SHIPPED)}
 
 
 def run(args, provider: str):

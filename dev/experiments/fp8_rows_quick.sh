@@ -11,6 +11,7 @@ t=tests/test_fp8_block.py
 timeout 45 python3 -m pytest -q -p no:cacheprovider "$t::test_transposed_copy_is_the_quantized_transpose" \
   "$t::test_row_scaled_matmul_is_fp32_math_on_the_dequantized_operands" "$t::test_block_matmul_accumulates_and_adds_a_bias" \
   "$t::test_block_matmul_with_the_gelu_epilogue" "$t::test_block_matmul_is_fp32_math_on_the_dequantized_operands" \
+  "$t::test_cuda_row_quantize_is_the_reference_bit_for_bit" "$t::test_row_quantize_round_trip_and_scales" \
   >"$out/tests.log" 2>&1
 tail -2 "$out/tests.log"; grep -E "^(FAILED|ERROR)|^E  .*(Error|excess|assert)" "$out/tests.log" | head -12
 timeout 25 python3 dev/experiments/fp8_epilogue_probe.py >"$out/probe.log" 2>&1; cat "$out/probe.log"

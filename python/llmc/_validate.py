@@ -18,3 +18,14 @@ def check_int(value, name: str, low: int, high: Optional[int] = None) -> int:
     if high is not None and not low <= value < high:
         raise ValueError(f"{name} = {value} is outside [{low}, {high})")
     return value
+
+
+FP8_MODES = ("blocks", "rows")  # fp8 values (besides False and True) that run all four linears of a block in FP8
+
+
+def check_fp8(value, name: str = "fp8"):
+    """GPT's and TrainConfig's fp8: False, True or one of FP8_MODES; TypeError otherwise."""
+    if not (isinstance(value, bool) or value in FP8_MODES):
+        raise TypeError(f"{name} must be False, True, " + ", ".join(repr(m) for m in FP8_MODES) + f", got {value!r}")
+    return value
+

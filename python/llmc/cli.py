@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Optional
 
+from ._validate import FP8_MODES
+
 COMMANDS = {
     "train": ("llmc.cli", "train_main", "train GPT-2 (llm.c's train_gpt2cu flags work)"),
     "prepare": ("llmc.prepare", "main", "tokenize a corpus into llm.c shards"),
@@ -33,13 +35,13 @@ def _flag(text: str) -> bool:
 
 
 def _fp8_mode(text: str):
-    """--fp8: a 0/1 switch, or 'blocks'."""
-    if text.strip().lower() == "blocks":
-        return "blocks"
+    """--fp8: a 0/1 switch, or one of FP8_MODES."""
+    if text.strip().lower() in FP8_MODES:
+        return text.strip().lower()
     try:
         return _flag(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 0, 1 or blocks, got {text!r}") from None
+        raise argparse.ArgumentTypeError("expected 0, 1, " + ", ".join(FP8_MODES) + f"; got {text!r}") from None
 
 
 # (llm.c flag, long option, TrainConfig field, type, help); the defaults are TrainConfig's.
@@ -91,7 +93,8 @@ TRAIN_OPTIONS = [
                                               "once)"),
     (None, "--fp8", "fp8", _fp8_mode, "1: the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU; "
                                       "blocks: all four linear layers of every block in FP8, forward and backward, "
-                                      "with block scales (opt-in; default 0, bf16)"),
+                                      "with block scales; rows: the same with one scale per row (opt-in; default "
+                                      "0, bf16)"),
     (None, "--save-on-interrupt", "save_on_interrupt", _flag, "1: Ctrl-C finishes the step and writes its "
                                                               "checkpoint before stopping (one process, with -o)"),
     (None, "--log", "log", str, "also log to tensorboard (into -o/tensorboard/), wandb, or both: "

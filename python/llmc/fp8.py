@@ -155,21 +155,34 @@ class _Fp8Blocks:
     block scales); the FP8 weight copies take 2 bytes per weight of the four families."""
 
     FAMILIES = ("qkvw", "attprojw", "fcw", "fcprojw")
+    MODE = "blocks"
+    FAST_ACCUM = (False, False, False)  # forward, input gradient, weight gradient (block scales: never)
+    SCALES = "block-scaled"
+
+    @staticmethod
+    def _quantize(x: torch.Tensor, **kw) -> tuple:
+        """Activations and gradients: rows of x (and/or its transposed copy) as the GEMMs take them."""
+        return ops.fp8_quantize_blocks(x, **kw)
+
+    @staticmethod
+    def _quantize_weight(w: torch.Tensor) -> tuple:
+        """A stacked weight family: (q, scale_inv, qt, scale_inv_t) for all layers."""
+        return ops.fp8_quantize_blocks(w, tile=True, transpose=True)
 
     def __init__(self, config, device: torch.device):
         self.weights: dict = {}  # family -> (q, scale_inv, qt, scale_inv_t) for all layers
         self.version = None  # GPT._params_version() the copies were made from; None: not made yet
 
-    @staticmethod
-    def check_supported(config, device: torch.device) -> None:
-        """A ValueError unless GPT(config, device, fp8="blocks") can run: a Hopper GPU (or the CPU, where the
+    @classmethod
+    def check_supported(cls, config, device: torch.device) -> None:
+        """A ValueError unless GPT(config, device, fp8=cls.MODE) can run: a Hopper GPU (or the CPU, where the
         reference runs the same math slowly, for tests) and n_embd a multiple of 16."""
         if device.type == "cuda" and not ops.fp8_block_supported(device):
-            raise ValueError(f"fp8='blocks' needs a Hopper GPU (compute capability 9.x: cuBLASLt's block-scaled "
-                             f"FP8 GEMMs); {torch.cuda.get_device_name(device)} is not one. Use fp8=False (bf16) "
-                             f"or fp8=True")
+            raise ValueError(f"fp8={cls.MODE!r} needs a Hopper GPU (compute capability 9.x: cuBLASLt's "
+                             f"{cls.SCALES} FP8 GEMMs); {torch.cuda.get_device_name(device)} is not one. Use "
+                             f"fp8=False (bf16) or fp8=True")
         if config.n_embd % 16:
-            raise ValueError(f"fp8='blocks' needs n_embd to be a multiple of 16 (FP8 matmul rows are 16-byte "
+            raise ValueError(f"fp8={cls.MODE!r} needs n_embd to be a multiple of 16 (FP8 matmul rows are 16-byte "
                              f"aligned), got {config.n_embd}")
 
     def state_dict(self) -> dict:
@@ -177,30 +190,53 @@ class _Fp8Blocks:
 
     def load_state_dict(self, state: dict) -> None:
         if state:
-            raise ValueError(f"fp8='blocks' keeps no scaling state, got one with {sorted(state)}")
+            raise ValueError(f"fp8={self.MODE!r} keeps no scaling state, got one with {sorted(state)}")
 
     def next_step(self, params: dict, version) -> None:
         """Start of every forward: quantize the weights if they changed since their copies were made."""
         if version == self.version:
             return
         for name in self.FAMILIES:
-            self.weights[name] = ops.fp8_quantize_blocks(params[name], tile=True, transpose=True)
+            self.weights[name] = self._quantize_weight(params[name])
         self.version = version
 
     def linear(self, x, name: str, l: int, bias, out, pre_gelu=None) -> None:
         """out = x @ w.T + bias (then GELU, keeping pre_gelu, when pre_gelu is given) for layer l's weight of
         family `name`."""
         q, s, _, _ = self.weights[name]
-        xq, xs = ops.fp8_quantize_blocks(x)
-        ops.matmul_fp8(xq, q[l], xs, s[l], bias, out=out, gelu=pre_gelu is not None, pre_gelu=pre_gelu)
+        xq, xs = self._quantize(x)
+        ops.matmul_fp8(xq, q[l], xs, s[l], bias, out=out, gelu=pre_gelu is not None, pre_gelu=pre_gelu,
+                       fast_accum=self.FAST_ACCUM[0])
 
     def linear_backward(self, dout, inp, name: str, l: int, dweight, dbias, dinp) -> None:
         """dinp = dout @ w, dweight += dout.T @ inp and dbias += dout's column sums (when not None) for layer l's
         weight of family `name`."""
         _, _, qt, st = self.weights[name]
-        dq, ds, dtq, dts = ops.fp8_quantize_blocks(dout, transpose=True)
-        ops.matmul_fp8(dq, qt[l], ds, st[l], out=dinp)
-        xtq, xts = ops.fp8_quantize_blocks(inp, transpose=True, rows=False)
-        ops.matmul_fp8(dtq, xtq, dts, xts, out=dweight, accumulate=True)
+        dq, ds, dtq, dts = self._quantize(dout, transpose=True)
+        ops.matmul_fp8(dq, qt[l], ds, st[l], out=dinp, fast_accum=self.FAST_ACCUM[1])
+        xtq, xts = self._quantize(inp, transpose=True, rows=False)
+        ops.matmul_fp8(dtq, xtq, dts, xts, out=dweight, accumulate=True, fast_accum=self.FAST_ACCUM[2])
         if dbias is not None:
             ops.bias_grad(dout, dbias)
+
+
+class _Fp8Rows(_Fp8Blocks):
+    """The FP8 matmuls of GPT(fp8="rows"): the same four linears and GEMMs as _Fp8Blocks, with one scale per row
+    of every operand instead of per block (cuBLASLt's outer-vector scaling, applied to the product, as torchao's
+    rowwise recipe): x and dout per token, w per output channel (forward) and its transposed copy per input
+    channel (input gradient), dout's and x's transposed copies per channel along the tokens (weight gradient).
+    Scaling after the product lets the GEMMs run at per-tensor FP8's rate; one outlier costs precision in its
+    row (and column) only. The forward and input-gradient GEMMs (inner dimension C or 4C) use Hopper's fast
+    accumulation; the weight gradient sums over every token and accumulates precisely."""
+
+    MODE = "rows"
+    FAST_ACCUM = (True, True, False)
+    SCALES = "per-row (outer-vector) scaled"
+
+    @staticmethod
+    def _quantize(x: torch.Tensor, **kw) -> tuple:
+        return ops.fp8_quantize_rows(x, **kw)
+
+    @staticmethod
+    def _quantize_weight(w: torch.Tensor) -> tuple:
+        return ops.fp8_quantize_rows(w, transpose=True)

@@ -34,8 +34,9 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from . import ops
+from ._validate import FP8_MODES, check_fp8
 from ._validate import check_int as _check_int
-from .fp8 import _Fp8, _Fp8Blocks
+from .fp8 import _Fp8, _Fp8Blocks, _Fp8Rows
 from .sharding import PARAM_NAMES, check_shard
 
 DECAYED_PARAMS = frozenset({"wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw"})
@@ -249,7 +250,8 @@ class GPT:
         fp8: True runs the MLP's first matmul (fc's forward) in FP8 on an H100-class GPU with per-tensor scales;
             "blocks" runs all four linear layers of every block in FP8, forward and backward, with block scales
             (llmc.fp8._Fp8Blocks; after changing `params` in place by other means than torch ops, call
-            params_updated()). Both are opt-in and change the numerics; see llmc.fp8.
+            params_updated()); "rows" the same with one scale per row of each operand (llmc.fp8._Fp8Rows). All
+            are opt-in and change the numerics; see llmc.fp8.
         gelu_fusion (llm.c's -ge): 0 runs the MLP's GELU as its own kernel in forward and backward; 1 fuses the
             forward GELU into fc's matmul (cuBLASLt epilogue); 2 also fuses the GELU backward into fcproj's
             input-gradient matmul. With fusion the forward's GELU is taken from fc's fp32 output, while a
@@ -272,9 +274,8 @@ class GPT:
         self._chunk_rows = _round_up(loss_chunk, 8)  # 0: the whole batch
         self.deterministic = bool(deterministic)
         self.device = _resolve_device(device)
-        if not (isinstance(fp8, bool) or fp8 == "blocks"):
-            raise TypeError(f"fp8 must be False, True or 'blocks', got {fp8!r}")
-        policy = {True: _Fp8, "blocks": _Fp8Blocks}.get(fp8) if fp8 else None
+        check_fp8(fp8)
+        policy = {True: _Fp8, "blocks": _Fp8Blocks, "rows": _Fp8Rows}.get(fp8) if fp8 else None
         if policy is not None:
             policy.check_supported(config, self.device)
         self.fp8 = fp8
@@ -298,7 +299,7 @@ class GPT:
         self._staging_done = None  # CUDA event: the last upload from _staging finished
         self._fp8 = policy(config, self.device) if policy is not None else None
         self._params_epoch = 0  # bumped by params_updated()
-        self._blocks = False  # this forward's linears run fp8="blocks" (see forward)
+        self._blocks = False  # this forward's linears run fp8="blocks" or "rows" (see forward)
         self._init_weights(seed)
 
     def __repr__(self) -> str:
@@ -342,7 +343,7 @@ class GPT:
 
     def params_updated(self) -> None:
         """Tell the model that `params` changed in place by means torch does not record (llmc's optimizers and
-        loaders call it): copies made from them (the FP8 weights of fp8="blocks") are made again."""
+        loaders call it): copies made from them (the FP8 weights of fp8="blocks" or "rows") are made again."""
         self._params_epoch += 1
 
     def _params_version(self) -> tuple:
@@ -484,11 +485,11 @@ class GPT:
             _token_tensor(targets, "targets", (B, T))
         if not isinstance(grad_scale, (int, float)) or isinstance(grad_scale, bool) or not math.isfinite(grad_scale):
             raise TypeError(f"grad_scale must be a finite float, got {grad_scale!r}")
-        # fp8="blocks" on a GPU needs B*T a multiple of 16 (the weight gradient's FP8 GEMM sums over the tokens);
-        # a forward that cannot train (no targets, or no gradients) runs other sizes in bf16
-        self._blocks = self.fp8 == "blocks" and (self.device.type == "cpu" or (B * T) % 16 == 0)
-        if self.fp8 == "blocks" and not self._blocks and targets is not None and torch.is_grad_enabled():
-            raise ValueError(f"fp8='blocks' trains on B*T positions that are a multiple of 16, got B={B}, T={T} "
+        # fp8="blocks" or "rows" on a GPU needs B*T a multiple of 16 (the weight gradient's FP8 GEMM sums over the
+        # tokens); a forward that cannot train (no targets, or no gradients) runs other sizes in bf16
+        self._blocks = self.fp8 in FP8_MODES and (self.device.type == "cpu" or (B * T) % 16 == 0)
+        if self.fp8 in FP8_MODES and not self._blocks and targets is not None and torch.is_grad_enabled():
+            raise ValueError(f"fp8={self.fp8!r} trains on B*T positions that are a multiple of 16, got B={B}, T={T} "
                              f"(B*T={B * T}); change B or T")
         self._backward_ready = False
         self._dlogits = None

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from ._validate import check_int
+from ._validate import FP8_MODES, check_fp8, check_int
 from .distributed import ZERO_STAGES
 from .rundir import RunDirectory
 from .runlog import RunLog
@@ -89,8 +89,8 @@ class TrainConfig:
     loss_chunk: Optional[int] = None     # positions per chunk of the output layer + loss (GPT loss_chunk; 0: all
                                          # at once); None: llmc.model.DEFAULT_LOSS_CHUNK for a model the Trainer
                                          # builds, a given GPT's own
-    fp8: Union[bool, str] = False        # FP8 matmuls on an H100 (GPT fp8: True or "blocks"; opt-in, changes the
-                                         # numerics);
+    fp8: Union[bool, str] = False        # FP8 matmuls on an H100 (GPT fp8: True, "blocks" or "rows"; opt-in,
+                                         # changes the numerics);
                                          # a GPT passed in keeps its own (True with a bf16 GPT is an error)
     deterministic: bool = True           # bit-reproducible backward (GPT deterministic); False: cuDNN's attention
                                          # backward with atomic dQ, faster, not reproducible bit for bit; a
@@ -210,8 +210,7 @@ class Trainer:
         if c.loss_chunk is not None:
             check_int(c.loss_chunk, "loss_chunk (positions per chunk; 0: the whole batch at once; None: the default)",
                       0)
-        if not (isinstance(c.fp8, bool) or c.fp8 == "blocks"):
-            raise TypeError(f"fp8 must be False, True or 'blocks', got {c.fp8!r}")
+        check_fp8(c.fp8)
         if not isinstance(c.restart, bool):
             raise TypeError(f"restart must be a bool, got {c.restart!r}")
         if c.restart and c.resume:
@@ -221,7 +220,7 @@ class Trainer:
             raise TypeError(f"shuffle must be a bool, got {c.shuffle!r}")
         if not isinstance(c.deterministic, bool):
             raise TypeError(f"deterministic must be a bool, got {c.deterministic!r}")
-        if c.fp8 is True and c.device == "cpu":  # ("blocks" runs on the CPU too, in torch: slow, for tests)
+        if c.fp8 is True and c.device == "cpu":  # ("blocks" and "rows" run on the CPU too, in torch: for tests)
             raise ValueError("fp8 needs a CUDA GPU of compute capability 8.9 or more (H100-class); drop --fp8 to "
                              "train on the CPU")
         if c.skip_update_lossz < 0 or c.skip_update_gradz < 0:
@@ -484,9 +483,9 @@ class Trainer:
         if state is None:
             return
         saved_fp8 = state.get("train_config", {}).get("fp8", False)
-        saved_fp8 = saved_fp8 if saved_fp8 == "blocks" else bool(saved_fp8)
+        saved_fp8 = saved_fp8 if saved_fp8 in FP8_MODES else bool(saved_fp8)
         if saved_fp8 != run.model.fp8:
-            flag = saved_fp8 if saved_fp8 == "blocks" else int(saved_fp8)
+            flag = saved_fp8 if saved_fp8 in FP8_MODES else int(saved_fp8)
             raise ValueError(f"the checkpoint at step {run.resume_step} was trained with fp8={saved_fp8!r}; resume "
                              f"it with --fp8 {flag} (the FP8 matmuls change the numerics)")
         if run.model.fp8 and state.get("fp8") is not None:
@@ -509,7 +508,7 @@ class Trainer:
                f"warmup {c.warmup_iterations} final fraction {c.final_lr_fraction:g}; weight decay {c.weight_decay:g}; "
                f"recompute {c.recompute}; zero stage {run.zero_stage}" +
                ("" if self.world_size > 1 else " (sharding needs several processes)") +
-               ("; FP8 matmuls with block scales (see GPT fp8)" if run.model.fp8 == "blocks" else
+               (f"; FP8 matmuls, fp8={run.model.fp8!r} (see GPT fp8)" if run.model.fp8 in FP8_MODES else
                 "; FP8 matmuls (see GPT fp8)" if run.model.fp8 else ""))
         print0("MFU against " + (f"{run.peak / 1e12:.1f} TFLOP/s bf16 peak" if run.peak else
                                  "no known peak (not shown)"))

@@ -16,7 +16,8 @@ from .common import CPU_DTYPES, build_info, cuda_available
 from .common import extension as _ext
 from .encoder import encoder_backward, encoder_forward
 from .fp8 import (FP8_BLOCK, FP8_E4M3, FP8_E5M2, FP8_MAX, fp8_amax, fp8_amax_rows, fp8_block_scales,
-                  fp8_block_supported, fp8_cast, fp8_quantize_blocks, fp8_supported, fp8_update_scales, matmul_fp8)
+                  fp8_block_supported, fp8_cast, fp8_quantize_blocks, fp8_quantize_rows, fp8_supported,
+                  fp8_update_scales, matmul_fp8)
 from .fused_classifier import fused_classifier
 from .gelu import gelu_backward, gelu_forward
 from .global_norm import global_norm_squared
@@ -30,7 +31,7 @@ __all__ = [
     "encoder_forward", "encoder_backward",
     "FP8_E4M3", "FP8_E5M2", "FP8_MAX", "fp8_supported", "fp8_amax", "fp8_amax_rows", "fp8_cast", "matmul_fp8",
     "fp8_update_scales", "FP8_BLOCK", "fp8_block_scales", "fp8_block_supported",
-    "fp8_quantize_blocks",
+    "fp8_quantize_blocks", "fp8_quantize_rows",
     "fused_classifier",
     "gelu_forward", "gelu_backward",
     "global_norm_squared",

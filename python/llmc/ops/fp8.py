@@ -200,7 +200,8 @@ def _block_scaling(scale: torch.Tensor, rows: int, K: int, name: str) -> int:
         return 1
     if tuple(scale.shape) == (_blocks(rows), cb) and scale.stride() == (_tile_scale_ld(K), 1):
         return 2
-    raise ValueError(f"{name} must be one element (shape () or (1,)), one per row ({rows},), or block scales of a ({rows}, {K}) operand as "
+    raise ValueError(f"{name} must be one element (shape () or (1,)), one per row ({rows},), or block scales of a "
+                     f"({rows}, {K}) operand as "
                      f"fp8_quantize_blocks returns them: ({rows}, {cb}) with strides (1, {rows}) for 1x128 runs, or "
                      f"({_blocks(rows)}, {cb}) with strides ({_tile_scale_ld(K)}, 1) for 128x128 tiles; got shape "
                      f"{tuple(scale.shape)}, strides {scale.stride()}")
@@ -214,8 +215,8 @@ def fp8_quantize_blocks(x: torch.Tensor, *, tile: bool = False, transpose: bool 
     Each block (1x128 run of a row, or 128x128 tile when tile=True) has its own power-of-two scale, the largest
     2^e <= 448 / amax(block) (at most 2^64; 1 for an all-zero block or one holding an infinity; NaNs do not count
     in the amax and stay NaN), so x * scale is exact and q's only error is e4m3's rounding (half an ulp, 2^-4
-    relative, in the normal range). scale_inv = 1 / scale per block, laid out as fp8_block_scales describes. On a GPU x is bf16, K a multiple of 16 and R of 4; one pass over x writes
-    both copies."""
+    relative, in the normal range). scale_inv = 1 / scale per block, laid out as fp8_block_scales describes. On a
+    GPU x is bf16, K a multiple of 16 and R of 4; one pass over x writes both copies."""
     check_float(x, "x")
     check_bool(tile, "tile")
     check_bool(transpose, "transpose")
@@ -247,6 +248,53 @@ def fp8_quantize_blocks(x: torch.Tensor, *, tile: bool = False, transpose: bool 
             s.copy_(s_ref)
         if transpose:
             qt_ref, st_ref = reference.fp8_quantize_blocks(x.transpose(-1, -2), tile)
+            qt.copy_(qt_ref)
+            st.copy_(st_ref)
+    if not rows:
+        return qt, st
+    return (q, s, qt, st) if transpose else (q, s)
+
+
+def fp8_quantize_rows(x: torch.Tensor, *, transpose: bool = False, rows: bool = True) -> tuple:
+    """Row-scaled e4m3 copies of x (..., R, K) for matmul_fp8's per-row scaling: (q, scale_inv), scale_inv (..., R)
+    one per row; with transpose=True also (qt, scale_inv_t), qt = the copy of x's transpose (..., K, R) with one
+    scale per row of qt (per column of x), scale_inv_t (..., K); rows=False (with transpose=True) returns
+    (qt, scale_inv_t) alone.
+
+    A row's scale is the largest power of two 2^e <= 448 / amax(row) (fp8_quantize_blocks' rule, with the whole
+    row as the block). On a GPU x is bf16, K a multiple of 16 and R of 4; two passes over x (the amaxes, then both
+    copies)."""
+    check_float(x, "x")
+    check_bool(transpose, "transpose")
+    check_bool(rows, "rows")
+    if not (rows or transpose):
+        raise ValueError("rows=False needs transpose=True (there is nothing to write otherwise)")
+    if x.dim() < 2 or x.shape[-1] < 1 or x.shape[-2] < 1:
+        raise ValueError(f"x must have at least 2 dimensions, none empty, got shape {tuple(x.shape)}")
+    check_layout(x, "x")
+    *lead, R, K = x.shape
+    device = x.device
+    f32 = dict(dtype=torch.float32, device=device)
+    q = torch.empty(x.shape, dtype=FP8_E4M3, device=device) if rows else None
+    s = torch.empty(*lead, R, **f32) if rows else None
+    qt = torch.empty(*lead, K, R, dtype=FP8_E4M3, device=device) if transpose else None
+    st = torch.empty(*lead, K, **f32) if transpose else None
+    if device.type == "cuda":
+        check_multiple_of(K, 16, "x.shape[-1]")
+        check_multiple_of(R, 4, "x.shape[-2]")
+        batch = x.numel() // (R * K)
+        if batch >= 65536:
+            raise ValueError(f"x has {batch} matrices; at most 65535")
+        amax = torch.empty(batch * (R + K), **f32)
+        extension().fp8_quantize_rows(ptr(q), ptr(s), ptr(qt), ptr(st), x.data_ptr(), amax.data_ptr(), batch, R, K,
+                                      stream_handle(device))
+    else:
+        if rows:
+            q_ref, s_ref = reference.fp8_quantize_rows(x)
+            q.copy_(q_ref)
+            s.copy_(s_ref)
+        if transpose:
+            qt_ref, st_ref = reference.fp8_quantize_rows(x.transpose(-1, -2))
             qt.copy_(qt_ref)
             st.copy_(st_ref)
     if not rows:
