@@ -29,8 +29,9 @@ if [ -n "$configs" ]; then
 fi
 data=/tmp/llmc-data
 mkdir -p "$data"
-[ -e "$data/hdr_val_000000.bin" ] || python3 dev/experiments/mkdata_headers.py "$data" --max-tokens 12000000 >"$out/mkdata.log" 2>&1
-for seed in ${LOSS_SEEDS-1 2}; do
+seeds=${LOSS_SEEDS-1 2}
+[ -z "$seeds" ] || [ -e "$data/hdr_val_000000.bin" ] || python3 dev/experiments/mkdata_headers.py "$data" --max-tokens 12000000 >"$out/mkdata.log" 2>&1
+for seed in $seeds; do
   python3 dev/experiments/fp8_loss_curve.py -i "$data/hdr_train_*.bin" -j "$data/hdr_val_*.bin" --model d12 \
     --batch 16 --steps 300 --providers "${LOSS_PROVIDERS:-llmc,llmc-fp8blocks,llmc-fp8rows}" --seed "$seed" \
     --csv "$out/fp8_loss_curve.csv" \
