@@ -248,6 +248,21 @@ def test_row_scaled_matmul_is_fp32_math_on_the_dequantized_operands(device, fast
 
 
 @pytest.mark.parametrize("device", FP8_DEVICES)
+def test_row_scaled_matmul_of_one_row(device):
+    """A one-row x's per-row scale has one element, like a per-tensor scale: it still pairs with w's per-row ones."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(1, 64, generator=g) * 8).to(dtype).to(device)
+    w = (torch.randn(32, 64, generator=g) * torch.exp2(torch.randint(-3, 4, (32, 1), generator=g).float()))
+    w = w.to(dtype).to(device)
+    (xq, xs), (wq, ws) = ops.fp8_quantize_rows(x), ops.fp8_quantize_rows(w)
+    assert xs.shape == (1,) and ws.shape == (32,)
+    out = ops.matmul_fp8(xq, wq, xs, ws)
+    exact = (xq.cpu().double() * xs.cpu().double()[:, None]) @ (wq.cpu().double() * ws.cpu().double()[:, None]).t()
+    _assert_gemm_close(out, exact, 64)
+
+
+@pytest.mark.parametrize("device", FP8_DEVICES)
 def test_block_matmul_accumulates_and_adds_a_bias(device):
     N, K, M = 128, 1600, 4800
     x, w, xq, xs, wq, ws, exact = _gemm_case(N, K, M, True, device, seed=3)

@@ -226,7 +226,7 @@ class _Fp8Rows(_Fp8Blocks):
     rowwise recipe): x and dout per token, w per output channel (forward) and its transposed copy per input
     channel (input gradient), dout's and x's transposed copies per channel along the tokens (weight gradient).
     Scaling after the product lets the GEMMs run at per-tensor FP8's rate; one outlier costs precision in its
-    row (and column) only. The forward and input-gradient GEMMs (inner dimension C or 4C) use Hopper's fast
+    row (and column) only. The forward and input-gradient GEMMs (inner dimension C to 4C) use Hopper's fast
     accumulation; the weight gradient sums over every token and accumulates precisely."""
 
     MODE = "rows"

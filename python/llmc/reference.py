@@ -164,8 +164,8 @@ def fp8_quantize_blocks(x: torch.Tensor, tile: bool):
 
 
 def fp8_quantize_rows(x: torch.Tensor):
-    """(q, scale_inv): x (R, K) in e4m3 with one power-of-two scale per row (fp8_block_scale of the row's amax),
-    and scale_inv (R,) = 1 / scale, the per-row (outer vector) scaling matmul_fp8 takes."""
+    """(q, scale_inv): x (..., R, K) in e4m3 with one power-of-two scale per row (fp8_block_scale of the row's
+    amax), and scale_inv (..., R) = 1 / scale, the per-row (outer vector) scaling matmul_fp8 takes."""
     amax = _f32(x).abs().nan_to_num(nan=0.0, posinf=float("inf")).amax(dim=-1)
     scale = fp8_block_scale(amax)
     q = (_f32(x) * scale[..., None]).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)

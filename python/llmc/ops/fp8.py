@@ -348,15 +348,18 @@ def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_sc
             raise ValueError(f"{name} must start at a 16-byte aligned address (use fp8_quantize_blocks' output)")
     x_scaling = _block_scaling(x_scale_inv, N, K, "x_scale_inv")
     w_scaling = _block_scaling(w_scale_inv, M, K, "w_scale_inv")
+    if {x_scaling, w_scaling} == {0, 3}:  # a one-row operand's per-row scale looks like a scalar: it is one
+        x_scaling = 3 if N == 1 and x_scale_inv.shape == (1,) else x_scaling
+        w_scaling = 3 if M == 1 and w_scale_inv.shape == (1,) else w_scaling
     if x_scaling == 2:
         raise ValueError("x_scale_inv: x takes 1x128 block scales (fp8_quantize_blocks with tile=False), not tiles")
     if (x_scaling == 0) != (w_scaling == 0) or (x_scaling == 3) != (w_scaling == 3):
         raise ValueError("x_scale_inv and w_scale_inv must both be one element, both one per row, or both be "
                          "block scales")
+    if x_scaling and device.type == "cuda" and not fp8_block_supported(device):
+        raise RuntimeError(f"per-row and block-scaled FP8 matmuls need a Hopper GPU (compute capability 9.x); "
+                           f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
     if x_scaling in (1, 2):
-        if device.type == "cuda" and not fp8_block_supported(device):
-            raise RuntimeError(f"block-scaled FP8 matmuls need a Hopper GPU (compute capability 9.x); "
-                               f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
         if fast_accum:
             raise ValueError("fast_accum=True is not available with block scales (cuBLASLt accumulates them "
                              "precisely); use fast_accum=False")
