@@ -12,7 +12,7 @@ FAMILIES = {
     "attention": ["attention_backend", "attention_forward", "attention_backward"],
     "encoder": ["encoder_forward", "encoder_backward"],
     "fp8": ["fp8_supported", "fp8_amax", "fp8_amax_rows", "fp8_cast", "matmul_fp8", "fp8_update_scales",
-            "fp8_quantize_blocks", "fp8_block_scales", "fp8_block_supported"],
+            "fp8_quantize_blocks", "fp8_quantize_rows", "fp8_block_scales", "fp8_block_supported"],
     "fused_classifier": ["fused_classifier"],
     "gelu": ["gelu_forward", "gelu_backward"],
     "global_norm": ["global_norm_squared"],
