@@ -68,21 +68,29 @@ def test_block_quantize_round_trip_and_scales(device, tile, shape):
     for xb, sb in zip(xs, ss):
         amax = _block_amax_loop(xb, tile)
         assert sb.shape == amax.shape
-        # a power of two, the largest with amax * scale <= 448 (scale 1 for an all-zero block)
-        mant, _ = torch.frexp(sb)
-        assert torch.all(mant == 0.5)
-        scale = 1.0 / sb
-        nonzero = amax > 0
-        assert torch.all(amax[nonzero] * scale[nonzero] <= 448.0)
-        assert torch.all(amax[nonzero] * scale[nonzero] * 2 > 448.0)
-        assert torch.all(sb[~nonzero] == 1.0)
+        _assert_pow2_scales(amax, sb)
     back = reference.fp8_dequantize_blocks(q.cpu(), s.cpu(), tile)
-    xf = x.float().cpu()
     scale_full = 1.0 / reference.fp8_dequantize_blocks(torch.ones_like(q.cpu()), s.cpu(), tile)
+    _assert_round_trip(back, x.float().cpu(), scale_full)
+
+
+def _assert_pow2_scales(amax: torch.Tensor, scale_inv: torch.Tensor) -> None:
+    """Each scale a power of two, the largest with amax * scale <= 448 (scale 1 for an all-zero block)."""
+    mant, _ = torch.frexp(scale_inv)
+    assert torch.all(mant == 0.5)
+    scale = 1.0 / scale_inv
+    nonzero = amax > 0
+    assert torch.all(amax[nonzero] * scale[nonzero] <= 448.0)
+    assert torch.all(amax[nonzero] * scale[nonzero] * 2 > 448.0)
+    assert torch.all(scale_inv[~nonzero] == 1.0)
+
+
+def _assert_round_trip(back: torch.Tensor, xf: torch.Tensor, scale_full: torch.Tensor) -> None:
+    """back (dequantized) against xf: e4m3's half ulp in the normal range; below it, at most half the smallest
+    subnormal step, 2^-10 in scaled units."""
     normal = xf.abs() * scale_full >= 2.0 ** -6
     err = (back - xf).abs()
     assert torch.all(err[normal] <= FP8_ROUND_TRIP[E4M3] * xf.abs()[normal] * 1.0001)
-    # below e4m3's normal range: at most half its smallest subnormal step, 2^-10 in scaled units
     assert torch.all(err[~normal] * scale_full[~normal] <= 2.0 ** -10 * 1.0001)
 
 
@@ -146,19 +154,8 @@ def test_row_quantize_round_trip_and_scales(device, shape):
     for copy, sc, xm in ((q, s, x), (qt, st, x.transpose(-1, -2))):
         xs = xm.float().cpu().reshape(-1, *xm.shape[-2:])
         for xb, sb, qb in zip(xs, sc.cpu().reshape(-1, xm.shape[-2]), copy.cpu().reshape(-1, *xm.shape[-2:])):
-            amax = torch.stack([row.abs().max() for row in xb])
-            mant, _ = torch.frexp(sb)
-            assert torch.all(mant == 0.5)
-            scale = 1.0 / sb
-            nonzero = amax > 0
-            assert torch.all(amax[nonzero] * scale[nonzero] <= 448.0)
-            assert torch.all(amax[nonzero] * scale[nonzero] * 2 > 448.0)
-            assert torch.all(sb[~nonzero] == 1.0)
-            back = qb.float() * sb[:, None]
-            normal = xb.abs() * scale[:, None] >= 2.0 ** -6
-            err = (back - xb).abs()
-            assert torch.all(err[normal] <= FP8_ROUND_TRIP[E4M3] * xb.abs()[normal] * 1.0001)
-            assert torch.all((err * scale[:, None])[~normal] <= 2.0 ** -10 * 1.0001)
+            _assert_pow2_scales(torch.stack([row.abs().max() for row in xb]), sb)
+            _assert_round_trip(qb.float() * sb[:, None], xb, (1.0 / sb)[:, None].expand_as(xb))
     qt2, st2 = ops.fp8_quantize_rows(x, transpose=True, rows=False)
     assert torch.equal(qt2.cpu().view(torch.uint8), qt.cpu().view(torch.uint8)) and torch.equal(st2.cpu(), st.cpu())
 

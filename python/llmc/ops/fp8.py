@@ -207,18 +207,11 @@ def _block_scaling(scale: torch.Tensor, rows: int, K: int, name: str) -> int:
                      f"{tuple(scale.shape)}, strides {scale.stride()}")
 
 
-def fp8_quantize_blocks(x: torch.Tensor, *, tile: bool = False, transpose: bool = False, rows: bool = True) -> tuple:
-    """Block-scaled e4m3 copies of x (..., R, K) for matmul_fp8: (q, scale_inv), and with transpose=True also
-    (qt, scale_inv_t), qt = the copy of x's transpose (..., K, R) scaled along its own rows; rows=False (with
-    transpose=True) skips q and returns (qt, scale_inv_t) alone.
-
-    Each block (1x128 run of a row, or 128x128 tile when tile=True) has its own power-of-two scale, the largest
-    2^e <= 448 / amax(block) (at most 2^64; 1 for an all-zero block or one holding an infinity; NaNs do not count
-    in the amax and stay NaN), so x * scale is exact and q's only error is e4m3's rounding (half an ulp, 2^-4
-    relative, in the normal range). scale_inv = 1 / scale per block, laid out as fp8_block_scales describes. On a
-    GPU x is bf16, K a multiple of 16 and R of 4; one pass over x writes both copies."""
+def _fp8_copies(x: torch.Tensor, transpose: bool, rows: bool, scales, launch, quantize_ref) -> tuple:
+    """The FP8 quantizers' shared part: argument checks, the copies q (..., R, K) and qt (..., K, R) with the scale
+    tensors scales(lead, R, K) makes, then launch(q, s, qt, st, batch, R, K) on a GPU or quantize_ref(t) -> (q, s)
+    of x and of its transpose on the CPU."""
     check_float(x, "x")
-    check_bool(tile, "tile")
     check_bool(transpose, "transpose")
     check_bool(rows, "rows")
     if not (rows or transpose):
@@ -230,29 +223,45 @@ def fp8_quantize_blocks(x: torch.Tensor, *, tile: bool = False, transpose: bool 
     lead = tuple(lead)
     device = x.device
     q = torch.empty(x.shape, dtype=FP8_E4M3, device=device) if rows else None
-    s = fp8_block_scales(lead, R, K, tile, device) if rows else None
+    s = scales(lead, R, K) if rows else None
     qt = torch.empty(*lead, K, R, dtype=FP8_E4M3, device=device) if transpose else None
-    st = fp8_block_scales(lead, K, R, tile, device) if transpose else None
+    st = scales(lead, K, R) if transpose else None
     if device.type == "cuda":
         check_multiple_of(K, 16, "x.shape[-1]")
         check_multiple_of(R, 4, "x.shape[-2]")
         batch = x.numel() // (R * K)
         if batch >= 65536:
             raise ValueError(f"x has {batch} matrices; at most 65535")
-        extension().fp8_quantize_blocks(ptr(q), ptr(s), ptr(qt), ptr(st), x.data_ptr(), batch, R, K, tile,
-                                        stream_handle(device))
+        launch(q, s, qt, st, batch, R, K)
     else:
-        if rows:
-            q_ref, s_ref = reference.fp8_quantize_blocks(x, tile)
-            q.copy_(q_ref)
-            s.copy_(s_ref)
-        if transpose:
-            qt_ref, st_ref = reference.fp8_quantize_blocks(x.transpose(-1, -2), tile)
-            qt.copy_(qt_ref)
-            st.copy_(st_ref)
+        for copy, scale, t in ((q, s, x), (qt, st, x.transpose(-1, -2))):
+            if copy is not None:
+                q_ref, s_ref = quantize_ref(t)
+                copy.copy_(q_ref)
+                scale.copy_(s_ref)
     if not rows:
         return qt, st
     return (q, s, qt, st) if transpose else (q, s)
+
+
+def fp8_quantize_blocks(x: torch.Tensor, *, tile: bool = False, transpose: bool = False, rows: bool = True) -> tuple:
+    """Block-scaled e4m3 copies of x (..., R, K) for matmul_fp8: (q, scale_inv), and with transpose=True also
+    (qt, scale_inv_t), qt = the copy of x's transpose (..., K, R) scaled along its own rows; rows=False (with
+    transpose=True) skips q and returns (qt, scale_inv_t) alone.
+
+    Each block (1x128 run of a row, or 128x128 tile when tile=True) has its own power-of-two scale, the largest
+    2^e <= 448 / amax(block) (at most 2^64; 1 for an all-zero block or one holding an infinity; NaNs do not count
+    in the amax and stay NaN), so x * scale is exact and q's only error is e4m3's rounding (half an ulp, 2^-4
+    relative, in the normal range). scale_inv = 1 / scale per block, laid out as fp8_block_scales describes. On a
+    GPU x is bf16, K a multiple of 16 and R of 4; one pass over x writes both copies."""
+    check_bool(tile, "tile")
+
+    def launch(q, s, qt, st, batch, R, K):
+        extension().fp8_quantize_blocks(ptr(q), ptr(s), ptr(qt), ptr(st), x.data_ptr(), batch, R, K, tile,
+                                        stream_handle(x.device))
+
+    return _fp8_copies(x, transpose, rows, lambda lead, R, K: fp8_block_scales(lead, R, K, tile, x.device), launch,
+                       lambda t: reference.fp8_quantize_blocks(t, tile))
 
 
 def fp8_quantize_rows(x: torch.Tensor, *, transpose: bool = False, rows: bool = True) -> tuple:
@@ -264,42 +273,14 @@ def fp8_quantize_rows(x: torch.Tensor, *, transpose: bool = False, rows: bool = 
     A row's scale is the largest power of two 2^e <= 448 / amax(row) (fp8_quantize_blocks' rule, with the whole
     row as the block). On a GPU x is bf16, K a multiple of 16 and R of 4; two passes over x (the amaxes, then both
     copies)."""
-    check_float(x, "x")
-    check_bool(transpose, "transpose")
-    check_bool(rows, "rows")
-    if not (rows or transpose):
-        raise ValueError("rows=False needs transpose=True (there is nothing to write otherwise)")
-    if x.dim() < 2 or x.shape[-1] < 1 or x.shape[-2] < 1:
-        raise ValueError(f"x must have at least 2 dimensions, none empty, got shape {tuple(x.shape)}")
-    check_layout(x, "x")
-    *lead, R, K = x.shape
-    device = x.device
-    f32 = dict(dtype=torch.float32, device=device)
-    q = torch.empty(x.shape, dtype=FP8_E4M3, device=device) if rows else None
-    s = torch.empty(*lead, R, **f32) if rows else None
-    qt = torch.empty(*lead, K, R, dtype=FP8_E4M3, device=device) if transpose else None
-    st = torch.empty(*lead, K, **f32) if transpose else None
-    if device.type == "cuda":
-        check_multiple_of(K, 16, "x.shape[-1]")
-        check_multiple_of(R, 4, "x.shape[-2]")
-        batch = x.numel() // (R * K)
-        if batch >= 65536:
-            raise ValueError(f"x has {batch} matrices; at most 65535")
-        amax = torch.empty(batch * (R + K), **f32)
+    def launch(q, s, qt, st, batch, R, K):
+        amax = torch.empty(batch * (R + K), dtype=torch.float32, device=x.device)
         extension().fp8_quantize_rows(ptr(q), ptr(s), ptr(qt), ptr(st), x.data_ptr(), amax.data_ptr(), batch, R, K,
-                                      stream_handle(device))
-    else:
-        if rows:
-            q_ref, s_ref = reference.fp8_quantize_rows(x)
-            q.copy_(q_ref)
-            s.copy_(s_ref)
-        if transpose:
-            qt_ref, st_ref = reference.fp8_quantize_rows(x.transpose(-1, -2))
-            qt.copy_(qt_ref)
-            st.copy_(st_ref)
-    if not rows:
-        return qt, st
-    return (q, s, qt, st) if transpose else (q, s)
+                                      stream_handle(x.device))
+
+    return _fp8_copies(x, transpose, rows,
+                       lambda lead, R, K: torch.empty(*lead, R, dtype=torch.float32, device=x.device), launch,
+                       reference.fp8_quantize_rows)
 
 
 def matmul_fp8(x: torch.Tensor, w: torch.Tensor, x_scale_inv: torch.Tensor, w_scale_inv: torch.Tensor,
