@@ -169,13 +169,14 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(uint8_t* q, float* s
 
 // max |x| of every row (row_amax, R) and column (col_amax, K) of each 128x128 tile, folded into the zeroed outputs
 // with atomicMax on the bits (non-negative floats order as their bits); NaNs do not count (fmaxf drops them).
+// A null row_amax or col_amax is not wanted (its copy is not written) and is skipped.
 __global__ void __launch_bounds__(kThreads) amax_kernel(unsigned* row_amax, unsigned* col_amax, const floatX* x,
                                                         int R, int K) {
   __shared__ float cols[kWarps][kTile];
   const int64_t z = blockIdx.z;
   x += z * R * (int64_t)K;
-  row_amax += z * R;
-  col_amax += z * K;
+  if (row_amax != nullptr) row_amax += z * R;
+  if (col_amax != nullptr) col_amax += z * K;
   const int r0 = blockIdx.y * kTile, c0 = blockIdx.x * kTile;
   const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
   const int col = c0 + 4 * lane;
@@ -194,9 +195,12 @@ __global__ void __launch_bounds__(kThreads) amax_kernel(unsigned* row_amax, unsi
       rm = fmaxf(rm, a);
       cm[k] = fmaxf(cm[k], a);
     }
-    rm = warp_reduce_max(rm);
-    if (lane == 0) atomicMax(row_amax + r, __float_as_uint(rm));
+    if (row_amax != nullptr) {  // the same in the whole block
+      rm = warp_reduce_max(rm);
+      if (lane == 0) atomicMax(row_amax + r, __float_as_uint(rm));
+    }
   }
+  if (col_amax == nullptr) return;  // the same in the whole block
 #pragma unroll
   for (int k = 0; k < 4; k++) cols[warp][4 * lane + k] = cm[k];
   __syncthreads();
@@ -252,7 +256,7 @@ void fp8_quantize_rows(void* q, float* s, void* qt, float* st, const floatX* x, 
   auto* row_amax = reinterpret_cast<unsigned*>(amax);
   unsigned* col_amax = row_amax + (int64_t)batch * R;
   CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float) * (int64_t)batch * (R + K), stream));
-  amax_kernel<<<grid, kThreads, 0, stream>>>(row_amax, col_amax, x, R, K);
+  amax_kernel<<<grid, kThreads, 0, stream>>>(q ? row_amax : nullptr, qt ? col_amax : nullptr, x, R, K);
   CUDA_CHECK(cudaGetLastError());
   quantize_kernel<Scaling::kRows><<<grid, kThreads, 0, stream>>>(static_cast<uint8_t*>(q), s,
                                                                  static_cast<uint8_t*>(qt), st, x, R, K, 0, 0, R, K,

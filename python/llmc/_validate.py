@@ -28,4 +28,3 @@ def check_fp8(value, name: str = "fp8"):
     if not (isinstance(value, bool) or value in FP8_MODES):
         raise TypeError(f"{name} must be False, True, " + ", ".join(repr(m) for m in FP8_MODES) + f", got {value!r}")
     return value
-

@@ -127,10 +127,15 @@ def _pad_to_blocks(xf: torch.Tensor, rows: bool) -> torch.Tensor:
     return torch.nn.functional.pad(xf, (0, -K % FP8_BLOCK, 0, pad_r))
 
 
+def _abs_ignoring_nan(x: torch.Tensor) -> torch.Tensor:
+    """|x| in fp32 with NaN as 0, so an amax ignores NaNs as the kernels' fmaxf does."""
+    return _f32(x).abs().nan_to_num(nan=0.0, posinf=float("inf"))
+
+
 def fp8_block_amax(x: torch.Tensor, tile: bool) -> torch.Tensor:
     """max |x| per block of x (..., R, K): (..., R, ceil(K/128)) for 1x128 runs of each row, (..., ceil(R/128),
     ceil(K/128)) for 128x128 tiles."""
-    xp = _pad_to_blocks(_f32(x).abs().nan_to_num(nan=0.0, posinf=float("inf")), tile)  # NaN ignored, as fmaxf
+    xp = _pad_to_blocks(_abs_ignoring_nan(x), tile)
     *lead, Rp, Kp = xp.shape
     kb = Kp // FP8_BLOCK
     if tile:
@@ -166,8 +171,7 @@ def fp8_quantize_blocks(x: torch.Tensor, tile: bool):
 def fp8_quantize_rows(x: torch.Tensor):
     """(q, scale_inv): x (..., R, K) in e4m3 with one power-of-two scale per row (fp8_block_scale of the row's
     amax), and scale_inv (..., R) = 1 / scale, the per-row (outer vector) scaling matmul_fp8 takes."""
-    amax = _f32(x).abs().nan_to_num(nan=0.0, posinf=float("inf")).amax(dim=-1)
-    scale = fp8_block_scale(amax)
+    scale = fp8_block_scale(_abs_ignoring_nan(x).amax(dim=-1))
     q = (_f32(x) * scale[..., None]).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
     return q, 1.0 / scale
 
