@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Block- and row-scaled FP8 on the GPU machine in one call: build (sm_90a), the FP8 tests, the per-GEMM benchmark and
-# bench_train for bf16 against fp8="blocks" and "rows", then (LOSS_SEEDS, default "1 2") 300-step d12 loss curves
-# (LOSS_PROVIDERS) on the headers corpus (mkdata_headers.py); TESTS picks the test files (TESTS="" skips them),
-# CONFIGS "" skips bench_train.
+# bench_train for bf16 against fp8="blocks" and "rows", then (LOSS_SEEDS, default "1 2") d12 loss curves of
+# LOSS_STEPS steps (300) for LOSS_PROVIDERS on the headers corpus (mkdata_headers.py); TESTS picks the test files
+# (TESTS="" skips them), CONFIGS "" skips bench_train.
 # Usage: dev/experiments/fp8_blocks_gpu.sh OUT [CONFIGS] [PROVIDERS]
 set -uo pipefail
 out=${1:?OUT}; configs=${2-d12:64,d48:8}; providers=${3:-llmc,llmc-fp8blocks,llmc-fp8rows}
@@ -33,10 +33,10 @@ fi
 data=/tmp/llmc-data
 mkdir -p "$data"
 seeds=${LOSS_SEEDS-1 2}
-[ -z "$seeds" ] || [ -e "$data/hdr_val_000000.bin" ] || python3 dev/experiments/mkdata_headers.py "$data" --max-tokens 12000000 >"$out/mkdata.log" 2>&1
+[ -z "$seeds" ] || [ -e "$data/hdr_val_000000.bin" ] || python3 dev/experiments/mkdata_headers.py "$data" --max-tokens $(( ${LOSS_STEPS:-300} * 16384 + 4000000 )) >"$out/mkdata.log" 2>&1
 for seed in $seeds; do
   python3 dev/experiments/fp8_loss_curve.py -i "$data/hdr_train_*.bin" -j "$data/hdr_val_*.bin" --model d12 \
-    --batch 16 --steps 300 --providers "${LOSS_PROVIDERS:-llmc,llmc-fp8blocks,llmc-fp8rows}" --seed "$seed" \
+    --batch 16 --steps "${LOSS_STEPS:-300}" --providers "${LOSS_PROVIDERS:-llmc,llmc-fp8blocks,llmc-fp8rows}" --seed "$seed" \
     --csv "$out/fp8_loss_curve.csv" \
     2>&1 | tail -3
   echo "loss curves (seed $seed) at $(( $(date +%s) - t0 )) s"
